@@ -1,0 +1,32 @@
+"""Shared test configuration.
+
+The reference fixtures (outputs of the official SAM / MobileSAM code) are read
+from ``$NAPARI_SAM_FIXTURES`` (default ``../shared/fixtures`` next to the
+repository).  Tests that need them *fail* when they are missing: CI must never
+pass silently without the proof that our model computes what SAM computes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixtures_root() -> Path:
+    return Path(os.environ.get("NAPARI_SAM_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+
+
+@pytest.fixture(scope="session")
+def sam_reference_dir() -> Path:
+    """``<fixtures>/sam_reference``; fails (not skips) when absent."""
+    path = fixtures_root() / "sam_reference"
+    if not (path / "checkpoint_keys.json").is_file():
+        pytest.fail(
+            f"SAM reference fixtures not found at {path}. Set NAPARI_SAM_FIXTURES to the "
+            "folder that contains sam_reference/ (normally ../shared/fixtures)."
+        )
+    return path
