@@ -1,0 +1,245 @@
+"""SAM's ViT image encoder (ViTDet-style backbone used by vit_b / vit_l / vit_h).
+
+Patch embedding, absolute position embedding, transformer blocks with windowed
+or global attention and decomposed relative positions, and a convolutional
+neck.  Tokens are kept channels-last, ``(B, H, W, C)``, between blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_sam.sam.common import LayerNorm2d, MLPBlock
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: ``(B, 3, H, W)`` -> ``(B, H/p, W/p, C)``."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative position embeddings for every (query, key) pair along one axis.
+
+    Parameters
+    ----------
+    q_size, k_size : int
+        Number of query and key positions along the axis.
+    rel_pos : torch.Tensor
+        (L, C) float32 table; linearly resampled when ``L != 2 * max(q, k) - 1``.
+
+    Returns
+    -------
+    torch.Tensor
+        (q_size, k_size, C) float32.
+    """
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    if rel_pos.shape[0] != max_rel_dist:
+        resized = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),
+            size=max_rel_dist,
+            mode="linear",
+        )
+        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on a ``(B, H, W, C)`` grid with decomposed relative positions.
+
+    The relative-position term ``q . R_h[qh, kh] + q . R_w[qw, kw]`` is passed to
+    :func:`torch.nn.functional.scaled_dot_product_attention` as an additive bias.
+
+    Parameters
+    ----------
+    dim : int
+        Channels ``C``.
+    num_heads : int
+        Number of heads (divides ``dim``).
+    qkv_bias : bool
+        Bias in the qkv projection.
+    use_rel_pos : bool
+        Add decomposed relative positions.
+    input_size : tuple of int or None
+        Grid size ``(H, W)`` the relative tables are sized for.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("input_size is needed for relative position embeddings.")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)`` float32."""
+        b, h, w, c = x.shape
+        n = h * w
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
+        bias = None
+        if self.use_rel_pos:
+            r_h = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, hd)
+            r_w = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, hd)
+            q_grid = q.reshape(b, self.num_heads, h, w, -1)
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
+            bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, self.num_heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(b, h, w, c)
+        return self.proj(out)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Split ``(B, H, W, C)`` into zero-padded windows ``(B * nW, ws, ws, C)``.
+
+    Returns the windows and the padded size ``(Hp, Wp)``.
+    """
+    b, h, w, c = x.shape
+    pad_h = (window_size - h % window_size) % window_size
+    pad_w = (window_size - w % window_size) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    return windows, (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: back to ``(B, H, W, C)`` without padding."""
+    hp, wp = pad_hw
+    h, w = hw
+    nh, nw = hp // window_size, wp // window_size
+    b = windows.shape[0] // (nh * nw)
+    x = windows.view(b, nh, nw, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    if hp > h or wp > w:
+        x = x[:, :h, :w, :]
+    return x
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with windowed (``window_size > 0``) or global attention."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 0,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        attn_size = input_size if window_size == 0 else (window_size, window_size)
+        self.attn = Attention(dim, num_heads, qkv_bias, use_rel_pos, attn_size)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            h, w = x.shape[1], x.shape[2]
+            x, pad_hw = window_partition(x, self.window_size)
+            x = self.attn(x)
+            x = window_unpartition(x, self.window_size, pad_hw, (h, w))
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class ImageEncoderViT(nn.Module):
+    """SAM's ViT encoder: ``(B, 3, img_size, img_size)`` -> ``(B, out_chans, img/p, img/p)``.
+
+    Parameters
+    ----------
+    img_size, patch_size, embed_dim, depth, num_heads : int
+        ViT geometry.
+    mlp_ratio : float
+        Hidden width of the feed-forward relative to ``embed_dim``.
+    out_chans : int
+        Channels of the neck output (256 for SAM).
+    window_size : int
+        Side of the attention windows (0: global everywhere).
+    global_attn_indexes : sequence of int
+        Blocks that use global attention.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 14,
+        global_attn_indexes: tuple[int, ...] | list[int] = (),
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias,
+                use_rel_pos,
+                window_size=0 if i in global_attn_indexes else window_size,
+                input_size=(grid, grid),
+            )
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode a normalised, padded batch ``(B, 3, S, S)`` float32."""
+        x = self.patch_embed(x) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))

@@ -1,0 +1,128 @@
+"""SAM's mask decoder: image embedding + prompt tokens -> mask logits and IoU scores."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from napari_sam.sam.common import MLP, LayerNorm2d
+from napari_sam.sam.transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    """Predict low-resolution masks and their quality.
+
+    Parameters
+    ----------
+    transformer_dim : int
+        Token width (256).
+    transformer : TwoWayTransformer
+        The two-way transformer.
+    num_multimask_outputs : int, optional
+        Masks returned in multimask mode, by default 3.
+    iou_head_depth, iou_head_hidden_dim : int, optional
+        Geometry of the IoU-prediction MLP, by default 3 and 256.
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode masks.
+
+        Parameters
+        ----------
+        image_embeddings : torch.Tensor
+            ``(1, C, h, w)`` (shared by all prompts) or ``(B, C, h, w)`` float32.
+        image_pe : torch.Tensor
+            ``(1, C, h, w)`` dense positional encoding.
+        sparse_prompt_embeddings : torch.Tensor
+            ``(B, N, C)``.
+        dense_prompt_embeddings : torch.Tensor
+            ``(B, C, h, w)`` or ``(1, C, h, w)``.
+        multimask_output : bool
+            Return the ``num_multimask_outputs`` masks (True) or the single one.
+
+        Returns
+        -------
+        masks : torch.Tensor
+            ``(B, M, 4h, 4w)`` float32 logits, ``M`` = 3 or 1.
+        iou_pred : torch.Tensor
+            ``(B, M)`` float32 predicted IoU.
+        """
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sl], iou_pred[:, sl]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``num_mask_tokens`` masks ``(B, M+1, 4h, 4w)`` and IoUs ``(B, M+1)``."""
+        bs = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(bs, -1, -1), sparse_prompt_embeddings], dim=1
+        )
+        if image_embeddings.shape[0] not in (1, bs):
+            raise ValueError(
+                f"image_embeddings has batch {image_embeddings.shape[0]} but there are {bs} "
+                "prompt sets; pass one embedding or one per prompt set."
+            )
+        src = image_embeddings + dense_prompt_embeddings
+        if src.shape[0] != bs:
+            src = src.expand(bs, -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = self.transformer(src, image_pe, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        return masks, iou_pred
