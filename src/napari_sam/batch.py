@@ -1,0 +1,440 @@
+"""Headless automatic labelling of images and volumes, slice by slice, with dask.
+
+``segment_volume`` views the input as a stack of 2-D slices
+(:func:`napari_sam.volume.canonical_view`), estimates one set of contrast
+limits for the whole volume, and runs one dask task per slice.  A task reads
+its slice, calls the per-slice segment function (by default
+:func:`napari_sam.tiling.segment_image` with a model cached once per worker
+thread), writes the labels with the slice's fixed id offset, and only then
+records the slice as done with an atomic marker file.  Memory is bounded by a
+slice, not by the volume.  See ``docs/batch.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from napari_sam import volume as vol
+from napari_sam.io import json_safe, ome_zarr_root, open_image, validate_axes, infer_axes
+from napari_sam.io import write_ome_labels_metadata
+from napari_sam.progress import CancelToken, ProgressCallback, report
+from napari_sam.volume import compute_tasks
+from napari_sam.cache import data_identity
+
+__all__ = ["segment_volume", "sam_segment", "DEFAULT_CHUNK"]
+
+#: side of the output chunks (1, chunk, chunk) when no tile shape is given
+DEFAULT_CHUNK = 1024
+_STATE_DIR = ".napari_sam"
+_LOCAL = threading.local()
+
+
+# ------------------------------------------------------------------ segment fns
+
+
+def _load_predictor(model: str, checkpoint: str | None, device: str | None) -> Any:
+    """One Predictor per (model, checkpoint, device) per worker thread."""
+    cache = getattr(_LOCAL, "predictors", None)
+    if cache is None:
+        cache = _LOCAL.predictors = {}
+    key = (str(model), None if checkpoint is None else str(checkpoint), device)
+    if key not in cache:
+        from napari_sam.predictor import Predictor
+
+        if str(model).endswith(".json"):  # a model config: random weights unless a checkpoint is given
+            import torch
+
+            from napari_sam.sam.build import build_model
+
+            sam = build_model(str(model))
+            if checkpoint is not None:
+                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+                sam.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            sam.eval()
+        else:
+            from napari_sam.models import load_model
+
+            sam = load_model(model, checkpoint=checkpoint, device=device)
+        cache[key] = Predictor(sam, device=device)
+    return cache[key]
+
+
+def sam_segment(
+    image: np.ndarray,
+    *,
+    channel_axis: int | None,
+    contrast_limits: np.ndarray,
+    model: str = "builtin",
+    checkpoint: str | None = None,
+    device: str | None = None,
+    tile_shape: Sequence[int] | None = None,
+    halo: Sequence[int] | None = None,
+    amg_params: dict | None = None,
+) -> np.ndarray:
+    """The default per-slice function: tiled automatic SAM labelling of one 2-D slice.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Y, X)`` uint32 labels, 0 background.
+    """
+    from napari_sam.tiling import segment_image
+
+    predictor = _load_predictor(model, checkpoint, device)
+    return segment_image(
+        image, predictor, channel_axis=channel_axis, contrast_limits=contrast_limits,
+        tile_shape=tile_shape, halo=halo, **(amg_params or {}),
+    )
+
+
+# ------------------------------------------------------------------ tasks
+
+
+@functools.lru_cache(maxsize=8)
+def _reopen(path: str, axes: str, level: int, channel: int | None, channels: tuple | None) -> da.Array:
+    data, axes, _ = open_image(path, axes=axes, level=level)
+    view, _, _ = vol.canonical_view(data, axes, channel=channel, channels=channels)
+    return view
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _segment_slice(
+    image: Any, *, k: int, src: tuple | None, loop_index: tuple, out_path: str, out_index: tuple,
+    block: int, contrast_limits: np.ndarray, has_channels: bool, segment_fn: Callable,
+) -> int:
+    """Segment slice ``k``, write ``(k+1)*block + local`` ids, then mark it done; returns n."""
+    marker = Path(out_path) / _STATE_DIR / f"slice-{k}.json"
+    if marker.exists():
+        return int(marker.read_text().split()[0])
+    if src is not None:
+        image = _reopen(*src)[loop_index]
+    image = np.asarray(image.compute(scheduler="synchronous") if hasattr(image, "compute") else image)
+    labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits)
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"the segment function returned shape {labels.shape} for a slice of {image.shape[:2]}")
+    local, n = vol.sequential_labels(labels)
+    if n >= block:
+        raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
+    raw = np.where(local > 0, local + np.uint32((k + 1) * block), np.uint32(0)).astype(np.uint32)
+    zarr.open_array(out_path, mode="r+")[out_index] = raw
+    _write_atomic(marker, f"{n}\n")
+    return n
+
+
+def _lazy_slice(image: Any, *, k: int, block: int, contrast_limits, has_channels, segment_fn) -> np.ndarray:
+    image = np.asarray(image)
+    labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits)
+    local, n = vol.sequential_labels(labels)
+    if n >= block:
+        raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
+    return np.where(local > 0, local + np.uint32(k * block), np.uint32(0)).astype(np.uint32)
+
+
+def _edges_task(out_path: str, ia: tuple, ib: tuple, oa: int, ob: int, min_iou: float) -> np.ndarray:
+    arr = zarr.open_array(out_path, mode="r")
+    a = np.asarray(arr[ia]).astype(np.int64)
+    b = np.asarray(arr[ib]).astype(np.int64)
+    return vol.slice_overlap_edges(np.where(a > oa, a - oa, 0), np.where(b > ob, b - ob, 0), min_iou=min_iou)
+
+
+def _relabel_task(out_path: str, k: int, out_index: tuple, offset: int) -> int:
+    state = Path(out_path) / _STATE_DIR
+    marker = state / f"final-{k}"
+    if marker.exists():
+        return 0
+    with np.load(state / "tables.npz") as tables:
+        table = tables[f"t{k}"]
+    arr = zarr.open_array(out_path, mode="r+")
+    arr[out_index] = vol.apply_table(np.asarray(arr[out_index]), table, offset=offset)
+    _write_atomic(marker, "done\n")
+    return 1
+
+
+# ------------------------------------------------------------------ output
+
+
+def _prepare_output(
+    out_path: Path, *, shape: tuple, chunks: tuple, signature: dict, attrs: dict,
+    resume: bool, overwrite: bool, zarr_format: int,
+) -> None:
+    if out_path.exists():
+        if overwrite:
+            shutil.rmtree(out_path)
+        elif resume:
+            try:
+                arr = zarr.open_array(str(out_path), mode="r")
+            except Exception as exc:
+                raise ValueError(f"cannot resume: {out_path} is not a labels array written by napari-sam") from exc
+            old = arr.attrs.get("napari_sam", {}).get("signature")
+            if old is None:
+                raise ValueError(f"cannot resume: {out_path} was not written by napari-sam; use --overwrite")
+            diff = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
+            if diff:
+                raise ValueError(
+                    f"cannot resume {out_path}: the run differs in {', '.join(diff)}; "
+                    "rerun with the same input and options, or use --overwrite to start again"
+                )
+            return
+        else:
+            raise ValueError(
+                f"output {out_path} already exists; pass --resume to continue an interrupted run "
+                "or --overwrite to replace it (resume=True / overwrite=True in Python)"
+            )
+    arr = zarr.create_array(
+        store=str(out_path), shape=shape, chunks=chunks, dtype="uint32", fill_value=0,
+        zarr_format=zarr_format, attributes=json_safe({**attrs, "napari_sam": {**attrs.get("napari_sam", {}),
+                                                                                "signature": signature}}),
+    )
+    (out_path / _STATE_DIR).mkdir(exist_ok=True)
+    del arr
+
+
+def _out_index(out_axes: str, loop_axes: str, loop_index: tuple) -> tuple:
+    pos = dict(zip(loop_axes, loop_index))
+    return tuple(pos[a] if a in pos else (0 if a == "C" else slice(None)) for a in out_axes)
+
+
+# ------------------------------------------------------------------ public
+
+
+def segment_volume(
+    source: str | os.PathLike | np.ndarray | da.Array,
+    output: str | os.PathLike | None = None,
+    *,
+    model: str = "builtin",
+    checkpoint: str | os.PathLike | None = None,
+    device: str | None = None,
+    axes: str | None = None,
+    level: int = 0,
+    channel: int | None = None,
+    channels: Sequence[int] | None = None,
+    contrast_limits: Any = None,
+    tile_shape: Sequence[int] | None = None,
+    halo: Sequence[int] | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    compact: bool = True,
+    link_3d: bool = False,
+    link_iou: float = 0.5,
+    label_name: str | None = None,
+    segment_fn: Callable[..., np.ndarray] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken = None,
+    **amg_params: Any,
+) -> da.Array:
+    """Label every 2-D slice of an image or volume with automatic SAM segmentation.
+
+    Parameters
+    ----------
+    source : path or array
+        A path understood by :func:`napari_sam.io.open_image`, or a numpy/dask array.
+    output : path, optional
+        Zarr labels array to write (uint32, chunks ``(1, ..., tile, tile)``).  Without
+        it (and without ``label_name``) the result is a lazy dask array computed on demand.
+    model, checkpoint, device
+        Model for the default segment function (``load_model`` name, or a config ``.json``).
+    axes, level, channel, channels
+        Input axes override, multiscale level, one channel or up to three channels as RGB.
+    contrast_limits : array-like ``(k, 2)``, optional
+        Default: estimated once for the volume (:func:`napari_sam.volume.volume_contrast_limits`).
+    tile_shape, halo, **amg_params
+        Passed to :func:`napari_sam.tiling.segment_image`.
+    scheduler : None, "threads", "processes", "synchronous", address or ``distributed.Client``
+        Local dask scheduler by default; an address like ``"tcp://host:8786"`` submits to a cluster.
+    workers : int, optional
+        Local workers (default 1 with the SAM model, which uses all cores itself).
+    resume, overwrite : bool
+        Continue an interrupted run (slices with a done marker are skipped) / replace the output.
+    compact : bool
+        Renumber ids to ``1..N`` after all slices are written (else slice ``k`` keeps
+        ``(k+1) * id_block + 1..n_k``).
+    link_3d, link_iou
+        Join objects of neighbouring Z slices whose IoU exceeds ``link_iou`` into 3-D objects.
+    label_name : str, optional
+        For an OME-Zarr input: write to its ``labels/<label_name>`` group (with NGFF metadata).
+    segment_fn : callable, optional
+        ``segment_fn(image2d, *, channel_axis, contrast_limits) -> (Y, X) int labels``;
+        replaces the SAM model (used by tests and custom pipelines; must be picklable for
+        process and cluster schedulers).
+    progress, cancel
+        ``progress(done, total, desc)`` per finished slice; cancel token (see ``napari_sam.progress``).
+
+    Returns
+    -------
+    dask.array.Array
+        ``(*loop, Y, X)`` uint32 labels (for an OME-Zarr label, the image's axes with C of size 1).
+    """
+    src_spec = None
+    if isinstance(source, (str, os.PathLike)):
+        data, in_axes, meta = open_image(source, axes=axes, level=level)
+    else:
+        if not hasattr(source, "shape") or not hasattr(source, "dtype"):
+            raise TypeError(f"source must be a path or an array, got {type(source).__name__}")
+        data = source if isinstance(source, da.Array) else da.from_array(np.asarray(source), chunks=-1)
+        in_axes = validate_axes(axes, data.ndim) if axes is not None else infer_axes(tuple(data.shape))
+        meta = {"format": "array", "path": None}
+    if data.dtype.kind not in "uif" and data.dtype != bool:
+        raise TypeError(f"cannot segment an image of dtype {data.dtype}; use integer or float data")
+    if link_3d and "Z" not in in_axes:
+        raise ValueError(f"--link-3d joins objects across Z, but the input axes {in_axes!r} have no Z")
+    if not 0.0 <= float(link_iou) < 1.0:
+        raise ValueError(f"link_iou must be in [0, 1), got {link_iou}")
+    if resume and overwrite:
+        raise ValueError("choose either resume or overwrite, not both")
+    chan_tuple = tuple(int(c) for c in channels) if channels is not None else None
+    view, loop_axes, has_ch = vol.canonical_view(data, in_axes, channel=channel, channels=chan_tuple)
+    if meta.get("path"):
+        src_spec = (meta["path"], in_axes, int(level), channel, chan_tuple)
+    nloop = len(loop_axes)
+    loop_shape = tuple(view.shape[:nloop])
+    ny, nx = view.shape[nloop:nloop + 2]
+    n_slices = int(np.prod(loop_shape)) if nloop else 1
+    block = vol.id_block_for(n_slices)
+    if contrast_limits is None:
+        limits = vol.volume_contrast_limits(view, has_channels=has_ch)
+    else:
+        limits = np.asarray(contrast_limits, dtype=np.float64).reshape(-1, 2)
+    if segment_fn is None:
+        segment_fn = functools.partial(
+            sam_segment, model=str(model), checkpoint=None if checkpoint is None else str(checkpoint),
+            device=device, tile_shape=tile_shape, halo=halo, amg_params=dict(amg_params),
+        )
+        fn_name = f"sam:{model}"
+        workers = 1 if workers is None else workers
+    else:
+        if amg_params:
+            raise TypeError(f"unexpected options {sorted(amg_params)} with a custom segment_fn")
+        fn_name = f"{getattr(segment_fn, '__module__', '')}:{getattr(segment_fn, '__qualname__', repr(segment_fn))}"
+    indices = [tuple(int(i) for i in np.unravel_index(k, loop_shape)) if nloop else () for k in range(n_slices)]
+
+    if output is None and label_name is None:
+        if link_3d:
+            raise ValueError("link_3d needs an output path (the linking reads the written slices)")
+        parts = [
+            da.from_delayed(dask.delayed(_lazy_slice)(
+                view[idx], k=k, block=block, contrast_limits=limits, has_channels=has_ch,
+                segment_fn=segment_fn), shape=(ny, nx), dtype=np.uint32)
+            for k, idx in enumerate(indices)
+        ]
+        return da.stack(parts).reshape(loop_shape + (ny, nx)) if nloop else parts[0]
+
+    # ---------------- output target
+    chunk = int(tile_shape[0]) if tile_shape else DEFAULT_CHUNK
+    attrs: dict[str, Any] = {}
+    ome = None
+    if label_name is not None:
+        ome = ome_zarr_root(meta["path"]) if meta.get("format") == "ome-zarr" else None
+        if ome is None:
+            raise ValueError("label_name (--label-name) needs an OME-Zarr image as input")
+        if output is not None:
+            raise ValueError("give either an output path or label_name, not both")
+        out_axes = ome["axes"]
+        out_path = Path(ome["root"]) / "labels" / label_name / "0"
+        zarr_format = int(ome["zarr_format"])
+    else:
+        out_axes = loop_axes + "YX"
+        out_path = Path(output)
+        zarr_format = 3
+    out_shape = tuple(1 if a == "C" else view.shape[loop_axes.index(a)] if a in loop_axes
+                      else (ny if a == "Y" else nx) for a in out_axes)
+    out_chunks = tuple(min(chunk, s) if a in "YX" else 1 for a, s in zip(out_axes, out_shape))
+    signature = json_safe({
+        "data": data_identity(view, path=meta.get("path")), "axes": in_axes, "level": level,
+        "channel": channel, "channels": chan_tuple, "block": block, "contrast_limits": limits,
+        "segment_fn": fn_name, "checkpoint": None if checkpoint is None else str(checkpoint),
+        "tile_shape": tile_shape, "halo": halo, "amg_params": amg_params,
+        "compact": compact, "link_3d": link_3d, "link_iou": link_iou, "out_axes": out_axes,
+    })
+    attrs["napari_sam"] = {"axes": out_axes, "id_block": block, "source": meta.get("path"), "state": "running"}
+    if "geotiff" in meta:
+        attrs["geotiff"] = meta["geotiff"]
+    if meta.get("scale") is not None:
+        attrs["napari_sam"]["scale"] = meta["scale"]
+    if ome is not None and not out_path.exists():
+        scale = list(meta.get("scale") or [1.0] * len(out_axes))
+        scale = [1.0 if a == "C" else s for a, s in zip(out_axes, scale)]
+        axes_meta = [a for a in ome["multiscale"]["axes"]]
+        write_ome_labels_metadata(ome["root"], label_name, axes=axes_meta, scale=scale,
+                                  version=ome["version"], zarr_format=zarr_format)
+    _prepare_output(out_path, shape=out_shape, chunks=out_chunks, signature=signature, attrs=attrs,
+                    resume=resume, overwrite=overwrite, zarr_format=zarr_format)
+    state = out_path / _STATE_DIR
+    state.mkdir(exist_ok=True)
+    out_idx = [_out_index(out_axes, loop_axes, idx) for idx in indices]
+
+    # ---------------- slices
+    tasks = [
+        dask.delayed(_segment_slice, pure=False)(
+            view[idx] if src_spec is None else None, k=k, src=src_spec, loop_index=idx, out_path=str(out_path),
+            out_index=out_idx[k], block=block, contrast_limits=limits, has_channels=has_ch, segment_fn=segment_fn)
+        for k, idx in enumerate(indices) if not (state / f"slice-{k}.json").exists()
+    ]
+    done_before = n_slices - len(tasks)
+    report(progress, done_before, n_slices, "slices")
+    compute_tasks(tasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
+                  desc="slices", offset=done_before, total=n_slices)
+    counts = [int((state / f"slice-{k}.json").read_text().split()[0]) for k in range(n_slices)]
+
+    # ---------------- relabel (compaction and/or 3-D linking)
+    arr = zarr.open_array(str(out_path), mode="r+")
+    n_final = int(sum(counts))
+    if compact or link_3d:
+        tables_path = state / "tables.npz"
+        if not tables_path.exists():
+            edges: list = []
+            if link_3d:
+                zpos = loop_axes.index("Z")
+                pairs = [(k, j) for k, idx in enumerate(indices) for j in [k + _stride(loop_shape, zpos)]
+                         if idx[zpos] + 1 < loop_shape[zpos]]
+                etasks = [dask.delayed(_edges_task)(str(out_path), out_idx[a], out_idx[b], (a + 1) * block,
+                                                    (b + 1) * block, float(link_iou)) for a, b in pairs]
+                results = compute_tasks(etasks, scheduler=scheduler, workers=workers, progress=progress,
+                                        cancel=cancel, desc="linking")
+                edges = [(a, b, e) for (a, b), e in zip(pairs, results)]
+            tables = vol.relabel_tables(counts, edges)
+            n_final = int(max((int(t.max()) for t in tables if t.size), default=0))
+            if n_final > block:
+                raise ValueError(
+                    f"{n_final} objects do not fit the relabelling scheme (at most {block}); "
+                    "run with compact=False (--no-compact) and without link_3d"
+                )
+            tmp = state / ".tables.tmp.npz"
+            np.savez(tmp, **{f"t{k}": t for k, t in enumerate(tables)})
+            os.replace(tmp, tables_path)
+        with np.load(tables_path) as tabs:
+            n_final = int(max((int(tabs[f"t{k}"].max()) for k in range(n_slices) if tabs[f"t{k}"].size), default=0))
+        rtasks = [dask.delayed(_relabel_task, pure=False)(str(out_path), k, out_idx[k], (k + 1) * block)
+                  for k in range(n_slices)]
+        compute_tasks(rtasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
+                      desc="relabelling")
+    info = dict(arr.attrs.get("napari_sam", {}))
+    info.update({"state": "complete", "n_labels": n_final, "ids": "1..N" if (compact or link_3d) else "block"})
+    arr.attrs["napari_sam"] = json_safe(info)
+    return da.from_zarr(zarr.open_array(str(out_path), mode="r"))
+
+
+def _stride(shape: tuple, axis: int) -> int:
+    return int(np.prod(shape[axis + 1:])) if axis + 1 < len(shape) else 1

@@ -1,0 +1,212 @@
+"""On-disk cache of SAM image embeddings (zarr), shared by the CLI and the napari plugin.
+
+A cache holds the encoder output of every (slice, tile) of one dataset for one
+model, normalisation and tile layout.  Those four things form the cache *key*,
+stored in the cache; opening a cache with another key raises
+:class:`CacheMismatchError` naming what differs, so embeddings computed for
+other data or settings are never used silently.  The data identity is cheap:
+path, shape, dtype and checksums of a few small sampled windows
+(:func:`data_identity`), not a hash of the whole volume.
+
+Layout::
+
+    cache.zarr/                 group, attrs["napari_sam_cache"] = {"version": 1, "key": {...}}
+      s<slice>/t<tile>          float32 (1, C, h, w) features; attrs = Embedding fields,
+                                "complete": true written last (a killed write is never read)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from napari_sam.io import json_safe
+
+__all__ = ["EmbeddingCache", "CacheMismatchError", "data_identity", "make_key", "CachingPredictor"]
+
+_VERSION = 1
+
+
+class CacheMismatchError(ValueError):
+    """The cache on disk was made for another model, normalisation, tile layout or data."""
+
+
+def data_identity(data: Any, *, path: str | os.PathLike | None = None, n_samples: int = 3,
+                  window: int = 64) -> dict:
+    """A cheap identity of an array: path, shape, dtype and checksums of sampled windows.
+
+    ``n_samples`` windows of at most ``window`` pixels per axis are read along the
+    diagonal of the array (start, middle, end) and hashed with SHA-1; nothing else is read.
+
+    Returns
+    -------
+    dict
+        ``{"path", "shape", "dtype", "samples": [hex digest, ...]}`` (JSON types).
+    """
+    shape = tuple(int(s) for s in data.shape)
+    digests = []
+    for f in np.linspace(0.0, 1.0, n_samples):
+        sl = tuple(slice(int(round(f * (s - min(s, window)))), int(round(f * (s - min(s, window)))) + min(s, window))
+                   for s in shape)
+        block = data[sl]
+        block = np.ascontiguousarray(block.compute() if hasattr(block, "compute") else block)
+        digests.append(hashlib.sha1(block.tobytes()).hexdigest())
+    return {"path": None if path is None else str(Path(path).resolve()), "shape": list(shape),
+            "dtype": str(np.dtype(data.dtype)), "samples": digests}
+
+
+def make_key(*, model_id: str, contrast_limits: Any, tile_layout: dict, data: dict) -> dict:
+    """Build a cache key (JSON-safe dict) from its four parts.
+
+    Parameters
+    ----------
+    model_id : str
+        Model identity (architecture and weights, e.g. name + checkpoint path).
+    contrast_limits : array-like ``(k, 2)``
+        The normalisation used for every slice.
+    tile_layout : dict
+        E.g. ``{"tile_shape": [1024, 1024], "halo": [64, 64], "crop_n_layers": 0}``.
+    data : dict
+        From :func:`data_identity`.
+    """
+    limits = np.round(np.asarray(contrast_limits, dtype=np.float64), 6)
+    return json_safe({"model": str(model_id), "contrast_limits": limits, "tile_layout": tile_layout, "data": data})
+
+
+class EmbeddingCache:
+    """Embeddings of one dataset in a zarr group at ``path``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The cache folder (created on first :meth:`put` when a key is given).
+    key : dict, optional
+        From :func:`make_key`.  When the cache exists with another key a
+        :class:`CacheMismatchError` lists the differing parts; ``reset=True``
+        empties the cache and starts again with ``key``.  Without a key the
+        stored one is used (reading only).
+    reset : bool
+        Discard a cache made with another key.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: dict | None = None, *, reset: bool = False) -> None:
+        self.path = Path(path)
+        stored = self._stored_key()
+        if key is None:
+            if stored is None:
+                raise ValueError(f"{self.path} is not an embedding cache; create it with a key (napari-sam embed)")
+            self.key = stored
+            return
+        key = json_safe(key)
+        if stored is not None and stored != key:
+            if not reset:
+                diff = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+                raise CacheMismatchError(
+                    f"the embedding cache {self.path} was made for another {', '.join(diff)}; "
+                    "use a new cache path or reset it (--reset-cache / reset=True)"
+                )
+            shutil.rmtree(self.path)
+            stored = None
+        if stored is None:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise ValueError(f"{self.path} exists and is not an embedding cache; choose another path")
+            group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+            group.attrs["napari_sam_cache"] = {"version": _VERSION, "key": key}
+        self.key = key
+
+    def _stored_key(self) -> dict | None:
+        if not (self.path / "zarr.json").exists():
+            return None
+        info = zarr.open_group(str(self.path), mode="r").attrs.get("napari_sam_cache")
+        return None if not isinstance(info, dict) else info.get("key")
+
+    def _name(self, slice_index: int, tile_index: int) -> str:
+        if int(slice_index) < 0 or int(tile_index) < 0:
+            raise ValueError("slice_index and tile_index must be non-negative")
+        return f"s{int(slice_index)}/t{int(tile_index)}"
+
+    def get(self, slice_index: int, tile_index: int = 0) -> Any:
+        """The stored :class:`~napari_sam.predictor.Embedding`, or None when absent or incomplete."""
+        try:
+            arr = zarr.open_array(str(self.path / self._name(slice_index, tile_index)), mode="r")
+        except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError, ValueError):
+            return None
+        attrs = dict(arr.attrs)
+        if not attrs.get("complete"):
+            return None
+        from napari_sam.predictor import Embedding
+
+        return Embedding(features=np.asarray(arr[...], dtype=np.float32),
+                         original_size=tuple(attrs["original_size"]), input_size=tuple(attrs["input_size"]),
+                         image_size=int(attrs["image_size"]), model_id=str(attrs["model_id"]))
+
+    def put(self, slice_index: int, tile_index: int, embedding: Any) -> None:
+        """Store an embedding (anything with the fields of ``Embedding``)."""
+        features = np.asarray(embedding.features, dtype=np.float32)
+        name = self._name(slice_index, tile_index)
+        arr = zarr.create_array(store=str(self.path / name), shape=features.shape, dtype="float32",
+                                chunks=features.shape, zarr_format=3, overwrite=True)
+        arr[...] = features
+        arr.attrs.update(json_safe({
+            "original_size": embedding.original_size, "input_size": embedding.input_size,
+            "image_size": embedding.image_size, "model_id": embedding.model_id, "complete": True}))
+
+    def __contains__(self, index: tuple[int, int]) -> bool:
+        arr_path = self.path / self._name(*index) / "zarr.json"
+        if not arr_path.exists():
+            return False
+        return bool(zarr.open_array(str(arr_path.parent), mode="r").attrs.get("complete"))
+
+    def entries(self) -> list[tuple[int, int]]:
+        """Complete (slice, tile) entries, sorted."""
+        out = []
+        for sdir in self.path.glob("s*"):
+            for tdir in sdir.glob("t*"):
+                idx = (int(sdir.name[1:]), int(tdir.name[1:]))
+                if idx in self:
+                    out.append(idx)
+        return sorted(out)
+
+
+class CachingPredictor:
+    """Wraps a Predictor so that ``set_image`` reads/writes an :class:`EmbeddingCache`.
+
+    The n-th ``set_image`` call after :meth:`start_slice` is tile ``n`` of that
+    slice (tiling visits tiles in a fixed order for a fixed layout, which is part
+    of the cache key).  Everything else is delegated to the wrapped predictor.
+    """
+
+    def __init__(self, predictor: Any, cache: EmbeddingCache) -> None:
+        self._predictor = predictor
+        self._cache = cache
+        self._slice = 0
+        self._tile = 0
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    def start_slice(self, slice_index: int) -> None:
+        self._slice, self._tile = int(slice_index), 0
+
+    def set_image(self, image: Any, **kwargs: Any) -> None:
+        tile = self._tile
+        self._tile += 1
+        emb = self._cache.get(self._slice, tile)
+        if emb is not None and tuple(emb.original_size) == tuple(np.shape(image)[:2]):
+            self._predictor.set_embedding(emb)
+            self.hits += 1
+            return
+        self._predictor.set_image(image, **kwargs)
+        self._cache.put(self._slice, tile, self._predictor.get_embedding())
+        self.misses += 1
+
+    def __getattr__(self, name: str) -> Callable:
+        return getattr(self._predictor, name)

@@ -1,0 +1,332 @@
+"""Lazy image input and labels output for headless runs.
+
+Inputs are opened lazily as dask arrays: TIFF / OME-TIFF / GeoTIFF (through
+tifffile's zarr store, so only the pages a task touches are read), zarr v2 and
+v3 arrays, OME-Zarr (multiscale, axes from its metadata) and ``.npy``
+(memory-mapped).
+
+Axes are named with the letters ``T Z C Y X S`` (``S`` = RGB samples, last).
+They come from the user (``axes=``), else from trustworthy metadata (OME,
+ImageJ, OME-Zarr, zarr dimension names), else from the shape: ``YX`` for 2-D,
+``ZYX`` for 3-D.  A shape that could be read two ways (3-D with a last
+dimension of 3 or 4, or anything 4-D and up without metadata) raises a
+``ValueError`` asking for ``axes``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+AXES_LETTERS = "TZCYXS"
+
+#: GeoTIFF tags kept in the output attributes (code -> name).
+GEOTIFF_TAGS = {
+    33550: "ModelPixelScaleTag",
+    33922: "ModelTiepointTag",
+    34264: "ModelTransformationTag",
+    34735: "GeoKeyDirectoryTag",
+    34736: "GeoDoubleParamsTag",
+    34737: "GeoAsciiParamsTag",
+}
+
+__all__ = [
+    "AXES_LETTERS",
+    "GEOTIFF_TAGS",
+    "open_image",
+    "validate_axes",
+    "infer_axes",
+    "ome_zarr_root",
+    "write_ome_labels_metadata",
+]
+
+
+def validate_axes(axes: str, ndim: int) -> str:
+    """Check an axes string such as ``"ZYX"`` against an array's ``ndim``.
+
+    Parameters
+    ----------
+    axes : str
+        One letter per dimension from ``T Z C Y X S`` (case-insensitive).
+    ndim : int
+        Number of dimensions of the array.
+
+    Returns
+    -------
+    str
+        The upper-case axes string.
+    """
+    if not isinstance(axes, str):
+        raise TypeError(f"axes must be a string such as 'ZYX', got {type(axes).__name__}")
+    axes = axes.upper()
+    bad = sorted(set(axes) - set(AXES_LETTERS))
+    if bad:
+        raise ValueError(
+            f"axes {axes!r} contains unknown letter(s) {bad}; use only {' '.join(AXES_LETTERS)} "
+            "(T time, Z depth, C channel, Y rows, X columns, S RGB samples)"
+        )
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axes {axes!r} repeats a letter; each axis may appear once")
+    if len(axes) != ndim:
+        raise ValueError(
+            f"axes {axes!r} has {len(axes)} letters but the image has {ndim} dimensions; "
+            "give one letter per dimension"
+        )
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError(f"axes {axes!r} must contain both Y and X")
+    if axes.index("Y") > axes.index("X"):
+        raise ValueError(f"axes {axes!r}: Y must come before X (row, column order)")
+    if "S" in axes and axes[-1] != "S":
+        raise ValueError(f"axes {axes!r}: S (RGB samples) must be the last axis")
+    return axes
+
+
+def infer_axes(shape: tuple[int, ...]) -> str:
+    """Guess axes from a shape alone; raise when the guess would be ambiguous."""
+    ndim = len(shape)
+    if ndim == 2:
+        return "YX"
+    if ndim == 3:
+        if shape[-1] in (3, 4):
+            raise ValueError(
+                f"cannot tell whether an image of shape {tuple(shape)} is a stack of "
+                f"{shape[0]} slices (axes 'ZYX') or an RGB(A) image (axes 'YXS'); "
+                "pass axes explicitly (--axes ZYX or --axes YXS)"
+            )
+        return "ZYX"
+    raise ValueError(
+        f"cannot guess the axes of a {ndim}-D image of shape {tuple(shape)} without metadata; "
+        "pass axes explicitly, e.g. --axes TZYX or --axes ZCYX"
+    )
+
+
+def _clean_metadata_axes(axes: str, shape: tuple[int, ...]) -> str | None:
+    """Map tifffile / NGFF axes to ours; None when they are not all known."""
+    mapped = axes.upper().replace("I", "Z")
+    if set(mapped) <= set(AXES_LETTERS) and len(set(mapped)) == len(mapped) == len(shape):
+        return mapped
+    return None
+
+
+# ---------------------------------------------------------------------------- TIFF
+
+
+def _open_tiff(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
+    import tifffile
+
+    meta: dict[str, Any] = {"format": "tiff"}
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        nlevels = len(series.levels)
+        if not 0 <= level < nlevels:
+            raise ValueError(f"{path} has {nlevels} resolution level(s); level must be 0..{nlevels - 1}")
+        page = series.pages[0] if series.pages else tif.pages[0]
+        geo = {}
+        for code, name in GEOTIFF_TAGS.items():
+            tag = page.tags.get(code) if page is not None else None
+            if tag is not None:
+                value = tag.value
+                geo[name] = value.tolist() if isinstance(value, np.ndarray) else (
+                    list(value) if isinstance(value, tuple) else value
+                )
+        if geo:
+            meta["geotiff"] = geo
+            meta["format"] = "geotiff"
+        axes = None
+        if tif.is_ome or tif.is_imagej:
+            meta["format"] = "ome-tiff" if tif.is_ome else "imagej-tiff"
+            axes = _clean_metadata_axes(series.axes, series.levels[level].shape)
+        elif series.axes.endswith("S") and str(getattr(page, "photometric", "")).endswith("RGB"):
+            shape = series.levels[level].shape
+            lead = len(shape) - 3
+            if lead in (0, 1):
+                axes = ("Z" if lead else "") + "YXS"
+    store = tifffile.imread(path, aszarr=True, level=level)
+    arr = zarr.open_array(store, mode="r")
+    return da.from_zarr(arr), axes, meta
+
+
+# ---------------------------------------------------------------------------- zarr
+
+
+def _read_attrs(node: Any) -> dict:
+    attrs = dict(node.attrs)
+    if "ome" in attrs and isinstance(attrs["ome"], dict):  # NGFF 0.5 (zarr v3)
+        merged = dict(attrs["ome"])
+        merged.setdefault("_ome_nested", True)
+        return merged
+    return attrs
+
+
+def ome_zarr_root(path: str | os.PathLike) -> dict | None:
+    """Describe an OME-Zarr image group, or return None when ``path`` is not one.
+
+    Returns
+    -------
+    dict or None
+        ``{"root", "version", "zarr_format", "axes", "datasets", "multiscale"}``.
+    """
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception:
+        return None
+    if not isinstance(node, zarr.Group):
+        return None
+    attrs = _read_attrs(node)
+    multiscales = attrs.get("multiscales")
+    if not multiscales:
+        return None
+    ms = multiscales[0]
+    names = []
+    for ax in ms.get("axes", []):
+        names.append((ax["name"] if isinstance(ax, dict) else str(ax)).upper())
+    return {
+        "root": str(Path(path)),
+        "version": str(ms.get("version", attrs.get("version", "0.4"))),
+        "zarr_format": node.metadata.zarr_format,
+        "axes": "".join(names),
+        "datasets": ms["datasets"],
+        "multiscale": ms,
+    }
+
+
+def _open_zarr(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
+    ome = ome_zarr_root(path)
+    if ome is not None:
+        datasets = ome["datasets"]
+        if not 0 <= level < len(datasets):
+            raise ValueError(
+                f"{path} has {len(datasets)} resolution level(s); level must be 0..{len(datasets) - 1}"
+            )
+        arr = zarr.open_array(str(path / datasets[level]["path"]), mode="r")
+        axes = _clean_metadata_axes(ome["axes"], arr.shape) if ome["axes"] else None
+        scale = None
+        for tr in datasets[level].get("coordinateTransformations", []):
+            if tr.get("type") == "scale":
+                scale = list(tr["scale"])
+        return da.from_zarr(arr), axes, {"format": "ome-zarr", "ome_zarr": ome, "scale": scale}
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable zarr array or OME-Zarr image: {exc}") from exc
+    if isinstance(node, zarr.Group):
+        arrays = sorted(name for name, _ in node.arrays())
+        hint = f" It contains arrays {arrays}; point at one of them, e.g. {path / arrays[0]}." if arrays else ""
+        raise ValueError(f"{path} is a zarr group without OME-Zarr multiscales metadata.{hint}")
+    if level != 0:
+        raise ValueError(f"{path} is a single zarr array; it has no resolution level {level}")
+    axes = None
+    dims = getattr(node.metadata, "dimension_names", None)
+    own = node.attrs.get("napari_sam", {})
+    if isinstance(own, dict) and "axes" in own:
+        axes = _clean_metadata_axes(own["axes"], node.shape)
+    elif dims and all(d for d in dims):
+        axes = _clean_metadata_axes("".join(str(d)[:1] for d in dims), node.shape) if all(
+            len(str(d)) == 1 for d in dims
+        ) else None
+    elif "_ARRAY_DIMENSIONS" in node.attrs:
+        names = node.attrs["_ARRAY_DIMENSIONS"]
+        if all(len(str(d)) == 1 for d in names):
+            axes = _clean_metadata_axes("".join(names), node.shape)
+    return da.from_zarr(node), axes, {"format": f"zarr-v{node.metadata.zarr_format}"}
+
+
+# ---------------------------------------------------------------------------- public
+
+
+def open_image(
+    path: str | os.PathLike, *, axes: str | None = None, level: int = 0
+) -> tuple[da.Array, str, dict]:
+    """Open an image or volume lazily.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A ``.tif``/``.tiff`` (incl. OME-TIFF, GeoTIFF), a zarr v2/v3 array, an
+        OME-Zarr image group, or a ``.npy`` file.
+    axes : str, optional
+        Overrides the axes found in metadata, e.g. ``"ZYX"``, ``"TZCYX"``, ``"YXS"``.
+    level : int
+        Resolution level of a multiscale input (0 = full resolution).
+
+    Returns
+    -------
+    data : dask.array.Array
+        The lazy pixel data, any dtype, in file order.
+    axes : str
+        One letter per dimension of ``data``.
+    metadata : dict
+        ``format``, ``path``, ``axes_source`` (``"user"``, ``"metadata"`` or
+        ``"shape"``), and where present ``scale``, ``geotiff`` (tag name -> value)
+        and ``ome_zarr`` (see :func:`ome_zarr_root`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"input {path} does not exist")
+    if not isinstance(level, (int, np.integer)) or level < 0:
+        raise ValueError(f"level must be a non-negative integer, got {level!r}")
+    suffix = path.name.lower()
+    if suffix.endswith((".tif", ".tiff", ".btf", ".tf8")):
+        data, meta_axes, meta = _open_tiff(path, int(level))
+    elif suffix.endswith(".npy"):
+        if level != 0:
+            raise ValueError(f"{path} is a single .npy array; it has no resolution level {level}")
+        data = da.from_array(np.load(path, mmap_mode="r"), chunks="auto")
+        meta_axes, meta = None, {"format": "npy"}
+    elif path.is_dir() or suffix.endswith(".zarr"):
+        data, meta_axes, meta = _open_zarr(path, int(level))
+    else:
+        raise ValueError(
+            f"unsupported input {path}: expected .tif/.tiff, .npy, a zarr array or an OME-Zarr folder"
+        )
+    meta["path"] = str(path.resolve())
+    if axes is not None:
+        final, source = validate_axes(axes, data.ndim), "user"
+    elif meta_axes is not None:
+        final, source = validate_axes(meta_axes, data.ndim), "metadata"
+    else:
+        final, source = infer_axes(tuple(data.shape)), "shape"
+    meta["axes_source"] = source
+    return data, final, meta
+
+
+def write_ome_labels_metadata(
+    root: str | os.PathLike, name: str, *, axes: list[dict], scale: list[float] | None,
+    version: str, zarr_format: int,
+) -> None:
+    """Register ``labels/<name>`` (an array at ``labels/<name>/0``) in an OME-Zarr image.
+
+    Writes the ``labels`` group's list of names and the label group's
+    ``multiscales`` + ``image-label`` metadata (NGFF 0.4 for zarr v2, 0.5 for zarr v3).
+    """
+    ms: dict[str, Any] = {
+        "name": name,
+        "axes": axes,
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": list(scale) if scale else [1.0] * len(axes)}]}],
+    }
+    label_meta: dict[str, Any] = {"source": {"image": "../../"}}
+    root_grp = zarr.open_group(str(root), mode="r+")
+    labels_grp = root_grp.require_group("labels")
+    existing = _read_attrs(labels_grp).get("labels", [])
+    names = list(existing) + ([name] if name not in existing else [])
+    label_grp = labels_grp.require_group(name)
+    if zarr_format == 3 or not version.startswith("0.4"):
+        labels_grp.attrs["ome"] = {"version": version, "labels": names}
+        label_grp.attrs["ome"] = {"version": version, "multiscales": [ms], "image-label": label_meta}
+    else:
+        ms["version"] = version
+        label_meta["version"] = version
+        labels_grp.attrs["labels"] = names
+        label_grp.attrs.update({"multiscales": [ms], "image-label": label_meta})
+
+
+def json_safe(value: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples inside ``value`` to JSON types."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
