@@ -1,0 +1,339 @@
+"""The interactive segmentation session: one image layer, one predictor, prompts -> labels.
+
+The session is the Qt-free core of the interactive widget.  It is given a
+predictor-like object (dependency injection: the real
+:class:`napari_sam.predictor.Predictor` or a stand-in from
+:mod:`napari_sam._napari._testing`) and works on napari model objects only
+(``viewer.dims``, layers), so every behaviour is testable with
+``ViewerModel``.
+
+Threading: :meth:`Session.prepare` (the image encoder) may run in a worker
+thread; every use of the predictor holds ``Session.lock`` and first makes the
+predictor hold the right slice's embedding, so a preview and a background
+propagation can never mix slices up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_sam._napari import labels as _labels
+from napari_sam._napari.layers import (
+    PlaneRef,
+    get_plane,
+    plane_ref,
+    points_to_prompts,
+    shapes_to_prompts,
+)
+from napari_sam._napari.propagate import mask_prompt_logits, propagate_object
+from napari_sam.progress import CancelToken, ProgressCallback, report
+
+__all__ = ["ObjectPrediction", "Preview", "Session"]
+
+
+@dataclass
+class ObjectPrediction:
+    """SAM's answer for one object: candidate masks and the chosen one.
+
+    Attributes
+    ----------
+    masks : numpy.ndarray of bool, shape (C, H, W)
+    scores : numpy.ndarray of float32, shape (C,)
+    logits : numpy.ndarray of float32, shape (C, 256, 256)
+    choice : int
+        Index of the candidate shown and committed (initially the best score).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    choice: int = 0
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The chosen ``(H, W)`` bool mask."""
+        return self.masks[self.choice]
+
+
+@dataclass
+class Preview:
+    """The objects predicted from the current prompts on one plane."""
+
+    ref: PlaneRef
+    objects: list[ObjectPrediction] = field(default_factory=list)
+    request: int = 0
+
+    def label_image(self) -> np.ndarray:
+        """``(H, W)`` uint32 image: object ``k`` (0-based) drawn with value ``k + 1``."""
+        out = np.zeros(self.ref.shape, dtype=np.uint32)
+        for k, obj in enumerate(self.objects):
+            out[obj.mask & (out == 0)] = k + 1
+        return out
+
+
+class Session:
+    """Interactive SAM on one napari image layer.
+
+    Parameters
+    ----------
+    predictor : Predictor-like
+        ``set_image``, ``predict``, optionally ``predict_batch``,
+        ``get_embedding`` / ``set_embedding``.
+    image_layer : napari.layers.Image
+        The image to segment (any ndim, scale/translate, multiscale: level 0).
+    embedding_cache : object, optional
+        On-disk store with ``get(key) -> embedding or None`` and
+        ``put(key, embedding)``; used when given.
+    max_embeddings : int, keyword-only
+        How many slice embeddings to keep in memory (least recently used go).
+    """
+
+    def __init__(self, predictor: Any, image_layer: Any, *, embedding_cache: Any = None,
+                 max_embeddings: int = 8, channel_axis: int | None = None) -> None:
+        if not hasattr(predictor, "predict") or not hasattr(predictor, "set_image"):
+            raise TypeError("predictor needs set_image() and predict() (e.g. napari_sam.Predictor)")
+        if getattr(image_layer, "_type_string", "image") != "image":
+            raise TypeError(f"layer {image_layer.name!r} is not an Image layer")
+        self.predictor = predictor
+        self.image_layer = image_layer
+        self.embedding_cache = embedding_cache
+        self.max_embeddings = int(max_embeddings)
+        self.channel_axis = -1 if getattr(image_layer, "rgb", False) else channel_axis
+        self.lock = threading.RLock()
+        self._embeddings: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._held: tuple[int, ...] | None = None
+        self._request = 0
+        self._max_id: dict[int, int] = {}
+        self.preview: Preview | None = None
+
+    # --- embeddings -------------------------------------------------------------
+    def contrast_limits(self) -> np.ndarray | None:
+        """The image layer's contrast limits (what the user sees), None for RGB uint8."""
+        if getattr(self.image_layer, "rgb", False):
+            return None
+        return np.asarray(self.image_layer.contrast_limits, dtype=np.float64)
+
+    def plane(self, dims: Any) -> PlaneRef:
+        """The image plane currently shown by ``dims``."""
+        return plane_ref(self.image_layer, dims)
+
+    def has_embedding(self, ref: PlaneRef) -> bool:
+        """Whether the slice ``ref`` is ready without running the encoder."""
+        return ref.key in self._embeddings
+
+    def prepare(self, ref: PlaneRef, *, progress: ProgressCallback | None = None) -> None:
+        """Make the predictor hold slice ``ref`` (memory cache, disk cache or encoder).
+
+        Safe to call from a worker thread.
+        """
+        with self.lock:
+            key = ref.key
+            if self._held == key:
+                return
+            if key in self._embeddings:
+                self._embeddings.move_to_end(key)
+                self.predictor.set_embedding(self._embeddings[key])
+                self._held = key
+                return
+            cached = self._disk_get(key)
+            if cached is not None:
+                self.predictor.set_embedding(cached)
+            else:
+                report(progress, 0, 1, f"computing embedding of slice {key}")
+                plane = get_plane(self.image_layer, ref)
+                self.predictor.set_image(plane, channel_axis=self.channel_axis,
+                                         contrast_limits=self.contrast_limits())
+                report(progress, 1, 1, f"embedding of slice {key} ready")
+            self._held = key
+            if hasattr(self.predictor, "get_embedding"):
+                emb = self.predictor.get_embedding()
+                self._embeddings[key] = emb
+                if cached is None:
+                    self._disk_put(key, emb)
+                while len(self._embeddings) > self.max_embeddings:
+                    self._embeddings.popitem(last=False)
+
+    def precompute(self, dims: Any, *, axis: int | None = None, progress: ProgressCallback | None = None,
+                   cancel: CancelToken = None) -> int:
+        """Compute every slice's embedding along ``axis`` (default: the nearest stacked axis).
+
+        Embeddings go to the on-disk cache when the session has one (and to the
+        memory cache otherwise).  Returns the number of slices processed.
+        """
+        from napari_sam.progress import check_cancelled
+
+        ref = self.plane(dims)
+        axis = self.stack_axis(ref) if axis is None else axis
+        n = self._shape()[axis]
+        for z in range(n):
+            check_cancelled(cancel)
+            self.prepare(ref.with_index(axis, z))
+            report(progress, z + 1, n, f"embedding slice {z + 1}/{n}")
+        return n
+
+    def _disk_key(self, key: tuple[int, ...]) -> str:
+        return f"{self.image_layer.name}/" + "/".join(map(str, key))
+
+    def _disk_get(self, key: tuple[int, ...]) -> Any:
+        if self.embedding_cache is None:
+            return None
+        return self.embedding_cache.get(self._disk_key(key))
+
+    def _disk_put(self, key: tuple[int, ...], emb: Any) -> None:
+        if self.embedding_cache is not None:
+            self.embedding_cache.put(self._disk_key(key), emb)
+
+    def _shape(self) -> tuple[int, ...]:
+        data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
+        shape = tuple(int(s) for s in data.shape)
+        return shape[:-1] if self.image_layer.rgb else shape
+
+    @staticmethod
+    def stack_axis(ref: PlaneRef) -> int:
+        """The non-displayed axis nearest the plane (z of (t, z, y, x)); ValueError for 2D."""
+        stacked = [ax for ax, i in enumerate(ref.index) if i is not None]
+        if not stacked:
+            raise ValueError("the image is 2D: there is no stack to walk through")
+        return stacked[-1]
+
+    # --- prompts -> preview -----------------------------------------------------
+    def next_request(self) -> int:
+        """A new request number; only the latest request's preview is kept."""
+        self._request += 1
+        return self._request
+
+    def predict(self, dims: Any, *, points_layer: Any = None, shapes_layer: Any = None,
+                request: int | None = None) -> Preview | None:
+        """Predict objects from the prompt layers on the current plane.
+
+        Rules: with no shapes, all points describe ONE object (3 ambiguity
+        candidates).  Each rectangle/polygon/ellipse is one object; a point
+        joins every box that contains it (with a single box, all points join).
+        Returns the preview (also stored in ``self.preview``), or None when a
+        newer request has superseded ``request`` (latest wins).
+        """
+        request = self.next_request() if request is None else request
+        ref = self.plane(dims)
+        pts, lab = (np.zeros((0, 2)), np.zeros(0, np.int64)) if points_layer is None else \
+            points_to_prompts(points_layer, self.image_layer, dims, ref)
+        shapes = [] if shapes_layer is None else shapes_to_prompts(shapes_layer, self.image_layer, dims, ref)
+        with self.lock:
+            self.prepare(ref)
+            objects = self._predict_objects(pts, lab, shapes, ref)
+        if request != self._request:
+            return None
+        self.preview = Preview(ref, objects, request)
+        return self.preview
+
+    def _predict_objects(self, pts, lab, shapes, ref) -> list[ObjectPrediction]:
+        p = self.predictor
+        if not shapes:
+            if not (lab > 0).any():
+                return []
+            masks, scores, logits = p.predict(pts, lab, None, None, multimask=True)
+            return [ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits),
+                                     int(np.argmax(scores)))]
+        objects = []
+        per_box = [self._points_in_box(pts, lab, s["box_rc"], len(shapes)) for s in shapes]
+        use_batch = hasattr(p, "predict_batch") and all(len(q[0]) == 0 for q in per_box) and \
+            all(s["mask"] is None for s in shapes) and len(shapes) > 1
+        if use_batch:
+            res = p.predict_batch(boxes_rc=np.stack([s["box_rc"] for s in shapes]), multimask=False)
+            logits_full = res.mask_logits.detach().cpu().numpy()
+            for b in range(len(shapes)):
+                objects.append(ObjectPrediction(logits_full[b] > 0, res.scores[b].detach().cpu().numpy(),
+                                                res.low_res_logits[b].detach().cpu().numpy()))
+            return objects
+        for s, (bp, bl) in zip(shapes, per_box):
+            mask_in = None if s["mask"] is None else mask_prompt_logits(s["mask"])
+            masks, scores, logits = p.predict(bp if len(bp) else None, bl if len(bl) else None,
+                                              s["box_rc"], mask_in, multimask=False)
+            objects.append(ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits)))
+        return objects
+
+    @staticmethod
+    def _points_in_box(pts, lab, box, n_boxes):
+        if len(pts) == 0 or n_boxes == 1:
+            return pts, lab
+        r0, c0, r1, c1 = box
+        inside = (pts[:, 0] >= r0) & (pts[:, 0] <= r1) & (pts[:, 1] >= c0) & (pts[:, 1] <= c1)
+        return pts[inside], lab[inside]
+
+    def cycle(self) -> int:
+        """Show the next ambiguity candidate of a single-object preview; returns its index."""
+        if self.preview is None or len(self.preview.objects) != 1:
+            return 0
+        obj = self.preview.objects[0]
+        obj.choice = (obj.choice + 1) % len(obj.masks)
+        return obj.choice
+
+    # --- commit -----------------------------------------------------------------
+    def commit(self, labels_layer: Any, dims: Any, *, overwrite: bool = False) -> list[int]:
+        """Write the preview's objects into ``labels_layer`` on the current slice.
+
+        Each object gets the next free id; the whole commit is ONE undo step
+        (``labels_layer.undo()`` reverts it).  With ``overwrite=False`` existing
+        labels are never changed.  Returns the ids written (empty if nothing).
+
+        Raises
+        ------
+        ValueError
+            No preview, a preview of another slice, or labels of another shape.
+        """
+        if self.preview is None or not self.preview.objects:
+            raise ValueError("nothing to commit: add a point or a box prompt first")
+        ref = self.plane(dims)
+        if ref != self.preview.ref:
+            raise ValueError("the preview belongs to another slice; update the prompts on this slice")
+        lref = _labels.labels_plane_ref(labels_layer, dims, ref.shape)
+        _labels.check_writable(labels_layer)
+        next_id = _labels.next_free_id(labels_layer, known_max=self._max_id.get(id(labels_layer), 0), ref=lref)
+        items, ids = [], []
+        for k, obj in enumerate(self.preview.objects):
+            items.append((obj.mask, next_id + k))
+            ids.append(next_id + k)
+        written = _labels.write_masks(labels_layer, {lref: items}, overwrite=overwrite)
+        if not written:
+            return []
+        self._max_id[id(labels_layer)] = max(ids)
+        self.preview = None
+        return ids
+
+    # --- 3D propagation ---------------------------------------------------------
+    def propagate(self, labels_layer: Any, dims: Any, label_id: int, *, iou_threshold: float = 0.3,
+                  min_area: int = 10, max_distance: int | None = None,
+                  progress: ProgressCallback | None = None, cancel: CancelToken = None
+                  ) -> tuple[PlaneRef, int, dict[int, np.ndarray]]:
+        """Follow object ``label_id`` of the current slice through the stack (worker-safe).
+
+        Reads the seed from ``labels_layer`` on the current slice, runs
+        :func:`~napari_sam._napari.propagate.propagate_object` and returns
+        ``(labels plane ref, stack axis, {slice index: mask})``.  Nothing is
+        written: call :meth:`write_propagation` on the main thread.
+        """
+        ref = self.plane(dims)
+        lref = _labels.labels_plane_ref(labels_layer, dims, ref.shape)
+        seed = np.asarray(labels_layer.data[lref.selection()]) == label_id
+        axis = self.stack_axis(ref)
+        laxis = self.stack_axis(lref)
+
+        def prepare_slice(z: int) -> None:
+            self.prepare(ref.with_index(axis, z))
+
+        with self.lock:
+            masks = propagate_object(seed, ref.index[axis], self._shape()[axis], predictor=self.predictor,
+                                     prepare_slice=prepare_slice, iou_threshold=iou_threshold,
+                                     min_area=min_area, max_distance=max_distance,
+                                     progress=progress, cancel=cancel)
+        return lref, laxis, masks
+
+    def write_propagation(self, labels_layer: Any, lref: PlaneRef, axis: int, masks: dict[int, np.ndarray],
+                          label_id: int, *, overwrite: bool = False) -> int:
+        """Write propagated masks as ONE undo step; returns the number of pixels written."""
+        items = {lref.with_index(axis, z): [(m, label_id)] for z, m in sorted(masks.items())}
+        return _labels.write_masks(labels_layer, items, overwrite=overwrite)
