@@ -28,16 +28,14 @@ import zarr
 
 from napari_sam import volume as vol
 from napari_sam.io import json_safe, ome_zarr_root, open_image, validate_axes, infer_axes
-from napari_sam.io import write_ome_labels_metadata
+from napari_sam.io import prepare_labels_array, write_ome_labels_metadata
 from napari_sam.progress import CancelToken, ProgressCallback, report
-from napari_sam.volume import compute_tasks
-from napari_sam.cache import data_identity
+from napari_sam.cache import EmbeddingCache, data_identity, make_key
 
 __all__ = ["segment_volume", "sam_segment", "DEFAULT_CHUNK"]
 
 #: side of the output chunks (1, chunk, chunk) when no tile shape is given
 DEFAULT_CHUNK = 1024
-_STATE_DIR = ".napari_sam"
 _LOCAL = threading.local()
 
 
@@ -82,8 +80,14 @@ def sam_segment(
     tile_shape: Sequence[int] | None = None,
     halo: Sequence[int] | None = None,
     amg_params: dict | None = None,
+    cache: str | None = None,
+    cache_key: dict | None = None,
+    slice_index: int = 0,
 ) -> np.ndarray:
     """The default per-slice function: tiled automatic SAM labelling of one 2-D slice.
+
+    With ``cache`` (an :class:`~napari_sam.cache.EmbeddingCache` folder) and its
+    ``cache_key``, tile embeddings of slice ``slice_index`` are read from / written to it.
 
     Returns
     -------
@@ -93,121 +97,24 @@ def sam_segment(
     from napari_sam.tiling import segment_image
 
     predictor = _load_predictor(model, checkpoint, device)
+    if cache is not None:
+        from napari_sam.cache import CachingPredictor, EmbeddingCache
+
+        predictor = CachingPredictor(predictor, EmbeddingCache(cache, cache_key))
+        predictor.start_slice(slice_index)
     return segment_image(
         image, predictor, channel_axis=channel_axis, contrast_limits=contrast_limits,
         tile_shape=tile_shape, halo=halo, **(amg_params or {}),
     )
 
 
-# ------------------------------------------------------------------ tasks
-
-
-@functools.lru_cache(maxsize=8)
-def _reopen(path: str, axes: str, level: int, channel: int | None, channels: tuple | None) -> da.Array:
-    data, axes, _ = open_image(path, axes=axes, level=level)
-    view, _, _ = vol.canonical_view(data, axes, channel=channel, channels=channels)
-    return view
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _segment_slice(
-    image: Any, *, k: int, src: tuple | None, loop_index: tuple, out_path: str, out_index: tuple,
-    block: int, contrast_limits: np.ndarray, has_channels: bool, segment_fn: Callable,
-) -> int:
-    """Segment slice ``k``, write ``(k+1)*block + local`` ids, then mark it done; returns n."""
-    marker = Path(out_path) / _STATE_DIR / f"slice-{k}.json"
-    if marker.exists():
-        return int(marker.read_text().split()[0])
-    if src is not None:
-        image = _reopen(*src)[loop_index]
-    image = np.asarray(image.compute(scheduler="synchronous") if hasattr(image, "compute") else image)
-    labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits)
-    labels = np.asarray(labels)
-    if labels.shape != image.shape[:2]:
-        raise ValueError(f"the segment function returned shape {labels.shape} for a slice of {image.shape[:2]}")
-    local, n = vol.sequential_labels(labels)
-    if n >= block:
-        raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
-    raw = np.where(local > 0, local + np.uint32((k + 1) * block), np.uint32(0)).astype(np.uint32)
-    zarr.open_array(out_path, mode="r+")[out_index] = raw
-    _write_atomic(marker, f"{n}\n")
-    return n
-
-
-def _lazy_slice(image: Any, *, k: int, block: int, contrast_limits, has_channels, segment_fn) -> np.ndarray:
-    image = np.asarray(image)
-    labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits)
-    local, n = vol.sequential_labels(labels)
-    if n >= block:
-        raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
-    return np.where(local > 0, local + np.uint32(k * block), np.uint32(0)).astype(np.uint32)
-
-
-def _edges_task(out_path: str, ia: tuple, ib: tuple, oa: int, ob: int, min_iou: float) -> np.ndarray:
-    arr = zarr.open_array(out_path, mode="r")
-    a = np.asarray(arr[ia]).astype(np.int64)
-    b = np.asarray(arr[ib]).astype(np.int64)
-    return vol.slice_overlap_edges(np.where(a > oa, a - oa, 0), np.where(b > ob, b - ob, 0), min_iou=min_iou)
-
-
-def _relabel_task(out_path: str, k: int, out_index: tuple, offset: int) -> int:
-    state = Path(out_path) / _STATE_DIR
-    marker = state / f"final-{k}"
-    if marker.exists():
-        return 0
-    with np.load(state / "tables.npz") as tables:
-        table = tables[f"t{k}"]
-    arr = zarr.open_array(out_path, mode="r+")
-    arr[out_index] = vol.apply_table(np.asarray(arr[out_index]), table, offset=offset)
-    _write_atomic(marker, "done\n")
-    return 1
-
-
-# ------------------------------------------------------------------ output
-
-
-def _prepare_output(
-    out_path: Path, *, shape: tuple, chunks: tuple, signature: dict, attrs: dict,
-    resume: bool, overwrite: bool, zarr_format: int,
-) -> None:
-    if out_path.exists():
-        if overwrite:
-            shutil.rmtree(out_path)
-        elif resume:
-            try:
-                arr = zarr.open_array(str(out_path), mode="r")
-            except Exception as exc:
-                raise ValueError(f"cannot resume: {out_path} is not a labels array written by napari-sam") from exc
-            old = arr.attrs.get("napari_sam", {}).get("signature")
-            if old is None:
-                raise ValueError(f"cannot resume: {out_path} was not written by napari-sam; use --overwrite")
-            diff = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
-            if diff:
-                raise ValueError(
-                    f"cannot resume {out_path}: the run differs in {', '.join(diff)}; "
-                    "rerun with the same input and options, or use --overwrite to start again"
-                )
-            return
-        else:
-            raise ValueError(
-                f"output {out_path} already exists; pass --resume to continue an interrupted run "
-                "or --overwrite to replace it (resume=True / overwrite=True in Python)"
-            )
-    arr = zarr.create_array(
-        store=str(out_path), shape=shape, chunks=chunks, dtype="uint32", fill_value=0,
-        zarr_format=zarr_format, attributes=json_safe({**attrs, "napari_sam": {**attrs.get("napari_sam", {}),
-                                                                                "signature": signature}}),
-    )
-    (out_path / _STATE_DIR).mkdir(exist_ok=True)
-    del arr
+def _cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params) -> dict:
+    layout = {"tile_shape": None if tile_shape is None else [int(t) for t in tile_shape],
+              "halo": None if halo is None else [int(h) for h in halo],
+              "crop_n_layers": int(amg_params.get("crop_n_layers", 0)),
+              "crop_overlap_ratio": amg_params.get("crop_overlap_ratio")}
+    return make_key(model_id=f"{model}|{checkpoint}", contrast_limits=limits, tile_layout=layout,
+                    data=data_identity(view, path=meta.get("path")))
 
 
 def _out_index(out_axes: str, loop_axes: str, loop_index: tuple) -> tuple:
@@ -240,6 +147,7 @@ def segment_volume(
     link_3d: bool = False,
     link_iou: float = 0.5,
     label_name: str | None = None,
+    cache: str | os.PathLike | None = None,
     segment_fn: Callable[..., np.ndarray] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken = None,
@@ -273,6 +181,10 @@ def segment_volume(
         ``(k+1) * id_block + 1..n_k``).
     link_3d, link_iou
         Join objects of neighbouring Z slices whose IoU exceeds ``link_iou`` into 3-D objects.
+    cache : path, optional
+        An :class:`~napari_sam.cache.EmbeddingCache` folder (``napari-sam embed``) whose
+        tile embeddings are reused (and filled when missing); a cache made for other
+        data, model, normalisation or tiles raises :class:`~napari_sam.cache.CacheMismatchError`.
     label_name : str, optional
         For an OME-Zarr input: write to its ``labels/<label_name>`` group (with NGFF metadata).
     segment_fn : callable, optional
@@ -318,13 +230,20 @@ def segment_volume(
     else:
         limits = np.asarray(contrast_limits, dtype=np.float64).reshape(-1, 2)
     if segment_fn is None:
+        cache_key = None
+        if cache is not None:
+            cache_key = _cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
+            EmbeddingCache(cache, cache_key)  # raises CacheMismatchError now rather than in a worker
         segment_fn = functools.partial(
             sam_segment, model=str(model), checkpoint=None if checkpoint is None else str(checkpoint),
             device=device, tile_shape=tile_shape, halo=halo, amg_params=dict(amg_params),
+            cache=None if cache is None else str(cache), cache_key=cache_key,
         )
         fn_name = f"sam:{model}"
         workers = 1 if workers is None else workers
     else:
+        if cache is not None:
+            raise ValueError("an embedding cache is only used by the SAM model, not by a custom segment_fn")
         if amg_params:
             raise TypeError(f"unexpected options {sorted(amg_params)} with a custom segment_fn")
         fn_name = f"{getattr(segment_fn, '__module__', '')}:{getattr(segment_fn, '__qualname__', repr(segment_fn))}"
@@ -334,7 +253,7 @@ def segment_volume(
         if link_3d:
             raise ValueError("link_3d needs an output path (the linking reads the written slices)")
         parts = [
-            da.from_delayed(dask.delayed(_lazy_slice)(
+            da.from_delayed(dask.delayed(vol._lazy_slice)(
                 view[idx], k=k, block=block, contrast_limits=limits, has_channels=has_ch,
                 segment_fn=segment_fn), shape=(ny, nx), dtype=np.uint32)
             for k, idx in enumerate(indices)
@@ -379,22 +298,22 @@ def segment_volume(
         axes_meta = [a for a in ome["multiscale"]["axes"]]
         write_ome_labels_metadata(ome["root"], label_name, axes=axes_meta, scale=scale,
                                   version=ome["version"], zarr_format=zarr_format)
-    _prepare_output(out_path, shape=out_shape, chunks=out_chunks, signature=signature, attrs=attrs,
+    prepare_labels_array(out_path, shape=out_shape, chunks=out_chunks, signature=signature, attrs=attrs,
                     resume=resume, overwrite=overwrite, zarr_format=zarr_format)
-    state = out_path / _STATE_DIR
+    state = out_path / vol.STATE_DIR
     state.mkdir(exist_ok=True)
     out_idx = [_out_index(out_axes, loop_axes, idx) for idx in indices]
 
     # ---------------- slices
     tasks = [
-        dask.delayed(_segment_slice, pure=False)(
+        dask.delayed(vol._segment_slice, pure=False)(
             view[idx] if src_spec is None else None, k=k, src=src_spec, loop_index=idx, out_path=str(out_path),
             out_index=out_idx[k], block=block, contrast_limits=limits, has_channels=has_ch, segment_fn=segment_fn)
         for k, idx in enumerate(indices) if not (state / f"slice-{k}.json").exists()
     ]
     done_before = n_slices - len(tasks)
     report(progress, done_before, n_slices, "slices")
-    compute_tasks(tasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
+    vol.compute_tasks(tasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
                   desc="slices", offset=done_before, total=n_slices)
     counts = [int((state / f"slice-{k}.json").read_text().split()[0]) for k in range(n_slices)]
 
@@ -409,9 +328,9 @@ def segment_volume(
                 zpos = loop_axes.index("Z")
                 pairs = [(k, j) for k, idx in enumerate(indices) for j in [k + _stride(loop_shape, zpos)]
                          if idx[zpos] + 1 < loop_shape[zpos]]
-                etasks = [dask.delayed(_edges_task)(str(out_path), out_idx[a], out_idx[b], (a + 1) * block,
+                etasks = [dask.delayed(vol._edges_task)(str(out_path), out_idx[a], out_idx[b], (a + 1) * block,
                                                     (b + 1) * block, float(link_iou)) for a, b in pairs]
-                results = compute_tasks(etasks, scheduler=scheduler, workers=workers, progress=progress,
+                results = vol.compute_tasks(etasks, scheduler=scheduler, workers=workers, progress=progress,
                                         cancel=cancel, desc="linking")
                 edges = [(a, b, e) for (a, b), e in zip(pairs, results)]
             tables = vol.relabel_tables(counts, edges)
@@ -426,9 +345,9 @@ def segment_volume(
             os.replace(tmp, tables_path)
         with np.load(tables_path) as tabs:
             n_final = int(max((int(tabs[f"t{k}"].max()) for k in range(n_slices) if tabs[f"t{k}"].size), default=0))
-        rtasks = [dask.delayed(_relabel_task, pure=False)(str(out_path), k, out_idx[k], (k + 1) * block)
+        rtasks = [dask.delayed(vol._relabel_task, pure=False)(str(out_path), k, out_idx[k], (k + 1) * block)
                   for k in range(n_slices)]
-        compute_tasks(rtasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
+        vol.compute_tasks(rtasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
                       desc="relabelling")
     info = dict(arr.attrs.get("napari_sam", {}))
     info.update({"state": "complete", "n_labels": n_final, "ids": "1..N" if (compact or link_3d) else "block"})

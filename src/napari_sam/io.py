@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "infer_axes",
     "ome_zarr_root",
     "write_ome_labels_metadata",
+    "prepare_labels_array",
 ]
 
 
@@ -142,7 +144,7 @@ def _open_tiff(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
         if tif.is_ome or tif.is_imagej:
             meta["format"] = "ome-tiff" if tif.is_ome else "imagej-tiff"
             axes = _clean_metadata_axes(series.axes, series.levels[level].shape)
-        elif series.axes.endswith("S") and str(getattr(page, "photometric", "")).endswith("RGB"):
+        elif series.axes.endswith("S") and getattr(getattr(page, "photometric", None), "name", "") == "RGB":
             shape = series.levels[level].shape
             lead = len(shape) - 3
             if lead in (0, 1):
@@ -330,3 +332,45 @@ def write_ome_labels_metadata(
 def json_safe(value: Any) -> Any:
     """Convert numpy scalars/arrays and tuples inside ``value`` to JSON types."""
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def prepare_labels_array(
+    out_path: Path, *, shape: tuple, chunks: tuple, signature: dict, attrs: dict,
+    resume: bool, overwrite: bool, zarr_format: int,
+) -> None:
+    """Create the uint32 labels array of a run, or check an existing one before resuming.
+
+    ``signature`` (JSON-safe dict of everything that determines the labels) is
+    stored in ``attrs["napari_sam"]["signature"]``; resuming with a different
+    signature raises ``ValueError`` naming the differing entries.  An existing
+    output is replaced only with ``overwrite``.
+    """
+    if out_path.exists():
+        if overwrite:
+            shutil.rmtree(out_path)
+        elif resume:
+            try:
+                arr = zarr.open_array(str(out_path), mode="r")
+            except Exception as exc:
+                raise ValueError(f"cannot resume: {out_path} is not a labels array written by napari-sam") from exc
+            old = arr.attrs.get("napari_sam", {}).get("signature")
+            if old is None:
+                raise ValueError(f"cannot resume: {out_path} was not written by napari-sam; use --overwrite")
+            diff = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
+            if diff:
+                raise ValueError(
+                    f"cannot resume {out_path}: the run differs in {', '.join(diff)}; "
+                    "rerun with the same input and options, or use --overwrite to start again"
+                )
+            return
+        else:
+            raise ValueError(
+                f"output {out_path} already exists; pass --resume to continue an interrupted run "
+                "or --overwrite to replace it (resume=True / overwrite=True in Python)"
+            )
+    arr = zarr.create_array(
+        store=str(out_path), shape=shape, chunks=chunks, dtype="uint32", fill_value=0,
+        zarr_format=zarr_format, attributes=json_safe({**attrs, "napari_sam": {**attrs.get("napari_sam", {}),
+                                                                                "signature": signature}}),
+    )
+    del arr

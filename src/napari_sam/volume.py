@@ -15,14 +15,21 @@ so an interrupted relabelling can simply be run again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 from scipy.sparse import coo_matrix
+import zarr
 from scipy.sparse.csgraph import connected_components
+
+from napari_sam.io import open_image
 
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, is_cancelled, report
 
@@ -38,6 +45,8 @@ __all__ = [
 ]
 
 UINT32_MAX = np.iinfo(np.uint32).max
+#: folder inside an output array holding the per-slice done markers and lookup tables
+STATE_DIR = ".napari_sam"
 
 
 def canonical_view(
@@ -338,3 +347,88 @@ def compute_tasks(
     finally:
         if client is not scheduler:
             client.close()
+
+
+# ------------------------------------------------------------------ per-slice tasks
+
+
+@functools.lru_cache(maxsize=8)
+def _reopen(path: str, axes: str, level: int, channel: int | None, channels: tuple | None) -> da.Array:
+    data, axes, _ = open_image(path, axes=axes, level=level)
+    view, _, _ = canonical_view(data, axes, channel=channel, channels=channels)
+    return view
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _segment_slice(
+    image: Any, *, k: int, src: tuple | None, loop_index: tuple, out_path: str, out_index: tuple,
+    block: int, contrast_limits: np.ndarray, has_channels: bool, segment_fn: Callable,
+) -> int:
+    """Segment slice ``k``, write ``(k+1)*block + local`` ids, then mark it done; returns n."""
+    marker = Path(out_path) / STATE_DIR / f"slice-{k}.json"
+    if marker.exists():
+        return int(marker.read_text().split()[0])
+    if src is not None:
+        image = _reopen(*src)[loop_index]
+    image = np.asarray(image.compute(scheduler="synchronous") if hasattr(image, "compute") else image)
+    extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
+    labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
+                        **extra)
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"the segment function returned shape {labels.shape} for a slice of {image.shape[:2]}")
+    local, n = sequential_labels(labels)
+    if n >= block:
+        raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
+    raw = np.where(local > 0, local + np.uint32((k + 1) * block), np.uint32(0)).astype(np.uint32)
+    zarr.open_array(out_path, mode="r+")[out_index] = raw
+    _write_atomic(marker, f"{n}\n")
+    return n
+
+
+def _takes_slice_index(fn: Callable) -> bool:
+    import inspect
+
+    try:
+        return "slice_index" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _lazy_slice(image: Any, *, k: int, block: int, contrast_limits, has_channels, segment_fn) -> np.ndarray:
+    image = np.asarray(image)
+    extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
+    labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
+                        **extra)
+    local, n = sequential_labels(labels)
+    if n >= block:
+        raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
+    return np.where(local > 0, local + np.uint32(k * block), np.uint32(0)).astype(np.uint32)
+
+
+def _edges_task(out_path: str, ia: tuple, ib: tuple, oa: int, ob: int, min_iou: float) -> np.ndarray:
+    arr = zarr.open_array(out_path, mode="r")
+    a = np.asarray(arr[ia]).astype(np.int64)
+    b = np.asarray(arr[ib]).astype(np.int64)
+    return slice_overlap_edges(np.where(a > oa, a - oa, 0), np.where(b > ob, b - ob, 0), min_iou=min_iou)
+
+
+def _relabel_task(out_path: str, k: int, out_index: tuple, offset: int) -> int:
+    state = Path(out_path) / STATE_DIR
+    marker = state / f"final-{k}"
+    if marker.exists():
+        return 0
+    with np.load(state / "tables.npz") as tables:
+        table = tables[f"t{k}"]
+    arr = zarr.open_array(out_path, mode="r+")
+    arr[out_index] = apply_table(np.asarray(arr[out_index]), table, offset=offset)
+    _write_atomic(marker, "done\n")
+    return 1

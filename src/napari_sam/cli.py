@@ -1,0 +1,269 @@
+"""The ``napari-sam`` command: segment, embed, models, info, demo.
+
+Run ``napari-sam --help`` or ``python -m napari_sam.cli --help``; every
+subcommand has its own ``--help``.  See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+
+class _Bars:
+    """``progress(done, total, desc)`` -> one tqdm bar per stage (rate and ETA)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.desc = None
+
+    def __call__(self, done: int, total: int, desc: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if desc != self.desc or self.bar is None:
+            self.close()
+            self.bar = tqdm(total=total, desc=desc, unit="slice" if desc == "slices" else "it",
+                            initial=done, file=sys.stderr, dynamic_ncols=True)
+            self.desc = desc
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _load_callable(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--segment-fn must look like module:function, got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="image or volume: .tif/.tiff (OME-TIFF, GeoTIFF), .npy, zarr array, OME-Zarr")
+    p.add_argument("--axes", help="axes of the input, e.g. YX, ZYX, TZYX, ZCYX, YXS (overrides metadata)")
+    p.add_argument("--level", type=int, default=0, help="resolution level of a multiscale input (default 0)")
+    p.add_argument("--channel", type=int, help="segment this one channel of the C (or S) axis")
+    p.add_argument("--channels", type=int, nargs="+", metavar="I",
+                   help="one to three channels of the C (or S) axis shown to SAM as R, G, B")
+    p.add_argument("--contrast-limits", type=float, nargs="+", metavar="V",
+                   help="LOW HIGH per selected channel (default: percentiles 0.5/99.5 of sampled slices)")
+    p.add_argument("--model", default="builtin", help="model name (see `napari-sam models list`) or config .json")
+    p.add_argument("--checkpoint", help="local checkpoint file for --model (default: the cached download)")
+    p.add_argument("--device", help="torch device (default: CUDA, then MPS, then CPU)")
+    p.add_argument("--tile", type=int, help="tile side in pixels for large slices (default: the model's choice)")
+    p.add_argument("--halo", type=int, help="tile overlap in pixels (default: the model's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``napari-sam``."""
+    parser = argparse.ArgumentParser(
+        prog="napari-sam", description="Segment Anything for scientific images: headless tools.",
+        epilog="Run `napari-sam COMMAND --help` for the options of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    seg = sub.add_parser("segment", help="automatic labelling of an image or volume into a labels zarr",
+                         description="Label every 2-D slice with automatic SAM mask generation and write "
+                         "a uint32 zarr labels array (ids unique across the volume).")
+    _input_args(seg)
+    out = seg.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", help="output zarr labels array (e.g. labels.zarr)")
+    out.add_argument("--label-name", help="OME-Zarr input: write into its labels/NAME group (default 'sam' "
+                     "when the input is OME-Zarr and no --output is given)")
+    seg.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished slices")
+    seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    seg.add_argument("--scheduler", help="threads (default), processes, synchronous, or a dask.distributed "
+                     "scheduler address such as tcp://10.0.0.5:8786")
+    seg.add_argument("--workers", type=int, help="local parallel slices (default 1 with SAM: torch uses all cores)")
+    seg.add_argument("--no-compact", dest="compact", action="store_false",
+                     help="keep per-slice id blocks instead of renumbering ids to 1..N at the end")
+    seg.add_argument("--link-3d", action="store_true", help="join objects of neighbouring Z slices into 3-D objects")
+    seg.add_argument("--link-iou", type=float, default=0.5,
+                     help="IoU above which objects of neighbouring slices are joined (default 0.5)")
+    seg.add_argument("--cache", help="embedding cache folder (filled by `napari-sam embed`) to reuse")
+    seg.add_argument("--points-per-side", type=int, help="AMG grid points per side")
+    seg.add_argument("--pred-iou-thresh", type=float, help="AMG predicted-IoU filter")
+    seg.add_argument("--stability-score-thresh", type=float, help="AMG stability-score filter")
+    seg.add_argument("--min-mask-region-area", type=int, help="remove holes/islands smaller than this")
+    seg.add_argument("--quiet", action="store_true", help="no progress bars")
+    seg.add_argument("--segment-fn", help=argparse.SUPPRESS)  # tests: module:function stand-in
+
+    emb = sub.add_parser("embed", help="precompute image embeddings into a cache",
+                         description="Run the SAM image encoder on every slice/tile and store the "
+                         "embeddings in a zarr cache that `segment --cache` and the napari plugin reuse.")
+    _input_args(emb)
+    emb.add_argument("--cache", required=True, help="cache folder to create or fill")
+    emb.add_argument("--reset-cache", action="store_true", help="empty a cache made for other data/settings")
+    emb.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    mod = sub.add_parser("models", help="list, fetch and verify model checkpoints",
+                         description="Manage SAM checkpoints (downloaded with a known hash into the cache "
+                         "folder, $NAPARI_SAM_CACHE to override).")
+    msub = mod.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.add_parser("list", help="known model names")
+    f = msub.add_parser("fetch", help="download a checkpoint into the cache")
+    f.add_argument("name")
+    v = msub.add_parser("verify", help="check that a checkpoint file (or cached NAME) loads strictly")
+    v.add_argument("target", help="model name or checkpoint path")
+    v.add_argument("--model", help="architecture of a checkpoint path (default: guessed from the name)")
+    msub.add_parser("path", help="print the checkpoint cache folder")
+
+    sub.add_parser("info", help="versions, device and threads", description="Print versions, device and threads.")
+
+    demo = sub.add_parser("demo", help="label generated sample data (offline)",
+                          description="Generate a small 2-D nuclei image and a 3-D stack, label them with "
+                          "the built-in model and write labels zarr arrays and a PNG overlay.")
+    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--model", default="builtin", help="model to use (default builtin)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _amg_params(args: argparse.Namespace) -> dict:
+    names = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_mask_region_area")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _common(args: argparse.Namespace) -> dict:
+    limits = None
+    if args.contrast_limits is not None:
+        if len(args.contrast_limits) % 2:
+            raise ValueError("--contrast-limits needs LOW HIGH pairs, one pair per channel")
+        limits = [args.contrast_limits[i:i + 2] for i in range(0, len(args.contrast_limits), 2)]
+    return dict(
+        axes=args.axes, level=args.level, channel=args.channel, channels=args.channels,
+        contrast_limits=limits, model=args.model, checkpoint=args.checkpoint, device=args.device,
+        tile_shape=None if args.tile is None else (args.tile, args.tile),
+        halo=None if args.halo is None else (args.halo, args.halo),
+    )
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from napari_sam.batch import segment_volume
+    from napari_sam.io import ome_zarr_root
+
+    kwargs = _common(args)
+    label_name = args.label_name
+    if args.output is None and label_name is None:
+        if ome_zarr_root(args.input) is None:
+            raise ValueError("give an output with -o/--output (for an OME-Zarr input, --label-name also works)")
+        label_name = "sam"
+    fn = _load_callable(args.segment_fn) if args.segment_fn else None
+    bars = _Bars(not args.quiet)
+    start = time.perf_counter()
+    try:
+        result = segment_volume(
+            args.input, args.output, label_name=label_name, scheduler=args.scheduler, workers=args.workers,
+            resume=args.resume, overwrite=args.overwrite, compact=args.compact, link_3d=args.link_3d,
+            link_iou=args.link_iou, cache=args.cache, segment_fn=fn, progress=bars,
+            **kwargs, **_amg_params(args),
+        )
+    finally:
+        bars.close()
+    where = args.output or str(Path(args.input) / "labels" / label_name)
+    print(f"wrote labels {tuple(result.shape)} uint32 to {where} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from napari_sam.batch import embed_volume
+
+    bars = _Bars(not args.quiet)
+    try:
+        n = embed_volume(args.input, args.cache, reset_cache=args.reset_cache, progress=bars, **_common(args))
+    finally:
+        bars.close()
+    print(f"cache {args.cache}: {n} embeddings")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from napari_sam import models
+
+    action = args.models_command or "list"
+    if action == "list":
+        for name in models.available_models():
+            print(name)
+    elif action == "path":
+        print(getattr(models, "cache_dir", lambda: os.environ.get("NAPARI_SAM_CACHE", "(pooch default)"))())
+    elif action == "fetch":
+        print(models.fetch_checkpoint(args.name))
+    elif action == "verify":
+        target = Path(args.target)
+        if target.exists():
+            name = args.model or next((n for n in models.available_models() if n in target.name), None)
+            if name is None:
+                raise ValueError(f"cannot tell the architecture of {target}; pass --model NAME")
+            models.load_model(name, checkpoint=target, device="cpu")
+        else:
+            models.load_model(args.target, device="cpu")
+            name = args.target
+        print(f"OK: {args.target} loads strictly as {name}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import dask
+    import numpy
+    import tifffile
+    import torch
+    import zarr
+
+    import napari_sam
+
+    try:
+        from napari_sam.models import resolve_device
+
+        device = str(resolve_device(None))
+    except ImportError:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"napari-sam {napari_sam.__version__}")
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    for mod in (torch, numpy, dask, zarr, tifffile):
+        print(f"{mod.__name__} {mod.__version__}")
+    print(f"device {device}")
+    print(f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from napari_sam.demo_run import run_demo  # noqa: F401 (kept small: see batch.run_demo)
+
+    return run_demo(Path(args.out), model=args.model, quiet=args.quiet)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-sam`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"segment": _cmd_segment, "embed": _cmd_embed, "models": _cmd_models,
+                "info": _cmd_info, "demo": _cmd_demo}
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished slices are kept; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"napari-sam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
