@@ -1,0 +1,590 @@
+"""Automatic mask generation (AMG): SAM prompted by a grid of points.
+
+Same parameters, defaults and algorithm as the official
+``SamAutomaticMaskGenerator``, organised in two phases:
+
+* :meth:`AutomaticMaskGenerator.run_expensive` embeds every crop and decodes
+  every grid point (3 masks per point), keeping every candidate that *any*
+  threshold setting down to ``pred_iou_thresh - refilter_margin`` /
+  ``stability_score_thresh - refilter_margin`` could need.  The predicted-IoU
+  filter runs on the decoder scores before upsampling, so only candidates
+  that pass it are upsampled; masks are stored bbox-local (no full-image
+  masks, no RLE).
+* :meth:`AutomaticMaskGenerator.filter` applies the thresholds, box NMS per
+  crop, NMS across crops and the optional small-region cleanup.  It never
+  runs the model, so moving a slider re-filters in milliseconds.
+
+:func:`masks_to_labels` paints the records into a label image.
+The maths lives in :mod:`napari_sam.amg_utils`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_sam import amg_utils as U
+from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
+
+__all__ = ["MaskRecord", "RawMasks", "AutomaticMaskGenerator", "masks_to_labels", "spatial_shape", "crop_image"]
+
+
+@dataclass(frozen=True, eq=False)
+class MaskRecord:
+    """One automatically generated object.
+
+    Attributes
+    ----------
+    mask : (r1 - r0, c1 - c0) bool ndarray
+        The object inside its bounding box (bbox-local).
+    bbox_rc : (r0, c0, r1, c1) ints
+        Bounding box in image coordinates, half-open: ``image[r0:r1, c0:c1]``
+        is the box, ``r1``/``c1`` are the last row/column + 1.
+    area : int
+        Number of True pixels.
+    predicted_iou : float
+        The decoder's IoU prediction.
+    stability_score : float
+        IoU of the mask thresholded at ``threshold +/- stability_score_offset``.
+    point_rc : (row, col) floats
+        The grid point that prompted it, in image coordinates.
+    crop_box_rc : (r0, c0, r1, c1) ints
+        The crop it was found in (half-open, image coordinates).
+    """
+
+    mask: np.ndarray
+    bbox_rc: tuple[int, int, int, int]
+    area: int
+    predicted_iou: float
+    stability_score: float
+    point_rc: tuple[float, float]
+    crop_box_rc: tuple[int, int, int, int]
+
+
+@dataclass
+class RawMasks:
+    """Output of the expensive phase: every candidate any cheap re-filter may keep.
+
+    Attributes
+    ----------
+    masks : list of bool ndarrays (bbox-local)
+    boxes_rc : (K, 4) int64, half-open image coordinates
+    predicted_iou, stability_score : (K,) float32
+    points_rc : (K, 2) float64
+    crop_index : (K,) int64, index into ``crop_boxes_rc``
+    crop_boxes_rc : (M, 4) int64
+    image_shape : (H, W)
+    min_pred_iou, min_stability_score : floats
+        Floors used to keep candidates: thresholds below them cannot be
+        re-filtered cheaply (``-inf`` means nothing was dropped).
+    """
+
+    masks: list[np.ndarray]
+    boxes_rc: np.ndarray
+    predicted_iou: np.ndarray
+    stability_score: np.ndarray
+    points_rc: np.ndarray
+    crop_index: np.ndarray
+    crop_boxes_rc: np.ndarray
+    image_shape: tuple[int, int]
+    min_pred_iou: float
+    min_stability_score: float
+    stability_score_offset: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+
+def _resolve_axis(shape: tuple[int, ...], channel_axis: int | None) -> int | None:
+    """Index of the channel axis (None for 2D); ``(H, W, 3)`` with None is RGB, as in normalize."""
+    if channel_axis is None:
+        if len(shape) == 2:
+            return None
+        if len(shape) == 3 and shape[2] == 3:
+            return 2
+        raise ValueError(
+            f"image has shape {shape}; expected (H, W) grayscale or (H, W, 3) RGB when "
+            "channel_axis is None. Pass channel_axis= for other multi-channel images."
+        )
+    if len(shape) != 3:
+        raise ValueError(f"image with a channel axis must be 3D, got shape {shape}")
+    if not -3 <= int(channel_axis) < 3:
+        raise ValueError(f"channel_axis={channel_axis} is out of range for a 3D image")
+    return int(channel_axis) % 3
+
+
+def spatial_shape(image: Any, channel_axis: int | None) -> tuple[int, int]:
+    """``(H, W)`` of a 2D image: grayscale, RGB ``(H, W, 3)`` or with a channel axis."""
+    shape = tuple(int(s) for s in np.shape(image))
+    ax = _resolve_axis(shape, channel_axis)
+    rest = [s for i, s in enumerate(shape) if i != ax]
+    return rest[0], rest[1]
+
+
+def crop_image(image: Any, box: Sequence[int], channel_axis: int | None) -> Any:
+    """``image[r0:r1, c0:c1]`` (all channels) of a numpy, dask or zarr image; no copy is forced."""
+    r0, c0, r1, c1 = (int(v) for v in box)
+    spatial = [slice(r0, r1), slice(c0, c1)]
+    ax = _resolve_axis(tuple(np.shape(image)), channel_axis)
+    if ax is None:
+        return image[tuple(spatial)]
+    index: list[slice] = []
+    for i in range(3):
+        index.append(slice(None) if i == ax else spatial.pop(0))
+    return image[tuple(index)]
+
+
+class AutomaticMaskGenerator:
+    """Grid-prompted SAM over one 2D image (optionally with crop layers).
+
+    Parameters
+    ----------
+    predictor : napari_sam.predictor.Predictor
+        Anything with ``set_image``, ``predict_batch(..., upsample=False)``,
+        ``upsample_logits`` and ``mask_threshold``.
+    points_per_side : int or None
+        Grid points per side of layer 0 (``None`` requires ``point_grids``).
+    points_per_batch : int
+        Points decoded together (memory vs speed).
+    pred_iou_thresh : float
+        Keep masks whose predicted IoU is ``> pred_iou_thresh`` (0 disables).
+    stability_score_thresh : float
+        Keep masks whose stability score is ``>= stability_score_thresh`` (0 disables).
+    stability_score_offset : float
+        Logit offset of the stability score.
+    box_nms_thresh : float
+        Box IoU above which the lower-scoring mask of a crop is dropped.
+    crop_n_layers : int
+        Extra crop layers; layer ``i`` has ``(2**i)**2`` crops.
+    crop_nms_thresh : float
+        Box IoU for the NMS across crops (smaller crops win).
+    crop_overlap_ratio : float
+        Overlap of neighbouring crops as a fraction of the short image side (layer 1).
+    crop_n_points_downscale_factor : int
+        Layer ``i`` uses ``points_per_side / factor**i`` points per side.
+    point_grids : list of (N, 2) arrays, optional
+        Explicit normalised ``(row, col)`` grids in [0, 1], one per layer.
+    min_mask_region_area : int
+        If > 0, fill holes and remove islands smaller than this (pixels), then NMS again.
+    refilter_margin : float
+        How far below ``pred_iou_thresh`` / ``stability_score_thresh`` the
+        expensive phase keeps candidates, so those thresholds can later be
+        lowered by this much without re-running the model.
+    upsample_batch : int
+        Masks upsampled to full resolution at once (bounds memory: each costs
+        ``4 * H * W`` bytes of the crop).
+    """
+
+    def __init__(
+        self,
+        predictor: Any,
+        *,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        refilter_margin: float = 0.05,
+        upsample_batch: int = 16,
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if points_per_batch < 1 or upsample_batch < 1:
+            raise ValueError("points_per_batch and upsample_batch must be at least 1")
+        if crop_n_layers < 0:
+            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+        if points_per_side is not None:
+            grids = U.build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        else:
+            grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]  # type: ignore[union-attr]
+            if len(grids) != crop_n_layers + 1:
+                raise ValueError(f"point_grids needs one grid per layer ({crop_n_layers + 1}), got {len(grids)}")
+        self.predictor = predictor
+        self.point_grids = grids
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+        self.stability_score_offset = float(stability_score_offset)
+        self.box_nms_thresh = float(box_nms_thresh)
+        self.crop_n_layers = int(crop_n_layers)
+        self.crop_nms_thresh = float(crop_nms_thresh)
+        self.crop_overlap_ratio = float(crop_overlap_ratio)
+        self.min_mask_region_area = int(min_mask_region_area)
+        self.refilter_margin = float(refilter_margin)
+        self.upsample_batch = int(upsample_batch)
+        self.timings: dict[str, float] = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
+
+    # ------------------------------------------------------------------ public
+    def generate(
+        self,
+        image: Any,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: Any = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken = None,
+    ) -> list[MaskRecord]:
+        """Segment everything in a 2D image.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) / (C, H, W) array (numpy, dask, zarr)
+            Not modified.
+        channel_axis : int, optional
+        channels : sequence of int, optional
+            Up to three channels / bands mapped to RGB (see :mod:`napari_sam.normalize`).
+        contrast_limits : (C, 2) array-like, optional
+            Passed to ``predictor.set_image`` for every crop.  With several
+            crops and ``None``, they are estimated once for the whole image
+            (:func:`napari_sam.normalize.estimate_contrast_limits`).
+        progress, cancel
+            See :mod:`napari_sam.progress`; progress is reported per embedded
+            crop and per decoded batch.
+
+        Returns
+        -------
+        list of MaskRecord
+        """
+        raw = self.run_expensive(
+            image,
+            channel_axis=channel_axis,
+            channels=channels,
+            contrast_limits=contrast_limits,
+            progress=progress,
+            cancel=cancel,
+        )
+        return self.filter(raw)
+
+    def run_expensive(
+        self,
+        image: Any,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: Any = None,
+        min_pred_iou: float | None = None,
+        min_stability_score: float | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken = None,
+    ) -> RawMasks:
+        """Embed every crop and decode every grid point; keep all useful candidates.
+
+        ``min_pred_iou`` / ``min_stability_score`` default to the generator's
+        thresholds minus ``refilter_margin`` (``-inf`` when the threshold is
+        0, i.e. disabled).  Masks touching an inner crop edge are dropped here
+        (that test does not depend on any threshold).
+        """
+        import time
+
+        image_shape = spatial_shape(image, channel_axis)
+        if min(image_shape) < 1:
+            raise ValueError(f"image is empty (spatial shape {image_shape})")
+        floor_iou = self._floor(self.pred_iou_thresh, min_pred_iou)
+        floor_stab = self._floor(self.stability_score_thresh, min_stability_score)
+        crop_boxes, layer_idx = U.generate_crop_boxes(image_shape, self.crop_n_layers, self.crop_overlap_ratio)
+        if len(crop_boxes) > 1 and contrast_limits is None:
+            from napari_sam.normalize import estimate_contrast_limits
+
+            contrast_limits = estimate_contrast_limits(image, channel_axis=channel_axis, channels=channels)
+        n_batches = [
+            -(-len(self.point_grids[int(layer)]) // self.points_per_batch) for layer in layer_idx
+        ]
+        total = int(sum(n_batches) + len(crop_boxes))
+        done = 0
+        out: dict[str, list] = {k: [] for k in ("masks", "boxes", "iou", "stab", "pts", "crop")}
+        image_box = (0, 0, image_shape[0], image_shape[1])
+        thr = float(getattr(self.predictor, "mask_threshold", 0.0))
+        for ci, (box, layer) in enumerate(zip(crop_boxes, layer_idx)):
+            check_cancelled(cancel)
+            r0, c0, r1, c1 = (int(v) for v in box)
+            t0 = time.perf_counter()
+            crop = np.asarray(crop_image(image, box, channel_axis))
+            kw = {} if channels is None else {"channels": channels}
+            self.predictor.set_image(crop, channel_axis=channel_axis, contrast_limits=contrast_limits, **kw)
+            self.timings["encoder"] += time.perf_counter() - t0
+            done += 1
+            report(progress, done, total, f"embedding crop {ci + 1}/{len(crop_boxes)}")
+            grid = self.point_grids[int(layer)] * np.array([r1 - r0, c1 - c0], dtype=np.float64)
+            for sl in U.batch_slices(len(grid), self.points_per_batch):
+                check_cancelled(cancel)
+                self._process_batch(grid[sl], box, image_box, thr, floor_iou, floor_stab, ci, out)
+                done += 1
+                report(progress, done, total, f"decoding crop {ci + 1}/{len(crop_boxes)}")
+        if hasattr(self.predictor, "reset_image"):
+            self.predictor.reset_image()
+        k = len(out["masks"])
+        return RawMasks(
+            masks=out["masks"],
+            boxes_rc=np.asarray(out["boxes"], dtype=np.int64).reshape(k, 4),
+            predicted_iou=np.asarray(out["iou"], dtype=np.float32).reshape(k),
+            stability_score=np.asarray(out["stab"], dtype=np.float32).reshape(k),
+            points_rc=np.asarray(out["pts"], dtype=np.float64).reshape(k, 2),
+            crop_index=np.asarray(out["crop"], dtype=np.int64).reshape(k),
+            crop_boxes_rc=crop_boxes,
+            image_shape=image_shape,
+            min_pred_iou=floor_iou,
+            min_stability_score=floor_stab,
+            stability_score_offset=self.stability_score_offset,
+        )
+
+    def filter(
+        self,
+        raw: RawMasks,
+        *,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        box_nms_thresh: float | None = None,
+        crop_nms_thresh: float | None = None,
+        min_mask_region_area: int | None = None,
+    ) -> list[MaskRecord]:
+        """Cheap phase: thresholds, NMS and cleanup on the candidates of ``raw``.
+
+        Every argument defaults to the generator's own setting.  Raising any
+        threshold is always exact; ``pred_iou_thresh`` and
+        ``stability_score_thresh`` can be lowered down to
+        ``raw.min_pred_iou`` / ``raw.min_stability_score`` (by default the
+        constructor's thresholds minus ``refilter_margin``).  Lower values
+        raise ``ValueError``: the candidates they would add were never
+        upsampled, so re-run :meth:`run_expensive` with a lower
+        ``min_pred_iou`` / ``min_stability_score``.
+
+        Returns
+        -------
+        list of MaskRecord
+            Equal to what a fresh :meth:`generate` with these thresholds returns.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        iou_t = self.pred_iou_thresh if pred_iou_thresh is None else float(pred_iou_thresh)
+        stab_t = self.stability_score_thresh if stability_score_thresh is None else float(stability_score_thresh)
+        box_t = self.box_nms_thresh if box_nms_thresh is None else float(box_nms_thresh)
+        crop_t = self.crop_nms_thresh if crop_nms_thresh is None else float(crop_nms_thresh)
+        min_area = self.min_mask_region_area if min_mask_region_area is None else int(min_mask_region_area)
+        for name, value, floor in (
+            ("pred_iou_thresh", iou_t, raw.min_pred_iou),
+            ("stability_score_thresh", stab_t, raw.min_stability_score),
+        ):
+            if self._floor(value, None, margin=0.0) < floor:
+                raise ValueError(
+                    f"{name}={value} is below the {floor:.3f} kept by run_expensive; candidates under "
+                    f"that were never upsampled. Run run_expensive again with a lower "
+                    f"{'min_pred_iou' if name == 'pred_iou_thresh' else 'min_stability_score'}."
+                )
+        keep = np.ones(len(raw), dtype=bool)
+        if iou_t > 0:
+            keep &= raw.predicted_iou > iou_t
+        if stab_t > 0:
+            keep &= raw.stability_score >= stab_t
+        idx = np.flatnonzero(keep)
+        # box NMS inside each crop, scored by predicted IoU
+        kept: list[np.ndarray] = []
+        for ci in range(len(raw.crop_boxes_rc)):
+            sel = idx[raw.crop_index[idx] == ci]
+            if len(sel):
+                kept.append(sel[U.nms(raw.boxes_rc[sel], raw.predicted_iou[sel], box_t)])
+        idx = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+        # NMS across crops: the smaller crop wins
+        if len(raw.crop_boxes_rc) > 1 and len(idx):
+            cb = raw.crop_boxes_rc[raw.crop_index[idx]]
+            crop_area = ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).astype(np.float64)
+            order = U.nms(raw.boxes_rc[idx], 1.0 / crop_area, crop_t, tiebreak=raw.predicted_iou[idx])
+            idx = np.sort(idx[order])
+        records = [self._record(raw, int(i)) for i in idx]
+        if min_area > 0 and records:
+            records = _postprocess_small_regions(records, min_area, box_t)
+        self.timings["postprocess"] += time.perf_counter() - t0
+        return records
+
+    # ----------------------------------------------------------------- helpers
+    def _floor(self, thresh: float, explicit: float | None, *, margin: float | None = None) -> float:
+        if explicit is not None:
+            return float(explicit)
+        if thresh <= 0:
+            return -np.inf
+        return thresh - (self.refilter_margin if margin is None else margin)
+
+    @torch.inference_mode()
+    def _process_batch(
+        self,
+        points_rc: np.ndarray,
+        crop_box: np.ndarray,
+        image_box: tuple[int, int, int, int],
+        thr: float,
+        floor_iou: float,
+        floor_stab: float,
+        crop_index: int,
+        out: dict[str, list],
+    ) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        b = len(points_rc)
+        pts = np.ascontiguousarray(points_rc[:, None, :], dtype=np.float32)
+        labels = np.ones((b, 1), dtype=np.int64)
+        pred = self.predictor.predict_batch(pts, labels, multimask=True, upsample=False)
+        low = pred.low_res_logits
+        scores = pred.scores.detach().float().cpu().reshape(-1).numpy()
+        c = low.shape[1]
+        low = low.reshape(b * c, *low.shape[-2:])
+        self.timings["decoder"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        survivors = np.flatnonzero(scores > floor_iou) if np.isfinite(floor_iou) else np.arange(b * c)
+        r0, c0 = int(crop_box[0]), int(crop_box[1])
+        offset = np.array([r0, c0, r0, c0], dtype=np.int64)
+        for sl in U.batch_slices(len(survivors), self.upsample_batch):
+            sel = survivors[sl]
+            logits = self.predictor.upsample_logits(low[torch.as_tensor(sel, device=low.device)])
+            stab = U.stability_score(logits, thr, self.stability_score_offset).cpu().numpy()
+            masks = logits > thr
+            del logits
+            boxes, nonempty = U.masks_to_boxes(masks)
+            boxes_np = boxes.cpu().numpy() + offset
+            ok = nonempty.cpu().numpy() & (stab >= floor_stab if np.isfinite(floor_stab) else True)
+            ok &= ~U.is_box_near_crop_edge(boxes_np, crop_box, image_box)
+            for j in np.flatnonzero(ok):
+                lr0, lc0, lr1, lc1 = (int(v) for v in boxes[j])
+                local = masks[j, lr0:lr1, lc0:lc1].cpu().numpy().copy()
+                out["masks"].append(local)
+                out["boxes"].append(boxes_np[j])
+                out["iou"].append(scores[sel[j]])
+                out["stab"].append(stab[j])
+                out["pts"].append(points_rc[sel[j] // c] + np.array([r0, c0]))
+                out["crop"].append(crop_index)
+        self.timings["postprocess"] += time.perf_counter() - t0
+
+    @staticmethod
+    def _record(raw: RawMasks, i: int) -> MaskRecord:
+        m = raw.masks[i]
+        return MaskRecord(
+            mask=m,
+            bbox_rc=tuple(int(v) for v in raw.boxes_rc[i]),  # type: ignore[arg-type]
+            area=int(m.sum()),
+            predicted_iou=float(raw.predicted_iou[i]),
+            stability_score=float(raw.stability_score[i]),
+            point_rc=(float(raw.points_rc[i, 0]), float(raw.points_rc[i, 1])),
+            crop_box_rc=tuple(int(v) for v in raw.crop_boxes_rc[raw.crop_index[i]]),  # type: ignore[arg-type]
+        )
+
+
+def _postprocess_small_regions(records: list[MaskRecord], min_area: int, nms_thresh: float) -> list[MaskRecord]:
+    """Fill small holes, remove small islands, then NMS preferring unchanged masks."""
+    new: list[MaskRecord] = []
+    unchanged = np.zeros(len(records))
+    for k, rec in enumerate(records):
+        m, ch1 = U.remove_small_regions(rec.mask, min_area, "holes")
+        m, ch2 = U.remove_small_regions(m, min_area, "islands")
+        unchanged[k] = float(not (ch1 or ch2))
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if len(rows) == 0:
+            new.append(rec)
+            continue
+        r0, c0 = rec.bbox_rc[0], rec.bbox_rc[1]
+        m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        bbox = (r0 + int(rows[0]), c0 + int(cols[0]), r0 + int(rows[-1]) + 1, c0 + int(cols[-1]) + 1)
+        new.append(
+            MaskRecord(m, bbox, int(m.sum()), rec.predicted_iou, rec.stability_score, rec.point_rc, rec.crop_box_rc)
+        )
+    boxes = np.array([r.bbox_rc for r in new], dtype=np.int64)
+    keep = U.nms(boxes, unchanged, nms_thresh)
+    return [new[i] for i in sorted(keep)]
+
+
+OVERLAP_POLICIES = ("smaller_on_top", "score")
+
+
+def paint_order(records: Sequence[MaskRecord], overlap: str = "smaller_on_top") -> np.ndarray:
+    """Order in which records are painted (later ones win where they overlap).
+
+    ``"smaller_on_top"``: larger areas first, so small objects lying on big
+    ones stay visible; ``"score"``: lowest predicted IoU first, so the
+    highest-scoring mask wins.  Remaining ties are broken by predicted IoU /
+    area, then by the bounding box, so the order depends only on the records'
+    content, never on their order in the list.
+    """
+    if overlap not in OVERLAP_POLICIES:
+        raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {overlap!r}")
+    n = len(records)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    area = np.array([r.area for r in records], dtype=np.float64)
+    score = np.array([r.predicted_iou for r in records], dtype=np.float64)
+    bbox = np.array([r.bbox_rc for r in records], dtype=np.float64).reshape(n, 4)
+    stab = np.array([r.stability_score for r in records], dtype=np.float64)
+    tail = [np.arange(n), bbox[:, 3], bbox[:, 2], bbox[:, 1], bbox[:, 0], stab]
+    if overlap == "smaller_on_top":
+        keys = [*tail, score, -area]
+    else:
+        keys = [*tail, -area, score]
+    return np.lexsort(keys)
+
+
+def masks_to_labels(
+    records: Sequence[MaskRecord],
+    shape: tuple[int, int],
+    *,
+    overlap: str = "smaller_on_top",
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Paint mask records into a label image.
+
+    Parameters
+    ----------
+    records : sequence of MaskRecord
+        Boxes in image coordinates.
+    shape : (H, W)
+        Output shape.
+    overlap : {"smaller_on_top", "score"}
+        Overlap policy, see :func:`paint_order`.
+    origin : (row, col)
+        Image coordinate of the output's ``[0, 0]`` (to paint one window of a
+        larger image); parts outside the window are clipped.
+
+    Returns
+    -------
+    labels : (H, W) uint32 ndarray
+        0 is background; ids 1..N are contiguous, numbered in the order of the
+        objects' bounding boxes (top-left first), and every id is visible
+        (objects entirely covered by others are left out).
+    """
+    order = paint_order(records, overlap)
+    canvas = np.zeros(tuple(int(s) for s in shape), dtype=np.uint32)
+    for k in order:
+        _paint(canvas, records[k], int(k) + 1, origin)
+    present = np.unique(canvas)
+    present = present[present > 0] - 1
+    if len(present) == 0:
+        return canvas
+    # number visible objects by bbox position (row, col, then size) for stable ids
+    bbox = np.array([records[i].bbox_rc for i in present], dtype=np.int64).reshape(-1, 4)
+    area = np.array([records[i].area for i in present], dtype=np.int64)
+    score = np.array([records[i].predicted_iou for i in present], dtype=np.float64)
+    rank = np.lexsort([present, -score, area, bbox[:, 3], bbox[:, 2], bbox[:, 1], bbox[:, 0]])
+    lut = np.zeros(len(records) + 1, dtype=np.uint32)
+    lut[present[rank] + 1] = np.arange(1, len(present) + 1, dtype=np.uint32)
+    return lut[canvas]
+
+
+def _paint(canvas: np.ndarray, rec: MaskRecord, value: int, origin: tuple[int, int]) -> None:
+    r0, c0, r1, c1 = rec.bbox_rc
+    h, w = canvas.shape
+    a0, b0 = r0 - origin[0], c0 - origin[1]
+    a1, b1 = r1 - origin[0], c1 - origin[1]
+    ca0, cb0, ca1, cb1 = max(a0, 0), max(b0, 0), min(a1, h), min(b1, w)
+    if ca0 >= ca1 or cb0 >= cb1:
+        return
+    m = rec.mask[ca0 - a0 : ca1 - a0, cb0 - b0 : cb1 - b0]
+    canvas[ca0:ca1, cb0:cb1][m] = value

@@ -1,0 +1,306 @@
+"""Free functions behind automatic mask generation (AMG).
+
+Everything here is pure maths on numpy arrays or torch tensors: point grids,
+crop boxes, stability scores, box extraction, crop-edge tests, non-maximum
+suppression and small-region cleanup.  :mod:`napari_sam.amg` only orchestrates.
+
+Conventions
+-----------
+* Points are ``(row, col)``; normalised grids are ``(row, col)`` in ``[0, 1]``.
+* Boxes are ``(r0, c0, r1, c1)`` **half-open**: ``r1``/``c1`` are one past the
+  last row/column of the object, so ``image[r0:r1, c0:c1]`` is the box and its
+  area is ``(r1 - r0) * (c1 - c0)``.  (The official SAM code stores the last
+  index itself; the difference is one pixel and does not change any filter.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+__all__ = [
+    "build_point_grid",
+    "build_all_layer_point_grids",
+    "generate_crop_boxes",
+    "stability_score",
+    "masks_to_boxes",
+    "is_box_near_crop_edge",
+    "box_iou",
+    "nms",
+    "remove_small_regions",
+    "batch_slices",
+]
+
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity, as OpenCV in the official code
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """Evenly spaced normalised point grid, cell centres of an ``n x n`` lattice.
+
+    Parameters
+    ----------
+    n_per_side : int
+        Points along each side (>= 1).
+
+    Returns
+    -------
+    grid : (n_per_side**2, 2) float64 ndarray
+        ``(row, col)`` in ``[0, 1]``, row-major (column varies fastest), i.e.
+        the official grid with its ``(x, y)`` columns swapped.
+    """
+    if int(n_per_side) < 1:
+        raise ValueError(f"points per side must be at least 1, got {n_per_side}")
+    n = int(n_per_side)
+    offset = 1.0 / (2 * n)
+    side = np.linspace(offset, 1 - offset, n)
+    rows = np.repeat(side, n)
+    cols = np.tile(side, n)
+    return np.stack([rows, cols], axis=-1)
+
+
+def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
+    """One normalised grid per crop layer; layer ``i`` has ``int(n / scale**i)`` points per side."""
+    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
+
+
+def generate_crop_boxes(
+    image_shape: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop boxes of every layer, same formulas and order as the official generator.
+
+    Layer 0 is the whole image; layer ``i >= 1`` has ``2**i x 2**i`` overlapping
+    crops whose overlap is ``int(overlap_ratio * min(H, W) * 2 / 2**i)`` pixels.
+
+    Parameters
+    ----------
+    image_shape : (H, W)
+    n_layers : int
+        Number of extra layers (``crop_n_layers``).
+    overlap_ratio : float
+        ``crop_overlap_ratio``.
+
+    Returns
+    -------
+    boxes : (M, 4) int64 ndarray
+        ``(r0, c0, r1, c1)`` half-open, in image coordinates.
+    layer_idx : (M,) int64 ndarray
+        Crop layer of each box.
+    """
+    im_h, im_w = int(image_shape[0]), int(image_shape[1])
+    boxes = [(0, 0, im_h, im_w)]
+    layers = [0]
+    short_side = min(im_h, im_w)
+
+    def crop_len(orig_len: int, n_crops: int, overlap: int) -> int:
+        return int(math.ceil((overlap * (n_crops - 1) + orig_len) / n_crops))
+
+    for i_layer in range(n_layers):
+        n_crops = 2 ** (i_layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / n_crops))
+        crop_w = crop_len(im_w, n_crops, overlap)
+        crop_h = crop_len(im_h, n_crops, overlap)
+        c0s = [int((crop_w - overlap) * i) for i in range(n_crops)]
+        r0s = [int((crop_h - overlap) * i) for i in range(n_crops)]
+        for c0 in c0s:  # official order: x outer, y inner
+            for r0 in r0s:
+                boxes.append((r0, c0, min(r0 + crop_h, im_h), min(c0 + crop_w, im_w)))
+                layers.append(i_layer + 1)
+    return np.asarray(boxes, dtype=np.int64), np.asarray(layers, dtype=np.int64)
+
+
+def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
+    """Stability score: IoU of the masks thresholded at ``threshold +/- offset``.
+
+    ``|logits > t + offset| / |logits > t - offset|`` per mask (the first is a
+    subset of the second, so this is their IoU).  An empty mask scores 0.
+
+    Parameters
+    ----------
+    logits : (..., H, W) float tensor
+    mask_threshold, offset : float
+
+    Returns
+    -------
+    (...,) float32 tensor
+    """
+    inter = (logits > (mask_threshold + offset)).sum(dim=(-1, -2), dtype=torch.int64)
+    union = (logits > (mask_threshold - offset)).sum(dim=(-1, -2), dtype=torch.int64)
+    score = inter.to(torch.float64) / union.clamp(min=1).to(torch.float64)
+    return score.to(torch.float32)
+
+
+def masks_to_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tight half-open bounding boxes of boolean masks.
+
+    Parameters
+    ----------
+    masks : (K, H, W) bool tensor
+
+    Returns
+    -------
+    boxes : (K, 4) int64 tensor
+        ``(r0, c0, r1, c1)``; ``(0, 0, 0, 0)`` for an empty mask.
+    nonempty : (K,) bool tensor
+    """
+    k, h, w = masks.shape
+    rows = masks.any(dim=2)
+    cols = masks.any(dim=1)
+    nonempty = rows.any(dim=1)
+    r0 = rows.to(torch.uint8).argmax(dim=1)
+    r1 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    c0 = cols.to(torch.uint8).argmax(dim=1)
+    c1 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    boxes = torch.stack([r0, c0, r1, c1], dim=1).to(torch.int64)
+    boxes[~nonempty] = 0
+    return boxes, nonempty
+
+
+def is_box_near_crop_edge(
+    boxes_rc: np.ndarray, crop_box_rc: Sequence[int], image_box_rc: Sequence[int], *, atol: float = 20.0
+) -> np.ndarray:
+    """Which boxes lie within ``atol`` pixels of an edge of the crop that is not an image edge.
+
+    Parameters
+    ----------
+    boxes_rc : (K, 4) array
+        Boxes in image coordinates.
+    crop_box_rc, image_box_rc : (4,) sequences
+        The crop and the whole image (``(0, 0, H, W)``), half-open.
+
+    Returns
+    -------
+    (K,) bool ndarray
+    """
+    boxes = np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)
+    crop = np.asarray(crop_box_rc, dtype=np.float64)[None, :]
+    whole = np.asarray(image_box_rc, dtype=np.float64)[None, :]
+    near_crop = np.abs(boxes - crop) <= atol
+    near_image = np.abs(boxes - whole) <= atol
+    return np.any(near_crop & ~near_image, axis=1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of half-open boxes.
+
+    Parameters
+    ----------
+    a : (N, 4) array, b : (M, 4) array
+
+    Returns
+    -------
+    (N, M) float64 ndarray (0 where both boxes are empty)
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    r0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    c0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    r1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    c1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = (r1 - r0).clip(0) * (c1 - c0).clip(0)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def nms(boxes_rc: np.ndarray, scores: np.ndarray, iou_thresh: float, *, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Greedy non-maximum suppression (the torchvision rule, written in numpy).
+
+    Boxes are visited by decreasing score; a box is dropped when its IoU with
+    an already kept box is strictly greater than ``iou_thresh``.  Equal scores
+    are ordered by decreasing ``tiebreak`` (if given), then by index, so the
+    result is deterministic.
+
+    Parameters
+    ----------
+    boxes_rc : (N, 4) array
+    scores : (N,) array
+    iou_thresh : float
+    tiebreak : (N,) array, optional
+
+    Returns
+    -------
+    keep : (K,) int64 ndarray
+        Indices of kept boxes, in decreasing score order.
+    """
+    boxes = np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = len(boxes)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = [np.arange(n)]
+    if tiebreak is not None:
+        keys.append(-np.asarray(tiebreak, dtype=np.float64))
+    keys.append(-scores)
+    order = np.lexsort(keys)
+    suppressed = np.zeros(n, dtype=bool)
+    keep = []
+    # Work in blocks of the IoU matrix so memory stays O(block * N).
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        ious = box_iou(boxes[i : i + 1], boxes)[0]
+        suppressed |= ious > iou_thresh
+    return np.asarray(keep, dtype=np.int64)
+
+
+def remove_small_regions(mask: np.ndarray, area_thresh: int, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill small holes or remove small islands of a bbox-local boolean mask.
+
+    Same rule as the official ``remove_small_regions`` (8-connectivity,
+    strictly smaller than ``area_thresh`` is small; if every island is small
+    the largest is kept), except that background touching the mask's bounding
+    box is never treated as a hole: it is connected to the rest of the image.
+
+    Parameters
+    ----------
+    mask : (h, w) bool ndarray
+        Not modified.
+    area_thresh : int
+    mode : {"holes", "islands"}
+
+    Returns
+    -------
+    new_mask : (h, w) bool ndarray
+    changed : bool
+    """
+    if mode not in ("holes", "islands"):
+        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    mask = np.asarray(mask, dtype=bool)
+    if mode == "holes":
+        padded = np.pad(~mask, 1, constant_values=True)
+        regions, n = ndimage.label(padded, structure=_EIGHT)
+        if n == 0:
+            return mask.copy(), False
+        sizes = np.bincount(regions.ravel(), minlength=n + 1)
+        outside = regions[0, 0]
+        small = (sizes < area_thresh) & (np.arange(n + 1) != outside)
+        small[0] = False
+        if not small.any():
+            return mask.copy(), False
+        return mask | small[regions][1:-1, 1:-1], True
+    regions, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return mask.copy(), False
+    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    small = sizes < area_thresh
+    if not small.any():
+        return mask.copy(), False
+    keep = ~small
+    if not keep.any():
+        keep[int(np.argmax(sizes))] = True
+    lut = np.concatenate([[False], keep])
+    return lut[regions], True
+
+
+def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)`` in steps of ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
