@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DiskPredictor", "ThresholdPredictor", "mask_to_low_res"]
+__all__ = ["ComponentGenerator", "DiskPredictor", "ThresholdPredictor", "mask_to_low_res"]
 
 LOW_RES = 256
 
@@ -193,3 +193,47 @@ class ThresholdPredictor(_StandIn):
             if labels[r, c]:
                 comp = labels == labels[r, c]
         return [ndi.binary_erosion(comp), comp, ndi.binary_dilation(comp)]
+
+
+class ComponentGenerator:
+    """Stand-in for ``AutomaticMaskGenerator``: one candidate per bright connected component.
+
+    A component's "predicted IoU" is ``min(area / 1000, 0.99)``, so thresholds
+    select objects by size in a way tests can predict.  ``n_expensive``
+    counts the expensive runs.
+    """
+
+    def __init__(self, predictor: Any = None, **params: Any) -> None:
+        self.predictor = predictor
+        self.params = params
+        self.n_expensive = 0
+
+    def run_expensive(self, image: np.ndarray, *, channel_axis: int | None = None,
+                      contrast_limits: Any = None, progress: Any = None, cancel: Any = None) -> list[dict]:
+        from scipy import ndimage as ndi
+
+        from napari_sam.progress import check_cancelled
+
+        check_cancelled(cancel)
+        self.n_expensive += 1
+        img = np.asarray(image, dtype=np.float64)
+        if img.ndim == 3:
+            img = img.mean(axis=-1)
+        labels, n = ndi.label(img > (img.min() + img.max()) / 2)
+        out = []
+        for k in range(1, n + 1):
+            mask = labels == k
+            area = int(mask.sum())
+            out.append({"mask": mask, "area": area, "score": min(area / 1000, 0.99)})
+        return out
+
+    def filter(self, raw: list[dict], *, pred_iou_thresh: float = 0.0, stability_score_thresh: float = 0.0,
+               box_nms_thresh: float = 0.7, min_mask_region_area: int = 0) -> list[dict]:
+        return [r for r in raw if r["score"] > pred_iou_thresh and r["area"] >= min_mask_region_area]
+
+    @staticmethod
+    def to_labels(records: list[dict], shape: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(shape, dtype=np.uint32)
+        for k, r in enumerate(records, start=1):
+            out[r["mask"]] = k
+        return out

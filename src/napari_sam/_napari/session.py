@@ -86,9 +86,9 @@ class Session:
         ``get_embedding`` / ``set_embedding``.
     image_layer : napari.layers.Image
         The image to segment (any ndim, scale/translate, multiscale: level 0).
-    embedding_cache : object, optional
-        On-disk store with ``get(key) -> embedding or None`` and
-        ``put(key, embedding)``; used when given.
+    embedding_cache : napari_sam.cache.EmbeddingCache, optional
+        On-disk store (``get(slice, tile)``, ``put(slice, tile, embedding)``);
+        see also :meth:`open_disk_cache`.
     max_embeddings : int, keyword-only
         How many slice embeddings to keep in memory (least recently used go).
     """
@@ -106,7 +106,7 @@ class Session:
         self.channel_axis = -1 if getattr(image_layer, "rgb", False) else channel_axis
         self.lock = threading.RLock()
         self._embeddings: OrderedDict[tuple[int, ...], Any] = OrderedDict()
-        self._held: tuple[int, ...] | None = None
+        self._held: Any = None
         self._request = 0
         self._max_id: dict[int, int] = {}
         self.preview: Preview | None = None
@@ -132,7 +132,8 @@ class Session:
         Safe to call from a worker thread.
         """
         with self.lock:
-            key = ref.key
+            cl = self.contrast_limits()
+            key = (ref.key, None if cl is None else tuple(np.round(cl.ravel(), 6)))
             if self._held == key:
                 return
             if key in self._embeddings:
@@ -140,21 +141,20 @@ class Session:
                 self.predictor.set_embedding(self._embeddings[key])
                 self._held = key
                 return
-            cached = self._disk_get(key)
+            cached = self._disk_get(ref)
             if cached is not None:
                 self.predictor.set_embedding(cached)
             else:
                 report(progress, 0, 1, f"computing embedding of slice {key}")
                 plane = get_plane(self.image_layer, ref)
-                self.predictor.set_image(plane, channel_axis=self.channel_axis,
-                                         contrast_limits=self.contrast_limits())
+                self.predictor.set_image(plane, channel_axis=self.channel_axis, contrast_limits=cl)
                 report(progress, 1, 1, f"embedding of slice {key} ready")
             self._held = key
             if hasattr(self.predictor, "get_embedding"):
                 emb = self.predictor.get_embedding()
                 self._embeddings[key] = emb
                 if cached is None:
-                    self._disk_put(key, emb)
+                    self._disk_put(ref, emb)
                 while len(self._embeddings) > self.max_embeddings:
                     self._embeddings.popitem(last=False)
 
@@ -176,17 +176,41 @@ class Session:
             report(progress, z + 1, n, f"embedding slice {z + 1}/{n}")
         return n
 
-    def _disk_key(self, key: tuple[int, ...]) -> str:
-        return f"{self.image_layer.name}/" + "/".join(map(str, key))
+    def _slice_number(self, ref: PlaneRef) -> int:
+        """Flat index of the slice among all slices (C order over the non-displayed axes)."""
+        shape = self._shape()
+        stacked = [shape[ax] for ax, i in enumerate(ref.index) if i is not None]
+        return int(np.ravel_multi_index(ref.key, stacked)) if stacked else 0
 
-    def _disk_get(self, key: tuple[int, ...]) -> Any:
-        if self.embedding_cache is None:
+    def _uses_disk(self, ref: PlaneRef) -> bool:
+        n = len(ref.index)
+        return self.embedding_cache is not None and ref.axes == (n - 2, n - 1)
+
+    def _disk_get(self, ref: PlaneRef) -> Any:
+        if not self._uses_disk(ref):
             return None
-        return self.embedding_cache.get(self._disk_key(key))
+        return self.embedding_cache.get(self._slice_number(ref), 0)
 
-    def _disk_put(self, key: tuple[int, ...], emb: Any) -> None:
-        if self.embedding_cache is not None:
-            self.embedding_cache.put(self._disk_key(key), emb)
+    def _disk_put(self, ref: PlaneRef, emb: Any) -> None:
+        if self._uses_disk(ref):
+            self.embedding_cache.put(self._slice_number(ref), 0, emb)
+
+    def open_disk_cache(self, path: Any, *, model_id: str, reset: bool = False) -> Any:
+        """Attach an on-disk :class:`napari_sam.cache.EmbeddingCache` at ``path``.
+
+        The cache key covers ``model_id``, the layer's contrast limits and the
+        data identity, so a cache made for other data or settings is refused
+        (``CacheMismatchError``) unless ``reset=True``.  Returns the cache.
+        """
+        from napari_sam.cache import EmbeddingCache, data_identity, make_key
+
+        data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
+        cl = self.contrast_limits()
+        key = make_key(model_id=model_id, contrast_limits=[[0, 255]] if cl is None else cl[None],
+                       tile_layout={"tile_shape": None, "plane": "last two axes"},
+                       data=data_identity(data))
+        self.embedding_cache = EmbeddingCache(path, key, reset=reset)
+        return self.embedding_cache
 
     def _shape(self) -> tuple[int, ...]:
         data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
@@ -207,6 +231,37 @@ class Session:
         self._request += 1
         return self._request
 
+    def collect_prompts(self, dims: Any, *, points_layer: Any = None, shapes_layer: Any = None) -> dict[str, Any]:
+        """Read the prompt layers on the current plane (main thread; cheap).
+
+        Returns a dict with ``ref`` (PlaneRef), ``points_rc`` (N, 2),
+        ``point_labels`` (N,) and ``shapes`` (see
+        :func:`~napari_sam._napari.layers.shapes_to_prompts`).
+        """
+        ref = self.plane(dims)
+        pts, lab = (np.zeros((0, 2)), np.zeros(0, np.int64)) if points_layer is None else \
+            points_to_prompts(points_layer, self.image_layer, dims, ref)
+        shapes = [] if shapes_layer is None else shapes_to_prompts(shapes_layer, self.image_layer, dims, ref)
+        return {"ref": ref, "points_rc": pts, "point_labels": lab, "shapes": shapes}
+
+    def run_prompts(self, prompts: dict[str, Any], *, request: int | None = None) -> Preview | None:
+        """Predict the objects of :meth:`collect_prompts` output (worker-safe).
+
+        Returns the preview (also stored in ``self.preview``), or None when a
+        newer request has superseded ``request`` (latest wins).
+        """
+        request = self.next_request() if request is None else request
+        ref = prompts["ref"]
+        with self.lock:
+            if request != self._request:
+                return None
+            self.prepare(ref)
+            objects = self._predict_objects(prompts["points_rc"], prompts["point_labels"], prompts["shapes"], ref)
+        if request != self._request:
+            return None
+        self.preview = Preview(ref, objects, request)
+        return self.preview
+
     def predict(self, dims: Any, *, points_layer: Any = None, shapes_layer: Any = None,
                 request: int | None = None) -> Preview | None:
         """Predict objects from the prompt layers on the current plane.
@@ -217,18 +272,8 @@ class Session:
         Returns the preview (also stored in ``self.preview``), or None when a
         newer request has superseded ``request`` (latest wins).
         """
-        request = self.next_request() if request is None else request
-        ref = self.plane(dims)
-        pts, lab = (np.zeros((0, 2)), np.zeros(0, np.int64)) if points_layer is None else \
-            points_to_prompts(points_layer, self.image_layer, dims, ref)
-        shapes = [] if shapes_layer is None else shapes_to_prompts(shapes_layer, self.image_layer, dims, ref)
-        with self.lock:
-            self.prepare(ref)
-            objects = self._predict_objects(pts, lab, shapes, ref)
-        if request != self._request:
-            return None
-        self.preview = Preview(ref, objects, request)
-        return self.preview
+        prompts = self.collect_prompts(dims, points_layer=points_layer, shapes_layer=shapes_layer)
+        return self.run_prompts(prompts, request=request)
 
     def _predict_objects(self, pts, lab, shapes, ref) -> list[ObjectPrediction]:
         p = self.predictor

@@ -1,0 +1,148 @@
+"""Tier 2: automatic segmentation glue and session layers on ViewerModel (no Qt)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+
+from napari_sam._napari._testing import ComponentGenerator
+from napari_sam._napari.automatic import AutomaticSession
+from napari_sam._napari.prompt_layers import (
+    clear_prompts,
+    make_labels_layer,
+    make_points_layer,
+    make_preview_layer,
+    make_shapes_layer,
+    set_polarity,
+    toggle_polarity,
+)
+
+
+def _squares_volume():
+    """3 slices; slice z has squares of sides 10, 20 and 30 px (areas 100, 400, 900) from z on."""
+    vol = np.zeros((3, 80, 80), np.float32)
+    for z in range(3):
+        for side, (r, c) in zip((10, 20, 30), ((2, 2), (2, 40), (40, 2))):
+            if z == 0 or side >= 10 * (z + 1):
+                vol[z, r:r + side, c:c + side] = 1
+    return vol
+
+
+def _session(image_layer):
+    made = []
+
+    def factory(predictor, **params):
+        made.append(ComponentGenerator(predictor, **params))
+        return made[-1]
+
+    return AutomaticSession(None, image_layer, make_generator=factory,
+                            to_labels=ComponentGenerator.to_labels), made
+
+
+def _as_sets(labels):
+    """A labelling as a set of frozensets of pixel indices (independent of id numbering)."""
+    return {frozenset(np.flatnonzero(labels == i)) for i in np.unique(labels) if i}
+
+
+def test_current_slice_run_and_instant_refilter_match_a_fresh_run():
+    vol = _squares_volume()
+    viewer = ViewerModel()
+    img = viewer.add_image(vol)
+    viewer.dims.set_current_step(0, 0)
+    session, made = _session(img)
+    refs = session.planes(viewer.dims)
+    first = session.run(refs, params={"pred_iou_thresh": 0.0, "min_mask_region_area": 0})
+    assert len(_as_sets(first[refs[0]])) == 3
+    # raise the threshold: only the 900 px square has score 0.9 > 0.5
+    refiltered = session.refilter(pred_iou_thresh=0.5)
+    assert made[0].n_expensive == 1  # no model run
+    fresh, _ = _session(img)
+    expected = fresh.run(refs, params={"pred_iou_thresh": 0.5, "min_mask_region_area": 0})
+    assert _as_sets(refiltered[refs[0]]) == _as_sets(expected[refs[0]])
+    assert len(_as_sets(refiltered[refs[0]])) == 1
+    with pytest.raises(ValueError, match="re-filtered"):
+        session.refilter(points_per_side=8)
+
+
+def test_stack_run_writes_every_slice_with_unique_ids():
+    vol = _squares_volume()
+    viewer = ViewerModel()
+    img = viewer.add_image(vol)
+    session, _ = _session(img)
+    refs = session.planes(viewer.dims, scope="stack")
+    assert [r.key for r in refs] == [(0,), (1,), (2,)]
+    progress = []
+    res = session.run(refs, params={"pred_iou_thresh": 0.0, "min_mask_region_area": 0},
+                      progress=lambda d, t, s: progress.append((d, t)))
+    out = make_labels_layer(viewer, img, name="auto")
+    top = AutomaticSession.write(out, res)
+    ids_per_slice = [set(np.unique(out.data[z])) - {0} for z in range(3)]
+    assert [len(s) for s in ids_per_slice] == [3, 2, 1]
+    assert not (ids_per_slice[0] & ids_per_slice[1]) and not (ids_per_slice[1] & ids_per_slice[2])
+    assert top == 6 and progress[-1] == (3, 3)
+    for z in range(3):  # each slice's objects are exactly the bright squares of that slice
+        from scipy import ndimage as ndi
+
+        expected, _ = ndi.label(vol[z] > 0.5)
+        assert _as_sets(out.data[z]) == _as_sets(expected)
+
+
+def test_slice_run_keeps_other_slices_and_ids_above_base():
+    vol = _squares_volume()
+    viewer = ViewerModel()
+    img = viewer.add_image(vol)
+    out = viewer.add_labels(np.zeros(vol.shape, np.uint32))
+    out.data[0, 70:75, 70:75] = 9
+    viewer.dims.set_current_step(0, 1)
+    session, _ = _session(img)
+    res = session.run(session.planes(viewer.dims), params={"pred_iou_thresh": 0.0, "min_mask_region_area": 0})
+    AutomaticSession.write(out, res, base=9)
+    assert set(np.unique(out.data[1])) == {0, 10, 11}
+    assert (out.data[0] == 9).sum() == 25 and out.data[2].max() == 0
+
+
+def test_cancel_and_bad_scope():
+    from napari_sam.progress import Cancelled
+
+    viewer = ViewerModel()
+    img = viewer.add_image(_squares_volume())
+    session, _ = _session(img)
+    with pytest.raises(Cancelled):
+        session.run(session.planes(viewer.dims, scope="stack"), cancel=lambda: True)
+    with pytest.raises(ValueError, match="scope"):
+        session.planes(viewer.dims, scope="everything")
+    with pytest.raises(ValueError, match="re-filter"):
+        session.refilter(pred_iou_thresh=0.5)
+
+
+def test_session_layers_polarity_colours_and_clear():
+    viewer = ViewerModel()
+    img = viewer.add_image(np.zeros((4, 40, 50)), scale=(2.0, 1.0, 1.0), translate=(5.0, 0, 0))
+    pts = make_points_layer(viewer, img)
+    shapes = make_shapes_layer(viewer, img)
+    preview = make_preview_layer(viewer, img)
+    labels = make_labels_layer(viewer, img)
+    assert pts.ndim == 3 and tuple(pts.scale) == (2.0, 1.0, 1.0) and tuple(pts.translate) == (5.0, 0, 0)
+    assert labels.data.shape == (4, 40, 50) and labels.data.dtype == np.uint32
+    assert preview.data.shape == (40, 50)
+    pts.add([[0, 5, 5]])
+    assert toggle_polarity(pts) == "negative"
+    pts.add([[0, 6, 6]])
+    assert pts.features["prompt"].tolist() == ["positive", "negative"]
+    np.testing.assert_allclose(pts.face_color[:, :3], [[0, 1, 0], [1, 0, 0]])  # lime, red
+    set_polarity(pts, [1], "positive")
+    np.testing.assert_allclose(pts.face_color[1, :3], [0, 1, 0])
+    shapes.add_rectangles([np.array([[0, 1, 1], [0, 1, 9], [0, 9, 9], [0, 9, 1]])])
+    clear_prompts(pts, shapes)
+    assert len(pts.data) == 0 and shapes.nshapes == 0
+
+
+def test_big_images_get_zarr_labels(monkeypatch):
+    import napari_sam._napari.prompt_layers as pl
+
+    monkeypatch.setattr(pl, "ZARR_LABELS_ABOVE", 1000)
+    viewer = ViewerModel()
+    img = viewer.add_image(np.zeros((3, 30, 30)))
+    labels = pl.make_labels_layer(viewer, img)
+    assert not isinstance(labels.data, np.ndarray) and labels.data.shape == (3, 30, 30)
