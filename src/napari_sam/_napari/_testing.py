@@ -48,6 +48,8 @@ def _low_res_to_mask(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class _StandIn:
     """Common state: image lifecycle, embeddings, batch prediction."""
 
+    mask_threshold = 0.0
+
     def __init__(self) -> None:
         self.image: np.ndarray | None = None
         self.n_encoded = 0
@@ -93,12 +95,15 @@ class _StandIn:
         if self.image is None:
             raise RuntimeError("call set_image first")
         cands = self._candidates(points_rc, point_labels, box_rc, mask_input)
-        if not multimask:
-            cands = cands[1:2]
+        logits = getattr(self, "_memo_logits", None)
+        self._memo_logits = None
+        if logits is None:
+            logits = np.stack([mask_to_low_res(m) for m in cands])
         masks = np.stack(cands).astype(bool)
-        scores = np.array([0.6, 0.9, 0.75][: len(cands)] if multimask else [0.9], dtype=np.float32)
-        logits = np.stack([mask_to_low_res(m) for m in masks])
-        return masks, scores, logits
+        if not multimask:
+            masks, logits = masks[1:2], logits[1:2]
+        scores = np.array([0.6, 0.9, 0.75] if multimask else [0.9], dtype=np.float32)
+        return masks, scores, logits.copy()
 
     def predict_batch(self, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None, *,
                       multimask: bool = True, upsample: bool = True):
@@ -118,10 +123,26 @@ class _StandIn:
             scores.append(s)
             logits.append(lg)
         return SimpleNamespace(
-            low_res_logits=torch.as_tensor(np.stack(logits)),
+            low_res_logits=torch.as_tensor(np.stack(logits)).float(),
             scores=torch.as_tensor(np.stack(scores)),
-            mask_logits=torch.as_tensor(np.stack(masks)) if upsample else None,
+            mask_logits=torch.as_tensor(np.stack(masks)).float() if upsample else None,
         )
+
+    def upsample_logits(self, low_res_logits: Any) -> Any:
+        """``(K, 256, 256)`` low-res logits -> ``(K, H, W)`` logits at the image size (torch)."""
+        import torch
+
+        low = np.asarray(low_res_logits.detach().cpu() if hasattr(low_res_logits, "detach") else low_res_logits)
+        return torch.as_tensor(_upsample(low, self.original_size)).float()
+
+
+def _upsample(low: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour map of ``(..., 256, 256)`` padded low-res logits to ``(..., H, W)``."""
+    h, w = shape
+    scale = LOW_RES / max(h, w)
+    rows = np.minimum((np.arange(h) * scale).astype(int), LOW_RES - 1)
+    cols = np.minimum((np.arange(w) * scale).astype(int), LOW_RES - 1)
+    return low[..., rows[:, None], cols[None, :]]
 
 
 def _disk(shape: tuple[int, int], centre: np.ndarray, radius: float) -> np.ndarray:
@@ -172,7 +193,9 @@ class ThresholdPredictor(_StandIn):
         from scipy import ndimage as ndi
 
         img = self.image
-        fg = img > (img.min() + img.max()) / 2
+        if getattr(self, "_labelled", (None,))[0] is not img:
+            self._labelled = (img, ndi.label(img > (img.min() + img.max()) / 2)[0], {})
+        _, labels, memo = self._labelled
         seed = None
         pts = np.zeros((0, 2)) if points_rc is None else np.asarray(points_rc, float).reshape(-1, 2)
         lab = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).ravel()
@@ -185,14 +208,17 @@ class ThresholdPredictor(_StandIn):
         elif mask_input is not None:
             prev = _low_res_to_mask(np.asarray(mask_input).reshape(LOW_RES, LOW_RES), img.shape)
             seed = np.array(ndi.center_of_mass(prev)) + 0.5 if prev.any() else None
-        comp = np.zeros(img.shape, dtype=bool)
+        k = 0
         if seed is not None:
             r = int(np.clip(np.floor(seed[0]), 0, img.shape[0] - 1))
             c = int(np.clip(np.floor(seed[1]), 0, img.shape[1] - 1))
-            labels, _ = ndi.label(fg)
-            if labels[r, c]:
-                comp = labels == labels[r, c]
-        return [ndi.binary_erosion(comp), comp, ndi.binary_dilation(comp)]
+            k = int(labels[r, c])
+        if k not in memo:
+            comp = labels == k if k else np.zeros(img.shape, dtype=bool)
+            cands = [ndi.binary_erosion(comp), comp, ndi.binary_dilation(comp)]
+            memo[k] = (cands, np.stack([mask_to_low_res(m) for m in cands]))
+        self._memo_logits = memo[k][1]
+        return [m.copy() for m in memo[k][0]]
 
 
 class ComponentGenerator:

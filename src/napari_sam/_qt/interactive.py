@@ -1,0 +1,309 @@
+"""Interactive segmentation dock widget (thin: every action calls the tier-2 Session).
+
+Workflow: choose the image, the model and the device, press *Start*; the
+embedding of the shown slice is computed in the background.  Click points
+(``T`` toggles positive/negative) or draw boxes/polygons in the "SAM boxes"
+layer; a preview follows each change.  ``M`` cycles the three ambiguity masks,
+``C`` commits into the target Labels layer (Ctrl-Z undoes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+)
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
+
+from napari_sam._napari import prompt_layers as pl
+from napari_sam._napari.predictors import STAND_IN, make_predictor, model_choices, model_identity
+from napari_sam._napari.session import Session
+from napari_sam._qt._workers import Runner
+
+__all__ = ["InteractiveWidget", "SHORTCUTS"]
+
+#: (key, action) pairs bound on the SAM prompt layers and the target labels layer.
+SHORTCUTS = (
+    ("T", "toggle positive / negative for the next points"),
+    ("M", "next ambiguity mask (of the 3 SAM proposes for points)"),
+    ("C", "commit the preview into the labels layer"),
+    ("Shift+X", "clear all prompts"),
+    ("Ctrl+Z", "undo the last commit (on the labels layer)"),
+    ("R / E / P", "rectangle / ellipse / polygon prompts (on the SAM boxes layer)"),
+)
+
+
+class InteractiveWidget(Container):
+    """Point-and-box SAM segmentation for the napari viewer ``napari_viewer``."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.session: Session | None = None
+        self.points_layer: Any = None
+        self.shapes_layer: Any = None
+        self.preview_layer: Any = None
+
+        self.image_combo = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self.model_combo = ComboBox(label="model", choices=model_choices())
+        if STAND_IN in self.model_combo.choices and len(self.model_combo.choices) > 1:
+            self.model_combo.value = self.model_combo.choices[0]
+        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pth *.pt", value="")
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
+        self.start_button = PushButton(text="Start session")
+        self.labels_combo = ComboBox(label="target labels", choices=self._labels_choices, nullable=True)
+        self.new_labels_button = PushButton(text="New labels layer")
+        self.overwrite = CheckBox(text="overwrite existing labels", value=False)
+        self.commit_button = PushButton(text="Commit [C]")
+        self.cycle_button = PushButton(text="Next ambiguity mask [M]")
+        self.toggle_button = PushButton(text="Next points: positive [T]")
+        self.clear_button = PushButton(text="Clear prompts [Shift+X]")
+        self.cache_dir = FileEdit(label="embedding cache", mode="d", value="")
+        self.precompute_button = PushButton(text="Precompute embeddings of the stack")
+        self.iou = FloatSpinBox(label="propagation IoU", value=0.3, min=0.0, max=1.0, step=0.05)
+        self.propagate_button = PushButton(text="Propagate last object through z")
+        self.cancel_button = PushButton(text="Cancel")
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(label="status", value="choose an image and press Start")
+        keys = "\n".join(f"{k}: {a}" for k, a in SHORTCUTS)
+        self.shortcuts = Label(label="shortcuts", value=keys)
+        self.extend([
+            self.image_combo, self.model_combo, self.checkpoint, self.device, self.start_button,
+            self.labels_combo, self.new_labels_button, self.overwrite,
+            self.toggle_button, self.cycle_button, self.commit_button, self.clear_button,
+            self.cache_dir, self.precompute_button, self.iou, self.propagate_button,
+            self.cancel_button, self.progress, self.status, self.shortcuts,
+        ])
+        self.runner = Runner(self.progress, self._set_status)
+        self._last_id: int | None = None
+        self._debounce = QTimer()
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(120)
+        self._debounce.timeout.connect(self.request_preview)
+        self._slice_timer = QTimer()
+        self._slice_timer.setSingleShot(True)
+        self._slice_timer.setInterval(200)
+        self._slice_timer.timeout.connect(self._on_slice_changed)
+
+        self.start_button.changed.connect(self.start_session)
+        self.new_labels_button.changed.connect(self.new_labels_layer)
+        self.commit_button.changed.connect(self.commit)
+        self.cycle_button.changed.connect(self.cycle)
+        self.toggle_button.changed.connect(self.toggle)
+        self.clear_button.changed.connect(self.clear)
+        self.precompute_button.changed.connect(self.precompute)
+        self.propagate_button.changed.connect(self.propagate)
+        self.cancel_button.changed.connect(self.runner.cancel)
+        self.viewer.layers.events.inserted.connect(self.reset_choices)
+        self.viewer.layers.events.removed.connect(self.reset_choices)
+        self.viewer.dims.events.current_step.connect(lambda e=None: self._slice_timer.start())
+
+    # ------------------------------------------------------------------ helpers
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(lay.name, lay) for lay in self.viewer.layers if isinstance(lay, Image)]
+
+    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(lay.name, lay) for lay in self.viewer.layers
+                if isinstance(lay, Labels) and lay is not self.preview_layer]
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+
+    # ------------------------------------------------------------------ session
+    def start_session(self) -> None:
+        """Load the model in the background, then create the prompt layers."""
+        image = self.image_combo.value
+        if image is None:
+            show_warning("napari-sam: add an image layer first")
+            return
+        name, ckpt, device = self.model_combo.value, str(self.checkpoint.value or ""), self.device.value
+        self._set_status(f"loading model {name} ...")
+        self.runner.start("model", make_predictor, name, checkpoint=ckpt or None, device=device,
+                          on_done=lambda predictor: self._session_ready(predictor, image, name, ckpt))
+
+    def _session_ready(self, predictor: Any, image: Any, name: str, ckpt: str) -> None:
+        self.session = Session(predictor, image)
+        cache = str(self.cache_dir.value or "")
+        if cache and cache != ".":
+            try:
+                self.session.open_disk_cache(cache, model_id=model_identity(name, ckpt))
+            except (ValueError, OSError) as exc:
+                show_warning(f"napari-sam: embedding cache not used: {exc}")
+        for layer in (self.points_layer, self.shapes_layer, self.preview_layer):
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.preview_layer = pl.make_preview_layer(self.viewer, image)
+        self.shapes_layer = pl.make_shapes_layer(self.viewer, image)
+        self.points_layer = pl.make_points_layer(self.viewer, image)
+        if self.labels_combo.value is None:
+            self.new_labels_layer()
+        for layer in (self.points_layer, self.shapes_layer):
+            layer.events.data.connect(lambda e=None: self._debounce.start())
+        self._bind_keys(self.points_layer, self.shapes_layer, self.labels_combo.value)
+        self.viewer.layers.selection.active = self.points_layer
+        self._set_status("session ready: click points or draw boxes")
+        self._on_slice_changed()
+
+    def _bind_keys(self, *layers: Any) -> None:
+        actions = {"c": self.commit, "m": self.cycle, "t": self.toggle, "Shift-X": self.clear}
+        for layer in layers:
+            if layer is None:
+                continue
+            for key, func in actions.items():
+                layer.bind_key(key, lambda _layer, f=func: f(), overwrite=True)
+
+    def new_labels_layer(self) -> Any:
+        """Add an empty Labels layer with the image's shape and select it as target."""
+        image = self.image_combo.value
+        if image is None:
+            show_warning("napari-sam: add an image layer first")
+            return None
+        layer = pl.make_labels_layer(self.viewer, image, name=f"{image.name} SAM labels")
+        self.reset_choices()
+        self.labels_combo.value = layer
+        if self.session is not None:
+            self._bind_keys(layer)
+        return layer
+
+    def _on_slice_changed(self) -> None:
+        if self.session is None:
+            return
+        pl.show_preview(self.preview_layer, self.session.image_layer, None, None)
+        self.session.preview = None
+        try:
+            ref = self.session.plane(self.viewer.dims)
+        except ValueError as exc:
+            self._set_status(str(exc))
+            return
+        if not self.session.has_embedding(ref):
+            self._set_status(f"computing the embedding of slice {ref.key} ...")
+            self.runner.start("embed", self.session.prepare, ref, with_progress=True,
+                              on_done=lambda _r=None: self._after_embedding())
+        else:
+            self._debounce.start()
+
+    def _after_embedding(self) -> None:
+        self._set_status("embedding ready: click points or draw boxes")
+        self._debounce.start()
+
+    # ------------------------------------------------------------------ preview
+    def request_preview(self) -> None:
+        """Predict from the current prompts in the background (latest request wins)."""
+        if self.session is None:
+            return
+        try:
+            prompts = self.session.collect_prompts(self.viewer.dims, points_layer=self.points_layer,
+                                                   shapes_layer=self.shapes_layer)
+        except ValueError as exc:
+            self._set_status(str(exc))
+            return
+        request = self.session.next_request()
+        self.runner.start("preview", self.session.run_prompts, prompts, request=request,
+                          on_done=self._show)
+
+    def _show(self, preview: Any) -> None:
+        if preview is None or self.session is None or preview is not self.session.preview:
+            return
+        if preview.objects:
+            pl.show_preview(self.preview_layer, self.session.image_layer, preview.ref, preview.label_image())
+            scores = ", ".join(f"{o.scores[o.choice]:.2f}" for o in preview.objects)
+            self._set_status(f"preview: {len(preview.objects)} object(s), score {scores}")
+        else:
+            pl.show_preview(self.preview_layer, self.session.image_layer, None, None)
+
+    def cycle(self) -> None:
+        """Show the next of the ambiguity masks."""
+        if self.session is None or self.session.preview is None:
+            return
+        k = self.session.cycle()
+        self._show(self.session.preview)
+        self._set_status(f"ambiguity mask {k + 1}/3")
+
+    def toggle(self) -> None:
+        """Toggle the polarity of the next points."""
+        if self.points_layer is None:
+            return
+        new = pl.toggle_polarity(self.points_layer)
+        self.toggle_button.text = f"Next points: {new} [T]"
+        self._set_status(f"next points are {new}")
+
+    def clear(self) -> None:
+        """Remove every prompt and the preview."""
+        pl.clear_prompts(self.points_layer, self.shapes_layer)
+        if self.session is not None:
+            self.session.preview = None
+            pl.show_preview(self.preview_layer, self.session.image_layer, None, None)
+
+    # ------------------------------------------------------------------ commit
+    def commit(self) -> list[int]:
+        """Write the preview into the target labels (current slice, undoable), clear prompts."""
+        labels = self.labels_combo.value
+        if self.session is None or labels is None:
+            show_warning("napari-sam: start a session and choose a target labels layer")
+            return []
+        if self.runner.busy("preview"):
+            self.runner.wait()
+        try:
+            ids = self.session.commit(labels, self.viewer.dims, overwrite=bool(self.overwrite.value))
+        except ValueError as exc:
+            show_warning(f"napari-sam: {exc}")
+            return []
+        if not ids:
+            show_info("napari-sam: nothing written (the object lies on existing labels)")
+            return []
+        self._last_id = ids[-1]
+        self.clear()
+        self._set_status(f"committed label(s) {ids}; Ctrl-Z on the labels layer undoes")
+        return ids
+
+    # ------------------------------------------------------------------ stack work
+    def precompute(self) -> None:
+        """Embed every slice of the stack in the background (into the disk cache if set)."""
+        if self.session is None:
+            show_warning("napari-sam: start a session first")
+            return
+        cache = str(self.cache_dir.value or "")
+        if cache and cache != "." and self.session.embedding_cache is None:
+            try:
+                self.session.open_disk_cache(cache, model_id=model_identity(self.model_combo.value,
+                                                                           str(self.checkpoint.value or "")))
+            except (ValueError, OSError) as exc:
+                show_warning(f"napari-sam: embedding cache not used: {exc}")
+        if self.session.embedding_cache is None:
+            self.session.max_embeddings = max(self.session.max_embeddings, 4096)
+        self.runner.start("stack", self.session.precompute, self.viewer.dims, with_progress=True,
+                          cancellable=True, on_done=lambda n: self._set_status(f"{n} slice embeddings ready"))
+
+    def propagate(self) -> None:
+        """Propagate the last committed object up and down the stack (background, cancellable)."""
+        labels = self.labels_combo.value
+        if self.session is None or labels is None or self._last_id is None:
+            show_warning("napari-sam: commit an object first, then propagate it")
+            return
+        label_id = self._last_id
+
+        def done(result: Any) -> None:
+            lref, axis, masks = result
+            n = self.session.write_propagation(labels, lref, axis, masks, label_id,
+                                               overwrite=bool(self.overwrite.value))
+            self._set_status(f"propagated label {label_id} to {len(masks)} slice(s) ({n} px)")
+
+        self.runner.start("stack", self.session.propagate, labels, self.viewer.dims, label_id,
+                          iou_threshold=float(self.iou.value), with_progress=True, cancellable=True,
+                          on_done=done)
+
+    @property
+    def last_label(self) -> int | None:
+        """Id of the last committed object."""
+        return self._last_id
+
