@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dask
@@ -32,10 +33,13 @@ from napari_sam.io import prepare_labels_array, write_ome_labels_metadata
 from napari_sam.progress import CancelToken, ProgressCallback, report
 from napari_sam.cache import EmbeddingCache, data_identity, make_key
 
-__all__ = ["segment_volume", "sam_segment", "DEFAULT_CHUNK"]
+__all__ = ["segment_volume", "embed_volume", "sam_segment", "default_tiles", "DEFAULT_CHUNK"]
 
 #: side of the output chunks (1, chunk, chunk) when no tile shape is given
 DEFAULT_CHUNK = 1024
+#: tile core and halo used for slices larger than one tile when no tile_shape is given
+DEFAULT_TILE = 1024
+DEFAULT_HALO = 64
 _LOCAL = threading.local()
 
 
@@ -108,11 +112,56 @@ def sam_segment(
     )
 
 
+def _prepare_source(source: Any, *, axes: str | None, level: int, channel: int | None,
+                    channels: Sequence[int] | None, contrast_limits: Any) -> SimpleNamespace:
+    """Open ``source``, view it as 2-D slices, and fix the volume's contrast limits."""
+    if isinstance(source, (str, os.PathLike)):
+        data, in_axes, meta = open_image(source, axes=axes, level=level)
+    else:
+        if not hasattr(source, "shape") or not hasattr(source, "dtype"):
+            raise TypeError(f"source must be a path or an array, got {type(source).__name__}")
+        data = source if isinstance(source, da.Array) else da.from_array(np.asarray(source), chunks=-1)
+        in_axes = validate_axes(axes, data.ndim) if axes is not None else infer_axes(tuple(data.shape))
+        meta = {"format": "array", "path": None}
+    if data.dtype.kind not in "uif" and data.dtype != bool:
+        raise TypeError(f"cannot segment an image of dtype {data.dtype}; use integer or float data")
+    chan_tuple = tuple(int(c) for c in channels) if channels is not None else None
+    view, loop_axes, has_ch = vol.canonical_view(data, in_axes, channel=channel, channels=chan_tuple)
+    spec = (meta["path"], in_axes, int(level), channel, chan_tuple) if meta.get("path") else None
+    nloop = len(loop_axes)
+    loop_shape = tuple(int(s) for s in view.shape[:nloop])
+    n_slices = int(np.prod(loop_shape)) if nloop else 1
+    nchan = int(view.shape[-1]) if has_ch else 1
+    if contrast_limits is None:
+        limits = vol.volume_contrast_limits(view, has_channels=has_ch)
+    else:
+        limits = np.asarray(contrast_limits, dtype=np.float64)
+        if limits.size != 2 * nchan or not np.all(limits.reshape(-1, 2)[:, 1] > limits.reshape(-1, 2)[:, 0]):
+            raise ValueError(f"contrast limits must be {nchan} pair(s) LOW HIGH with HIGH > LOW, got "
+                             f"{limits.tolist()}")
+        limits = limits.reshape(-1, 2)
+    indices = [tuple(int(i) for i in np.unravel_index(k, loop_shape)) if nloop else () for k in range(n_slices)]
+    return SimpleNamespace(data=data, in_axes=in_axes, meta=meta, view=view, loop_axes=loop_axes, has_ch=has_ch,
+                           spec=spec, channels=chan_tuple, loop_shape=loop_shape, n_slices=n_slices,
+                           ny=int(view.shape[nloop]), nx=int(view.shape[nloop + 1]), limits=limits,
+                           indices=indices)
+
+
+def default_tiles(ny: int, nx: int, tile_shape: Any, halo: Any) -> tuple:
+    """``(tile_shape, halo)``: tiles of DEFAULT_TILE with DEFAULT_HALO for slices larger than a tile.
+
+    SAM sees 1024-pixel inputs, so a larger slice is cut into 1024-pixel tiles
+    (native resolution) instead of being shrunk; smaller slices are one tile.
+    """
+    if tile_shape is None and max(ny, nx) > DEFAULT_TILE:
+        return (DEFAULT_TILE, DEFAULT_TILE), (DEFAULT_HALO, DEFAULT_HALO) if halo is None else halo
+    return tile_shape, halo
+
+
 def _cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params) -> dict:
     layout = {"tile_shape": None if tile_shape is None else [int(t) for t in tile_shape],
               "halo": None if halo is None else [int(h) for h in halo],
-              "crop_n_layers": int(amg_params.get("crop_n_layers", 0)),
-              "crop_overlap_ratio": amg_params.get("crop_overlap_ratio")}
+              "crop_n_layers": int(amg_params.get("crop_n_layers", 0))}
     return make_key(model_id=f"{model}|{checkpoint}", contrast_limits=limits, tile_layout=layout,
                     data=data_identity(view, path=meta.get("path")))
 
@@ -199,36 +248,19 @@ def segment_volume(
     dask.array.Array
         ``(*loop, Y, X)`` uint32 labels (for an OME-Zarr label, the image's axes with C of size 1).
     """
-    src_spec = None
-    if isinstance(source, (str, os.PathLike)):
-        data, in_axes, meta = open_image(source, axes=axes, level=level)
-    else:
-        if not hasattr(source, "shape") or not hasattr(source, "dtype"):
-            raise TypeError(f"source must be a path or an array, got {type(source).__name__}")
-        data = source if isinstance(source, da.Array) else da.from_array(np.asarray(source), chunks=-1)
-        in_axes = validate_axes(axes, data.ndim) if axes is not None else infer_axes(tuple(data.shape))
-        meta = {"format": "array", "path": None}
-    if data.dtype.kind not in "uif" and data.dtype != bool:
-        raise TypeError(f"cannot segment an image of dtype {data.dtype}; use integer or float data")
-    if link_3d and "Z" not in in_axes:
-        raise ValueError(f"--link-3d joins objects across Z, but the input axes {in_axes!r} have no Z")
-    if not 0.0 <= float(link_iou) < 1.0:
+    if link_3d and not 0.0 <= float(link_iou) < 1.0:
         raise ValueError(f"link_iou must be in [0, 1), got {link_iou}")
     if resume and overwrite:
         raise ValueError("choose either resume or overwrite, not both")
-    chan_tuple = tuple(int(c) for c in channels) if channels is not None else None
-    view, loop_axes, has_ch = vol.canonical_view(data, in_axes, channel=channel, channels=chan_tuple)
-    if meta.get("path"):
-        src_spec = (meta["path"], in_axes, int(level), channel, chan_tuple)
-    nloop = len(loop_axes)
-    loop_shape = tuple(view.shape[:nloop])
-    ny, nx = view.shape[nloop:nloop + 2]
-    n_slices = int(np.prod(loop_shape)) if nloop else 1
+    src = _prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
+                          contrast_limits=contrast_limits)
+    if link_3d and "Z" not in src.in_axes:
+        raise ValueError(f"--link-3d joins objects across Z, but the input axes {src.in_axes!r} have no Z")
+    view, loop_axes, has_ch, src_spec, meta = src.view, src.loop_axes, src.has_ch, src.spec, src.meta
+    data, in_axes, chan_tuple, limits, indices = src.data, src.in_axes, src.channels, src.limits, src.indices
+    loop_shape, ny, nx, n_slices, nloop = src.loop_shape, src.ny, src.nx, src.n_slices, len(src.loop_axes)
     block = vol.id_block_for(n_slices)
-    if contrast_limits is None:
-        limits = vol.volume_contrast_limits(view, has_channels=has_ch)
-    else:
-        limits = np.asarray(contrast_limits, dtype=np.float64).reshape(-1, 2)
+    tile_shape, halo = default_tiles(ny, nx, tile_shape, halo)
     if segment_fn is None:
         cache_key = None
         if cache is not None:
@@ -247,7 +279,6 @@ def segment_volume(
         if amg_params:
             raise TypeError(f"unexpected options {sorted(amg_params)} with a custom segment_fn")
         fn_name = f"{getattr(segment_fn, '__module__', '')}:{getattr(segment_fn, '__qualname__', repr(segment_fn))}"
-    indices = [tuple(int(i) for i in np.unravel_index(k, loop_shape)) if nloop else () for k in range(n_slices)]
 
     if output is None and label_name is None:
         if link_3d:
@@ -357,3 +388,75 @@ def segment_volume(
 
 def _stride(shape: tuple, axis: int) -> int:
     return int(np.prod(shape[axis + 1:])) if axis + 1 < len(shape) else 1
+
+
+def _embed_slice(image: Any, *, k: int, src: tuple | None, loop_index: tuple, has_channels: bool,
+                 contrast_limits: np.ndarray, model: str, checkpoint: str | None, device: str | None,
+                 tile_shape: Any, halo: Any, cache: str, cache_key: dict) -> int:
+    """Encode the tiles of slice ``k`` missing from the cache; returns how many were computed."""
+    from napari_sam.amg_utils import crop_image
+    from napari_sam.tiling import tile_grid
+
+    store = EmbeddingCache(cache, cache_key)
+    image = vol.read_slice(image, src, loop_index)
+    shape = image.shape[:2]
+    tiles = tile_grid(shape, shape, 0) if tile_shape is None else tile_grid(shape, tile_shape, halo or 0)
+    missing = [t for t in range(len(tiles)) if (k, t) not in store]
+    if not missing:
+        return 0
+    predictor = _load_predictor(model, checkpoint, device)
+    channel_axis = -1 if has_channels else None
+    for t in missing:
+        window = np.asarray(crop_image(image, tiles[t].window, channel_axis))
+        predictor.set_image(window, channel_axis=channel_axis, contrast_limits=contrast_limits)
+        store.put(k, t, predictor.get_embedding())
+    return len(missing)
+
+
+def embed_volume(
+    source: str | os.PathLike | np.ndarray | da.Array,
+    cache: str | os.PathLike,
+    *,
+    model: str = "builtin",
+    checkpoint: str | os.PathLike | None = None,
+    device: str | None = None,
+    axes: str | None = None,
+    level: int = 0,
+    channel: int | None = None,
+    channels: Sequence[int] | None = None,
+    contrast_limits: Any = None,
+    tile_shape: Sequence[int] | None = None,
+    halo: Sequence[int] | None = None,
+    reset_cache: bool = False,
+    scheduler: Any = None,
+    workers: int | None = 1,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken = None,
+) -> int:
+    """Fill an :class:`~napari_sam.cache.EmbeddingCache` with the embeddings of every slice and tile.
+
+    Uses the same source handling, contrast limits and tile layout as
+    :func:`segment_volume` with the same options, so ``segment_volume(..., cache=cache)``
+    then skips the image encoder.  Entries already present are kept.
+
+    Returns
+    -------
+    int
+        Number of (slice, tile) embeddings in the cache.
+    """
+    src = _prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
+                          contrast_limits=contrast_limits)
+    tile_shape, halo = default_tiles(src.ny, src.nx, tile_shape, halo)
+    key = _cache_key(src.view, src.meta, model, checkpoint, src.limits, tile_shape, halo, {})
+    store = EmbeddingCache(cache, key, reset=reset_cache)
+    tasks = [
+        dask.delayed(_embed_slice, pure=False)(
+            src.view[idx] if src.spec is None else None, k=k, src=src.spec, loop_index=idx,
+            has_channels=src.has_ch, contrast_limits=src.limits, model=str(model),
+            checkpoint=None if checkpoint is None else str(checkpoint), device=device,
+            tile_shape=tile_shape, halo=halo, cache=str(cache), cache_key=key)
+        for k, idx in enumerate(src.indices)
+    ]
+    vol.compute_tasks(tasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
+                      desc="embedding")
+    return len(store.entries())

@@ -359,6 +359,17 @@ def _reopen(path: str, axes: str, level: int, channel: int | None, channels: tup
     return view
 
 
+def read_slice(image: Any, src: tuple | None, loop_index: tuple) -> np.ndarray:
+    """The slice as numpy: ``image`` itself, or re-read from the file described by ``src``.
+
+    ``src = (path, axes, level, channel, channels)``; files are reopened once per
+    process (tasks on process or cluster workers cannot share open file handles).
+    """
+    if src is not None:
+        image = _reopen(*src)[loop_index]
+    return np.asarray(image.compute(scheduler="synchronous") if hasattr(image, "compute") else image)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as fh:
@@ -376,9 +387,7 @@ def _segment_slice(
     marker = Path(out_path) / STATE_DIR / f"slice-{k}.json"
     if marker.exists():
         return int(marker.read_text().split()[0])
-    if src is not None:
-        image = _reopen(*src)[loop_index]
-    image = np.asarray(image.compute(scheduler="synchronous") if hasattr(image, "compute") else image)
+    image = read_slice(image, src, loop_index)
     extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
     labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
                         **extra)
