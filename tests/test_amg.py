@@ -57,7 +57,8 @@ def test_stability_score_brute_force():
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 2, size=(5, 13, 17)).astype(np.float32)
     logits[4] = -5  # empty mask -> 0
-    got = U.stability_score(torch.from_numpy(logits), 0.0, 1.0).numpy()
+    got = U.stability_score(torch.from_numpy(logits), 0.0, 1.0)
+    np.testing.assert_array_equal(U.stability_score(logits, 0.0, 1.0), got)
     for k in range(5):
         inter = sum(1 for v in logits[k].ravel() if v > 1.0)
         union = sum(1 for v in logits[k].ravel() if v > -1.0)

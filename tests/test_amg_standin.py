@@ -56,6 +56,7 @@ class StandInPredictor:
         self.n_decoded = 0
         self._labels: np.ndarray | None = None
         self._sd: dict[int, np.ndarray] = {}
+        self._areas: np.ndarray | None = None
 
     # -- image -------------------------------------------------------------
     def set_image(self, image: Any, *, channel_axis: int | None = None, contrast_limits: Any = None, **kw: Any) -> None:
@@ -66,6 +67,7 @@ class StandInPredictor:
         self.calls.append({"shape": img.shape, "contrast_limits": contrast_limits, **kw})
         self._labels, _ = ndimage.label(img > 0.5)
         self._sd = {}
+        self._areas = None
         self.original_size = img.shape
 
     def reset_image(self) -> None:
@@ -84,7 +86,9 @@ class StandInPredictor:
         sd = self.signed_distance(label)
         if label == 0:
             return ((sd + GROW[variant]) * 4.0).astype(np.float32)
-        area = int((self._labels == label).sum())
+        if self._areas is None:
+            self._areas = np.bincount(self._labels.ravel())
+        area = int(self._areas[label])
         return ((sd + GROW[variant]) * object_scale(area)).astype(np.float32)
 
     # -- decoding ----------------------------------------------------------
@@ -93,20 +97,17 @@ class StandInPredictor:
         b = pts.shape[0]
         self.n_decoded += b
         h, w = self._labels.shape
-        low = torch.zeros((b, 3, 8, 8), dtype=torch.float32)
-        scores = torch.zeros((b, 3), dtype=torch.float32)
-        areas = np.bincount(self._labels.ravel())
-        for i in range(b):
-            r = min(int(pts[i, 0, 0]), h - 1)
-            c = min(int(pts[i, 0, 1]), w - 1)
-            lab = int(self._labels[r, c])
-            for v in range(3):
-                low[i, v] = float(lab * 3 + v)
-                if lab == 0:
-                    scores[i, v] = (0.30, 0.20, 0.10)[v]
-                else:
-                    scores[i, v] = (object_score(int(areas[lab])), 0.70, 0.50)[v]
-        return Prediction(low, scores)
+        if self._areas is None:
+            self._areas = np.bincount(self._labels.ravel())
+        rows = np.minimum(pts[:, 0, 0].astype(np.int64), h - 1)
+        cols = np.minimum(pts[:, 0, 1].astype(np.int64), w - 1)
+        labs = self._labels[rows, cols].astype(np.int64)
+        codes = labs[:, None] * 3 + np.arange(3)[None, :]
+        low = np.broadcast_to(codes[:, :, None, None], (b, 3, 8, 8)).astype(np.float32)
+        scores = np.empty((b, 3), dtype=np.float32)
+        for i, lab in enumerate(labs):
+            scores[i] = (0.30, 0.20, 0.10) if lab == 0 else (object_score(int(self._areas[lab])), 0.70, 0.50)
+        return Prediction(torch.from_numpy(low), torch.from_numpy(scores))
 
     def upsample_logits(self, low: torch.Tensor) -> torch.Tensor:
         codes = low[:, 0, 0].round().to(torch.int64).tolist()

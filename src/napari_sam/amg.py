@@ -29,8 +29,9 @@ import torch
 
 from napari_sam import amg_utils as U
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
+from napari_sam.stitching import masks_to_labels
 
-__all__ = ["MaskRecord", "RawMasks", "AutomaticMaskGenerator", "masks_to_labels", "spatial_shape", "crop_image"]
+__all__ = ["MaskRecord", "RawMasks", "AutomaticMaskGenerator", "masks_to_labels"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,45 +99,6 @@ class RawMasks:
 
     def __len__(self) -> int:
         return len(self.masks)
-
-
-def _resolve_axis(shape: tuple[int, ...], channel_axis: int | None) -> int | None:
-    """Index of the channel axis (None for 2D); ``(H, W, 3)`` with None is RGB, as in normalize."""
-    if channel_axis is None:
-        if len(shape) == 2:
-            return None
-        if len(shape) == 3 and shape[2] == 3:
-            return 2
-        raise ValueError(
-            f"image has shape {shape}; expected (H, W) grayscale or (H, W, 3) RGB when "
-            "channel_axis is None. Pass channel_axis= for other multi-channel images."
-        )
-    if len(shape) != 3:
-        raise ValueError(f"image with a channel axis must be 3D, got shape {shape}")
-    if not -3 <= int(channel_axis) < 3:
-        raise ValueError(f"channel_axis={channel_axis} is out of range for a 3D image")
-    return int(channel_axis) % 3
-
-
-def spatial_shape(image: Any, channel_axis: int | None) -> tuple[int, int]:
-    """``(H, W)`` of a 2D image: grayscale, RGB ``(H, W, 3)`` or with a channel axis."""
-    shape = tuple(int(s) for s in np.shape(image))
-    ax = _resolve_axis(shape, channel_axis)
-    rest = [s for i, s in enumerate(shape) if i != ax]
-    return rest[0], rest[1]
-
-
-def crop_image(image: Any, box: Sequence[int], channel_axis: int | None) -> Any:
-    """``image[r0:r1, c0:c1]`` (all channels) of a numpy, dask or zarr image; no copy is forced."""
-    r0, c0, r1, c1 = (int(v) for v in box)
-    spatial = [slice(r0, r1), slice(c0, c1)]
-    ax = _resolve_axis(tuple(np.shape(image)), channel_axis)
-    if ax is None:
-        return image[tuple(spatial)]
-    index: list[slice] = []
-    for i in range(3):
-        index.append(slice(None) if i == ax else spatial.pop(0))
-    return image[tuple(index)]
 
 
 class AutomaticMaskGenerator:
@@ -289,7 +251,7 @@ class AutomaticMaskGenerator:
         """
         import time
 
-        image_shape = spatial_shape(image, channel_axis)
+        image_shape = U.spatial_shape(image, channel_axis)
         if min(image_shape) < 1:
             raise ValueError(f"image is empty (spatial shape {image_shape})")
         floor_iou = self._floor(self.pred_iou_thresh, min_pred_iou)
@@ -311,7 +273,7 @@ class AutomaticMaskGenerator:
             check_cancelled(cancel)
             r0, c0, r1, c1 = (int(v) for v in box)
             t0 = time.perf_counter()
-            crop = np.asarray(crop_image(image, box, channel_axis))
+            crop = np.asarray(U.crop_image(image, box, channel_axis))
             kw = {} if channels is None else {"channels": channels}
             self.predictor.set_image(crop, channel_axis=channel_axis, contrast_limits=contrast_limits, **kw)
             self.timings["encoder"] += time.perf_counter() - t0
@@ -448,18 +410,21 @@ class AutomaticMaskGenerator:
         for sl in U.batch_slices(len(survivors), self.upsample_batch):
             sel = survivors[sl]
             logits = self.predictor.upsample_logits(low[torch.as_tensor(sel, device=low.device)])
-            stab = U.stability_score(logits, thr, self.stability_score_offset).cpu().numpy()
+            if logits.device.type == "cpu":
+                logits = logits.numpy()  # numpy's reductions are far faster than torch's on CPU
+            stab = U.stability_score(logits, thr, self.stability_score_offset)
             masks = logits > thr
             del logits
             boxes, nonempty = U.masks_to_boxes(masks)
-            boxes_np = boxes.cpu().numpy() + offset
-            ok = nonempty.cpu().numpy() & (stab >= floor_stab if np.isfinite(floor_stab) else True)
-            ok &= ~U.is_box_near_crop_edge(boxes_np, crop_box, image_box)
+            boxes_img = boxes + offset
+            ok = nonempty & (stab >= floor_stab if np.isfinite(floor_stab) else True)
+            ok &= ~U.is_box_near_crop_edge(boxes_img, crop_box, image_box)
             for j in np.flatnonzero(ok):
                 lr0, lc0, lr1, lc1 = (int(v) for v in boxes[j])
-                local = masks[j, lr0:lr1, lc0:lc1].cpu().numpy().copy()
+                local = masks[j, lr0:lr1, lc0:lc1]
+                local = local.cpu().numpy() if isinstance(local, torch.Tensor) else local.copy()
                 out["masks"].append(local)
-                out["boxes"].append(boxes_np[j])
+                out["boxes"].append(boxes_img[j])
                 out["iou"].append(scores[sel[j]])
                 out["stab"].append(stab[j])
                 out["pts"].append(points_rc[sel[j] // c] + np.array([r0, c0]))
@@ -501,90 +466,3 @@ def _postprocess_small_regions(records: list[MaskRecord], min_area: int, nms_thr
     boxes = np.array([r.bbox_rc for r in new], dtype=np.int64)
     keep = U.nms(boxes, unchanged, nms_thresh)
     return [new[i] for i in sorted(keep)]
-
-
-OVERLAP_POLICIES = ("smaller_on_top", "score")
-
-
-def paint_order(records: Sequence[MaskRecord], overlap: str = "smaller_on_top") -> np.ndarray:
-    """Order in which records are painted (later ones win where they overlap).
-
-    ``"smaller_on_top"``: larger areas first, so small objects lying on big
-    ones stay visible; ``"score"``: lowest predicted IoU first, so the
-    highest-scoring mask wins.  Remaining ties are broken by predicted IoU /
-    area, then by the bounding box, so the order depends only on the records'
-    content, never on their order in the list.
-    """
-    if overlap not in OVERLAP_POLICIES:
-        raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {overlap!r}")
-    n = len(records)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    area = np.array([r.area for r in records], dtype=np.float64)
-    score = np.array([r.predicted_iou for r in records], dtype=np.float64)
-    bbox = np.array([r.bbox_rc for r in records], dtype=np.float64).reshape(n, 4)
-    stab = np.array([r.stability_score for r in records], dtype=np.float64)
-    tail = [np.arange(n), bbox[:, 3], bbox[:, 2], bbox[:, 1], bbox[:, 0], stab]
-    if overlap == "smaller_on_top":
-        keys = [*tail, score, -area]
-    else:
-        keys = [*tail, -area, score]
-    return np.lexsort(keys)
-
-
-def masks_to_labels(
-    records: Sequence[MaskRecord],
-    shape: tuple[int, int],
-    *,
-    overlap: str = "smaller_on_top",
-    origin: tuple[int, int] = (0, 0),
-) -> np.ndarray:
-    """Paint mask records into a label image.
-
-    Parameters
-    ----------
-    records : sequence of MaskRecord
-        Boxes in image coordinates.
-    shape : (H, W)
-        Output shape.
-    overlap : {"smaller_on_top", "score"}
-        Overlap policy, see :func:`paint_order`.
-    origin : (row, col)
-        Image coordinate of the output's ``[0, 0]`` (to paint one window of a
-        larger image); parts outside the window are clipped.
-
-    Returns
-    -------
-    labels : (H, W) uint32 ndarray
-        0 is background; ids 1..N are contiguous, numbered in the order of the
-        objects' bounding boxes (top-left first), and every id is visible
-        (objects entirely covered by others are left out).
-    """
-    order = paint_order(records, overlap)
-    canvas = np.zeros(tuple(int(s) for s in shape), dtype=np.uint32)
-    for k in order:
-        _paint(canvas, records[k], int(k) + 1, origin)
-    present = np.unique(canvas)
-    present = present[present > 0] - 1
-    if len(present) == 0:
-        return canvas
-    # number visible objects by bbox position (row, col, then size) for stable ids
-    bbox = np.array([records[i].bbox_rc for i in present], dtype=np.int64).reshape(-1, 4)
-    area = np.array([records[i].area for i in present], dtype=np.int64)
-    score = np.array([records[i].predicted_iou for i in present], dtype=np.float64)
-    rank = np.lexsort([present, -score, area, bbox[:, 3], bbox[:, 2], bbox[:, 1], bbox[:, 0]])
-    lut = np.zeros(len(records) + 1, dtype=np.uint32)
-    lut[present[rank] + 1] = np.arange(1, len(present) + 1, dtype=np.uint32)
-    return lut[canvas]
-
-
-def _paint(canvas: np.ndarray, rec: MaskRecord, value: int, origin: tuple[int, int]) -> None:
-    r0, c0, r1, c1 = rec.bbox_rc
-    h, w = canvas.shape
-    a0, b0 = r0 - origin[0], c0 - origin[1]
-    a1, b1 = r1 - origin[0], c1 - origin[1]
-    ca0, cb0, ca1, cb1 = max(a0, 0), max(b0, 0), min(a1, h), min(b1, w)
-    if ca0 >= ca1 or cb0 >= cb1:
-        return
-    m = rec.mask[ca0 - a0 : ca1 - a0, cb0 - b0 : cb1 - b0]
-    canvas[ca0:ca1, cb0:cb1][m] = value

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ __all__ = [
     "nms",
     "remove_small_regions",
     "batch_slices",
+    "spatial_shape",
+    "crop_image",
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity, as OpenCV in the official code
@@ -112,7 +115,15 @@ def generate_crop_boxes(
     return np.asarray(boxes, dtype=np.int64), np.asarray(layers, dtype=np.int64)
 
 
-def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
+def _on_cpu(x: Any) -> bool:
+    return not isinstance(x, torch.Tensor) or x.device.type == "cpu"
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def stability_score(logits: Any, mask_threshold: float, offset: float) -> np.ndarray:
     """Stability score: IoU of the masks thresholded at ``threshold +/- offset``.
 
     ``|logits > t + offset| / |logits > t - offset|`` per mask (the first is a
@@ -120,41 +131,52 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
 
     Parameters
     ----------
-    logits : (..., H, W) float tensor
+    logits : (..., H, W) float ndarray or tensor
+        On CPU the counts run in numpy (much faster than torch's boolean
+        reductions there); on an accelerator they stay in torch.
     mask_threshold, offset : float
 
     Returns
     -------
-    (...,) float32 tensor
+    (...,) float32 ndarray
     """
-    inter = (logits > (mask_threshold + offset)).sum(dim=(-1, -2), dtype=torch.int64)
-    union = (logits > (mask_threshold - offset)).sum(dim=(-1, -2), dtype=torch.int64)
-    score = inter.to(torch.float64) / union.clamp(min=1).to(torch.float64)
-    return score.to(torch.float32)
+    if _on_cpu(logits):
+        arr = _as_numpy(logits)
+        inter = np.count_nonzero(arr > (mask_threshold + offset), axis=(-1, -2))
+        union = np.count_nonzero(arr > (mask_threshold - offset), axis=(-1, -2))
+    else:
+        inter = (logits > (mask_threshold + offset)).sum(dim=(-1, -2)).cpu().numpy()
+        union = (logits > (mask_threshold - offset)).sum(dim=(-1, -2)).cpu().numpy()
+    inter = np.asarray(inter, dtype=np.float64)
+    union = np.asarray(union, dtype=np.float64)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).astype(np.float32)
 
 
-def masks_to_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masks_to_boxes(masks: Any) -> tuple[np.ndarray, np.ndarray]:
     """Tight half-open bounding boxes of boolean masks.
 
     Parameters
     ----------
-    masks : (K, H, W) bool tensor
+    masks : (K, H, W) bool ndarray or tensor
 
     Returns
     -------
-    boxes : (K, 4) int64 tensor
+    boxes : (K, 4) int64 ndarray
         ``(r0, c0, r1, c1)``; ``(0, 0, 0, 0)`` for an empty mask.
-    nonempty : (K,) bool tensor
+    nonempty : (K,) bool ndarray
     """
-    k, h, w = masks.shape
-    rows = masks.any(dim=2)
-    cols = masks.any(dim=1)
-    nonempty = rows.any(dim=1)
-    r0 = rows.to(torch.uint8).argmax(dim=1)
-    r1 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
-    c0 = cols.to(torch.uint8).argmax(dim=1)
-    c1 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    boxes = torch.stack([r0, c0, r1, c1], dim=1).to(torch.int64)
+    if _on_cpu(masks):
+        m = _as_numpy(masks)
+        rows, cols = m.any(axis=2), m.any(axis=1)
+    else:
+        rows, cols = masks.any(dim=2).cpu().numpy(), masks.any(dim=1).cpu().numpy()
+    h, w = rows.shape[1], cols.shape[1]
+    nonempty = rows.any(axis=1)
+    r0 = rows.argmax(axis=1)
+    r1 = h - rows[:, ::-1].argmax(axis=1)
+    c0 = cols.argmax(axis=1)
+    c1 = w - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([r0, c0, r1, c1], axis=1).astype(np.int64)
     boxes[~nonempty] = 0
     return boxes, nonempty
 
@@ -304,3 +326,42 @@ def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+def _resolve_axis(shape: tuple[int, ...], channel_axis: int | None) -> int | None:
+    """Index of the channel axis (None for 2D); ``(H, W, 3)`` with None is RGB, as in normalize."""
+    if channel_axis is None:
+        if len(shape) == 2:
+            return None
+        if len(shape) == 3 and shape[2] == 3:
+            return 2
+        raise ValueError(
+            f"image has shape {shape}; expected (H, W) grayscale or (H, W, 3) RGB when "
+            "channel_axis is None. Pass channel_axis= for other multi-channel images."
+        )
+    if len(shape) != 3:
+        raise ValueError(f"image with a channel axis must be 3D, got shape {shape}")
+    if not -3 <= int(channel_axis) < 3:
+        raise ValueError(f"channel_axis={channel_axis} is out of range for a 3D image")
+    return int(channel_axis) % 3
+
+
+def spatial_shape(image: Any, channel_axis: int | None) -> tuple[int, int]:
+    """``(H, W)`` of a 2D image: grayscale, RGB ``(H, W, 3)`` or with a channel axis."""
+    shape = tuple(int(s) for s in np.shape(image))
+    ax = _resolve_axis(shape, channel_axis)
+    rest = [s for i, s in enumerate(shape) if i != ax]
+    return rest[0], rest[1]
+
+
+def crop_image(image: Any, box: Sequence[int], channel_axis: int | None) -> Any:
+    """``image[r0:r1, c0:c1]`` (all channels) of a numpy, dask or zarr image; no copy is forced."""
+    r0, c0, r1, c1 = (int(v) for v in box)
+    spatial = [slice(r0, r1), slice(c0, c1)]
+    ax = _resolve_axis(tuple(np.shape(image)), channel_axis)
+    if ax is None:
+        return image[tuple(spatial)]
+    index: list[slice] = []
+    for i in range(3):
+        index.append(slice(None) if i == ax else spatial.pop(0))
+    return image[tuple(index)]

@@ -1,0 +1,375 @@
+"""Label images from mask records, and the merge of records across tiles.
+
+Painting (:func:`masks_to_labels`, :func:`write_labels`) and stitching
+(:func:`stitch_tiles`) follow the skeleton of dask-image's ``ndmeasure.label``:
+records of every tile get global node ids, duplicates seen by neighbouring
+tiles are linked in a graph (here by mask IoU inside the halo, not by
+touching: two touching cells are two objects), connected components of the
+graph (``scipy.sparse.csgraph``) become objects, and a lookup table maps them
+to contiguous label ids.  Nothing depends on the order in which tiles were
+processed: tiles are visited by their grid index, and every tie is broken by
+record content or tile index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from napari_sam.amg_utils import box_iou
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_sam.amg import MaskRecord
+
+__all__ = [
+    "Tile",
+    "OVERLAP_POLICIES",
+    "paint_order",
+    "masks_to_labels",
+    "id_order",
+    "relabel_sequential",
+    "paint_record",
+    "shift_record",
+    "touches_inner_edge",
+    "stitch_tiles",
+    "write_labels",
+]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a 2D image.
+
+    Attributes
+    ----------
+    index : (tile_row, tile_col)
+    core : (r0, c0, r1, c1)
+        Pixels this tile is responsible for (half-open); cores partition the image.
+    window : (r0, c0, r1, c1)
+        Core grown by the halo and clipped to the image: what is segmented.
+    """
+
+    index: tuple[int, int]
+    core: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+
+OVERLAP_POLICIES = ("smaller_on_top", "score")
+
+
+def paint_order(records: Sequence[MaskRecord], overlap: str = "smaller_on_top") -> np.ndarray:
+    """Order in which records are painted (later ones win where they overlap).
+
+    ``"smaller_on_top"``: larger areas first, so small objects lying on big
+    ones stay visible; ``"score"``: lowest predicted IoU first, so the
+    highest-scoring mask wins.  Remaining ties are broken by predicted IoU /
+    area, then by the bounding box, so the order depends only on the records'
+    content, never on their order in the list.
+    """
+    if overlap not in OVERLAP_POLICIES:
+        raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {overlap!r}")
+    n = len(records)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    area = np.array([r.area for r in records], dtype=np.float64)
+    score = np.array([r.predicted_iou for r in records], dtype=np.float64)
+    bbox = np.array([r.bbox_rc for r in records], dtype=np.float64).reshape(n, 4)
+    stab = np.array([r.stability_score for r in records], dtype=np.float64)
+    tail = [np.arange(n), bbox[:, 3], bbox[:, 2], bbox[:, 1], bbox[:, 0], stab]
+    if overlap == "smaller_on_top":
+        keys = [*tail, score, -area]
+    else:
+        keys = [*tail, -area, score]
+    return np.lexsort(keys)
+
+
+def masks_to_labels(
+    records: Sequence[MaskRecord],
+    shape: tuple[int, int],
+    *,
+    overlap: str = "smaller_on_top",
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Paint mask records into a label image.
+
+    Parameters
+    ----------
+    records : sequence of MaskRecord
+        Boxes in image coordinates.
+    shape : (H, W)
+        Output shape.
+    overlap : {"smaller_on_top", "score"}
+        Overlap policy, see :func:`paint_order`.
+    origin : (row, col)
+        Image coordinate of the output's ``[0, 0]`` (to paint one window of a
+        larger image); parts outside the window are clipped.
+
+    Returns
+    -------
+    labels : (H, W) uint32 ndarray
+        0 is background; ids 1..N are contiguous, numbered in the order of the
+        objects' bounding boxes (top-left first), and every id is visible
+        (objects entirely covered by others are left out).
+    """
+    order = paint_order(records, overlap)
+    canvas = np.zeros(tuple(int(s) for s in shape), dtype=np.uint32)
+    rank = id_order(records)
+    provisional = np.empty(len(records), dtype=np.int64)
+    provisional[rank] = np.arange(1, len(records) + 1)
+    for k in order:
+        paint_record(canvas, records[k], int(provisional[k]), origin)
+    return relabel_sequential(canvas, np.unique(canvas))
+
+
+def id_order(records: Sequence[MaskRecord]) -> np.ndarray:
+    """Record indices in label-id order: by bounding box (top-left first), then area, then score."""
+    n = len(records)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    bbox = np.array([r.bbox_rc for r in records], dtype=np.int64).reshape(n, 4)
+    area = np.array([r.area for r in records], dtype=np.int64)
+    score = np.array([r.predicted_iou for r in records], dtype=np.float64)
+    return np.lexsort([np.arange(n), -score, area, bbox[:, 3], bbox[:, 2], bbox[:, 1], bbox[:, 0]])
+
+
+def relabel_sequential(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Map the sorted nonzero ids in ``present`` to 1..N (order kept); 0 stays 0.
+
+    Parameters
+    ----------
+    labels : integer ndarray
+    present : 1D integer ndarray
+        Every id that occurs anywhere in the full label image (may be a superset of ``labels``' ids).
+
+    Returns
+    -------
+    uint32 ndarray of ``labels``' shape
+    """
+    present = np.unique(np.asarray(present, dtype=np.int64))
+    present = present[present > 0]
+    idx = np.searchsorted(present, labels)
+    idx = np.minimum(idx, max(len(present) - 1, 0))
+    found = (labels > 0) & (len(present) > 0)
+    if len(present):
+        found &= present[idx] == labels
+    return np.where(found, idx + 1, 0).astype(np.uint32)
+
+
+def paint_record(canvas: np.ndarray, rec: MaskRecord, value: int, origin: tuple[int, int] = (0, 0)) -> None:
+    """Write ``value`` where ``rec.mask`` is True into ``canvas`` whose ``[0, 0]`` is image pixel ``origin``."""
+    r0, c0, r1, c1 = rec.bbox_rc
+    h, w = canvas.shape
+    a0, b0 = r0 - origin[0], c0 - origin[1]
+    a1, b1 = r1 - origin[0], c1 - origin[1]
+    ca0, cb0, ca1, cb1 = max(a0, 0), max(b0, 0), min(a1, h), min(b1, w)
+    if ca0 >= ca1 or cb0 >= cb1:
+        return
+    m = rec.mask[ca0 - a0 : ca1 - a0, cb0 - b0 : cb1 - b0]
+    canvas[ca0:ca1, cb0:cb1][m] = value
+
+
+def shift_record(rec: MaskRecord, dr: int, dc: int) -> MaskRecord:
+    """The same record moved by ``(dr, dc)`` pixels (window -> image coordinates)."""
+    r0, c0, r1, c1 = rec.bbox_rc
+    k0, k1, k2, k3 = rec.crop_box_rc
+    return type(rec)(
+        rec.mask,
+        (r0 + dr, c0 + dc, r1 + dr, c1 + dc),
+        rec.area,
+        rec.predicted_iou,
+        rec.stability_score,
+        (rec.point_rc[0] + dr, rec.point_rc[1] + dc),
+        (k0 + dr, k1 + dc, k2 + dr, k3 + dc),
+    )
+
+
+def touches_inner_edge(bbox_rc: Sequence[int], window: Sequence[int], image_shape: Sequence[int]) -> bool:
+    """True when a box (image coordinates) reaches an edge of ``window`` that is not an image edge.
+
+    Such a mask is probably cut by the window: the neighbouring tile sees the whole object.
+    """
+    r0, c0, r1, c1 = bbox_rc
+    w0, w1, w2, w3 = window
+    return bool(
+        (r0 <= w0 and w0 > 0)
+        or (c0 <= w1 and w1 > 0)
+        or (r1 >= w2 and w2 < image_shape[0])
+        or (c1 >= w3 and w3 < image_shape[1])
+    )
+
+
+def _centre_in(bbox: np.ndarray, core: Sequence[int]) -> np.ndarray:
+    cr = (bbox[:, 0] + bbox[:, 2]) / 2.0
+    cc = (bbox[:, 1] + bbox[:, 3]) / 2.0
+    return (cr >= core[0]) & (cr < core[2]) & (cc >= core[1]) & (cc < core[3])
+
+
+def _mask_iou(a: MaskRecord, b: MaskRecord) -> float:
+    r0, c0 = max(a.bbox_rc[0], b.bbox_rc[0]), max(a.bbox_rc[1], b.bbox_rc[1])
+    r1, c1 = min(a.bbox_rc[2], b.bbox_rc[2]), min(a.bbox_rc[3], b.bbox_rc[3])
+    if r0 >= r1 or c0 >= c1:
+        return 0.0
+    ma = a.mask[r0 - a.bbox_rc[0] : r1 - a.bbox_rc[0], c0 - a.bbox_rc[1] : c1 - a.bbox_rc[1]]
+    mb = b.mask[r0 - b.bbox_rc[0] : r1 - b.bbox_rc[0], c0 - b.bbox_rc[1] : c1 - b.bbox_rc[1]]
+    inter = int(np.count_nonzero(ma & mb))
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _windows_overlap(a: Tile, b: Tile) -> bool:
+    return a.window[0] < b.window[2] and b.window[0] < a.window[2] and a.window[1] < b.window[3] and b.window[1] < a.window[3]
+
+
+def stitch_tiles(
+    tile_records: Mapping[tuple[int, int], Sequence[MaskRecord]],
+    tiles: Sequence[Tile],
+    image_shape: tuple[int, int],
+    *,
+    merge_iou: float = 0.5,
+) -> list[MaskRecord]:
+    """Merge per-tile records (image coordinates) into one record per object.
+
+    1. Records touching an inner edge of their tile's window are dropped.
+    2. Records of different tiles whose masks overlap with IoU > ``merge_iou``
+       are linked; connected components of these links are objects.
+       (With ``merge_iou >= 0.5`` two disjoint masks of one tile can never end
+       up in the same object.)
+    3. An object is kept when at least one of its records is *owned*: the
+       centre of its bounding box lies in the core of the tile that found it.
+       Its representative is an owned record with the highest predicted IoU
+       (then stability score, then lowest tile index).
+
+    Parameters
+    ----------
+    tile_records : mapping tile index -> records
+        Any insertion order; the result does not depend on it.
+    tiles : sequence of Tile
+    image_shape : (H, W)
+    merge_iou : float in (0, 1]
+
+    Returns
+    -------
+    list of MaskRecord, ordered by tile index then record order within the tile.
+    """
+    if not 0.0 < merge_iou <= 1.0:
+        raise ValueError(f"merge_iou must be in (0, 1], got {merge_iou}")
+    by_index = {t.index: t for t in tiles}
+    missing = set(tile_records) - set(by_index)
+    if missing:
+        raise ValueError(f"records given for unknown tiles {sorted(missing)}")
+    nodes: list[MaskRecord] = []
+    node_tile: list[tuple[int, int]] = []
+    owned: list[bool] = []
+    spans: dict[tuple[int, int], tuple[int, int]] = {}
+    for index in sorted(tile_records):
+        tile = by_index[index]
+        kept = [r for r in tile_records[index] if not touches_inner_edge(r.bbox_rc, tile.window, image_shape)]
+        start = len(nodes)
+        nodes.extend(kept)
+        node_tile.extend([index] * len(kept))
+        if kept:
+            owned.extend(_centre_in(np.array([r.bbox_rc for r in kept], dtype=np.float64), tile.core).tolist())
+        spans[index] = (start, len(nodes))
+    n = len(nodes)
+    if n == 0:
+        return []
+    boxes = np.array([r.bbox_rc for r in nodes], dtype=np.float64)
+    rows: list[int] = []
+    cols: list[int] = []
+    indices = sorted(spans)
+    for i, a in enumerate(indices):
+        for b in indices[i + 1 :]:
+            if not _windows_overlap(by_index[a], by_index[b]):
+                continue
+            (a0, a1), (b0, b1) = spans[a], spans[b]
+            if a0 == a1 or b0 == b1:
+                continue
+            biou = box_iou(boxes[a0:a1], boxes[b0:b1])
+            for ia, ib in zip(*np.nonzero(biou > 0)):
+                if _mask_iou(nodes[a0 + ia], nodes[b0 + ib]) > merge_iou:
+                    rows.append(a0 + int(ia))
+                    cols.append(b0 + int(ib))
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    owned_arr = np.array(owned, dtype=bool)
+    best: dict[int, int] = {}
+    for k in range(n):
+        if not owned_arr[k]:
+            continue
+        comp = int(component[k])
+        j = best.get(comp)
+        if j is None or (nodes[k].predicted_iou, nodes[k].stability_score) > (nodes[j].predicted_iou, nodes[j].stability_score):
+            best[comp] = k  # k visits tiles in index order, so ties keep the lower tile index
+    return [nodes[k] for k in sorted(best.values())]
+
+
+def _blocks(shape: tuple[int, int], block: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
+    for r0 in range(0, shape[0], block[0]):
+        for c0 in range(0, shape[1], block[1]):
+            yield r0, c0, min(r0 + block[0], shape[0]), min(c0 + block[1], shape[1])
+
+
+def write_labels(
+    records: Sequence[MaskRecord],
+    out: Any,
+    *,
+    overlap: str = "smaller_on_top",
+    block_shape: tuple[int, int] | None = None,
+) -> Any:
+    """Paint records into ``out`` block by block, with contiguous ids 1..N.
+
+    Gives exactly :func:`masks_to_labels` (same overlap policy and ids) without
+    ever holding the whole label image: pass 1 paints provisional ids (the
+    records' :func:`id_order` rank) block by block and collects which ids are
+    visible; pass 2 maps them to 1..N through a lookup table, block by block.
+
+    Parameters
+    ----------
+    records : sequence of MaskRecord (image coordinates)
+    out : (H, W) array supporting ``out[r0:r1, c0:c1]`` read and write
+        (numpy, zarr, ...); an unsigned integer dtype able to hold N.
+    block_shape : (bh, bw), optional
+        Defaults to a multiple of ``out.chunks`` near 2048 x 2048 (zarr) or 2048 x 2048.
+
+    Returns
+    -------
+    out
+    """
+    shape = (int(out.shape[0]), int(out.shape[1]))
+    if len(out.shape) != 2:
+        raise ValueError(f"out must be a 2D array, got shape {tuple(out.shape)}")
+    if block_shape is None:
+        chunks = getattr(out, "chunks", None)
+        if isinstance(chunks, tuple) and len(chunks) == 2 and all(isinstance(c, int) for c in chunks):
+            block_shape = tuple(max(1, 2048 // c) * c for c in chunks)  # type: ignore[assignment]
+        else:
+            block_shape = (2048, 2048)
+    order = paint_order(records, overlap)
+    provisional = np.empty(len(records), dtype=np.int64)
+    provisional[id_order(records)] = np.arange(1, len(records) + 1)
+    if len(records) >= np.iinfo(np.uint32).max:
+        raise ValueError("too many objects for uint32 labels")
+    boxes = np.array([r.bbox_rc for r in records], dtype=np.int64).reshape(-1, 4)
+    rank_of = np.empty(len(records), dtype=np.int64)
+    rank_of[order] = np.arange(len(records))
+    present: set[int] = set()
+    for b in _blocks(shape, block_shape):  # pass 1: provisional ids
+        hit = np.flatnonzero((boxes[:, 0] < b[2]) & (boxes[:, 2] > b[0]) & (boxes[:, 1] < b[3]) & (boxes[:, 3] > b[1]))
+        canvas = np.zeros((b[2] - b[0], b[3] - b[1]), dtype=np.uint32)
+        for k in hit[np.argsort(rank_of[hit])]:
+            paint_record(canvas, records[k], int(provisional[k]), (b[0], b[1]))
+        present.update(int(v) for v in np.unique(canvas))
+        out[b[0] : b[2], b[1] : b[3]] = canvas
+    ids = np.array(sorted(present), dtype=np.int64)
+    positive = ids[ids > 0]
+    if np.array_equal(positive, np.arange(1, len(positive) + 1)):
+        return out  # already contiguous: no second pass
+    for b in _blocks(shape, block_shape):  # pass 2: lookup table
+        block = np.asarray(out[b[0] : b[2], b[1] : b[3]])
+        out[b[0] : b[2], b[1] : b[3]] = relabel_sequential(block, ids)
+    return out
