@@ -1,0 +1,565 @@
+"""Interactive SAM prediction: image -> embedding once, then prompts -> masks.
+
+Lifecycle: :meth:`Predictor.set_image` (runs the image encoder once) ->
+:meth:`Predictor.predict` / :meth:`Predictor.predict_batch` (cheap, per prompt)
+-> :meth:`Predictor.reset_image`.  :meth:`Predictor.get_embedding` and
+:meth:`Predictor.set_embedding` let a cache skip the encoder.
+
+Public coordinates are ``(row, col)`` and boxes ``(r0, c0, r1, c1)`` in pixels
+of the original image.  This module is the only place (with ``napari_sam.sam``)
+where SAM's ``(x, y)`` appears: the conversion and the rescaling to the encoder
+input happen in :func:`_to_model_xy` and nowhere else.
+
+The preprocessing reproduces the official ``SamPredictor`` exactly: the RGB
+``uint8`` image is resized with PIL (bilinear) so that its longest side is
+``model.image_size``, normalised with ``pixel_mean``/``pixel_std`` and padded
+bottom/right by ``model.preprocess``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from napari_sam.normalize import to_rgb_uint8
+
+__all__ = ["BatchPrediction", "Embedding", "Predictor", "preprocess_shape"]
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Image embedding produced by the encoder, enough to predict without it.
+
+    Attributes
+    ----------
+    features : ndarray, shape (1, C, h, w), float32
+        Encoder output (``(1, 256, 64, 64)`` for the official models).
+    original_size : (int, int)
+        ``(H, W)`` of the image given to ``set_image``.
+    input_size : (int, int)
+        ``(h, w)`` of the resized image before padding to ``image_size``.
+    image_size : int
+        Encoder input side of the model (1024 for the official models).
+    model_id : str
+        Identity of the model architecture (see :func:`model_identity`).
+    """
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    image_size: int
+    model_id: str
+
+    def save(self, path: str | Path) -> None:
+        """Write the embedding to an ``.npz`` file at ``path``."""
+        np.savez(
+            path,
+            features=self.features,
+            original_size=np.asarray(self.original_size),
+            input_size=np.asarray(self.input_size),
+            image_size=np.asarray(self.image_size),
+            model_id=np.asarray(self.model_id),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Embedding:
+        """Read an embedding written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                features=np.asarray(data["features"], dtype=np.float32),
+                original_size=tuple(int(v) for v in data["original_size"]),
+                input_size=tuple(int(v) for v in data["input_size"]),
+                image_size=int(data["image_size"]),
+                model_id=str(data["model_id"]),
+            )
+
+
+@dataclass(frozen=True)
+class BatchPrediction:
+    """Result of :meth:`Predictor.predict_batch` (torch tensors on the predictor's device).
+
+    Attributes
+    ----------
+    low_res_logits : Tensor, shape (B, C, m, m), float32
+        Decoder logits (``m = 256`` for the official models); C is 3 with
+        ``multimask=True``, else 1.
+    scores : Tensor, shape (B, C), float32
+        Predicted IoU of each mask.
+    mask_logits : Tensor, shape (B, C, H, W), float32, or None
+        Logits upsampled to the original image size (``> mask_threshold`` is
+        the mask); None when ``upsample=False``.
+    """
+
+    low_res_logits: torch.Tensor
+    scores: torch.Tensor
+    mask_logits: torch.Tensor | None
+
+
+def preprocess_shape(original_size: Sequence[int], long_side: int) -> tuple[int, int]:
+    """Size ``(h, w)`` of an image resized so that its longest side is ``long_side``.
+
+    Same rounding as the official ``ResizeLongestSide.get_preprocess_shape``.
+    """
+    old_h, old_w = (int(v) for v in original_size)
+    scale = long_side * 1.0 / max(old_h, old_w)
+    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+
+
+def model_identity(model: torch.nn.Module) -> str:
+    """A string identifying the architecture of ``model`` (not its weights)."""
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and config:
+        digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+        kind = (config.get("image_encoder") or {}).get("type", "sam")
+        return f"{kind}-{config.get('image_size', '')}-{digest[:12]}"
+    return f"{type(model).__name__}-{getattr(model, 'image_size', '')}"
+
+
+def _resolve_device(device: Any) -> torch.device:
+    try:
+        from napari_sam.models import resolve_device
+    except ImportError:  # pragma: no cover - models.py is part of the package
+        if device is not None:
+            return torch.device(device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(device)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _check_prompts(
+    points_rc: Any,
+    point_labels: Any,
+    boxes_rc: Any,
+    mask_input: Any,
+    *,
+    image_shape: tuple[int, int],
+    mask_input_size: tuple[int, int],
+    allow_padding: bool,
+    single: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate batched prompts; return float64 points (B,N,2), int labels (B,N),
+    float64 boxes (B,4), float32 masks (B,1,m,m) (each or None).
+
+    ``single`` words the messages for :meth:`Predictor.predict` (no batch axis).
+    """
+    pre = "" if single else "B, "
+    box_name = "box_rc" if single else "boxes_rc"
+    height, width = image_shape
+    where = (
+        f"the image of shape ({height}, {width}): rows must lie in [-0.5, {height}] and "
+        f"columns in [-0.5, {width}] (row, col order)"
+    )
+    sizes = {}
+    points = labels = boxes = masks = None
+    if (points_rc is None) != (point_labels is None):
+        raise ValueError(
+            "points_rc and point_labels go together: give one label per point "
+            "(1 = foreground, 0 = background)."
+        )
+    if points_rc is not None:
+        points = _numpy(points_rc).astype(np.float64)
+        labels_raw = _numpy(point_labels)
+        if points.ndim != 3 or points.shape[-1] != 2:
+            shown = points.shape[1:] if single else points.shape
+            raise ValueError(f"points_rc must have shape ({pre}N, 2) as (row, col), got {shown}.")
+        if labels_raw.shape != points.shape[:2]:
+            shown = labels_raw.shape[1:] if single and labels_raw.ndim else labels_raw.shape
+            raise ValueError(
+                f"got {points.shape[1]} points but point_labels has shape {shown}; "
+                f"give exactly one label per point, shape ({pre}N,)."
+            )
+        allowed = (-1, 0, 1) if allow_padding else (0, 1)
+        if labels_raw.size and not np.isin(labels_raw, allowed).all():
+            raise ValueError(
+                f"point_labels must be in {set(allowed)} (1 = foreground, 0 = background"
+                + (", -1 = padding)" if allow_padding else ")")
+                + f", got {np.unique(labels_raw).tolist()}."
+            )
+        labels = labels_raw.astype(np.int64)
+        if not np.isfinite(points).all():
+            raise ValueError("points_rc contains NaN or infinite coordinates.")
+        real = points[labels >= 0]
+        outside = (real[:, 0] < -0.5) | (real[:, 0] > height) | (real[:, 1] < -0.5) | (real[:, 1] > width)
+        if outside.any():
+            raise ValueError(f"point {real[outside][0].tolist()} is outside {where}.")
+        if points.shape[1] == 0:
+            points = labels = None
+        else:
+            sizes["points_rc"] = points.shape[0]
+    if boxes_rc is not None:
+        boxes = _numpy(boxes_rc).astype(np.float64)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            shown = boxes.shape[1:] if single else boxes.shape
+            raise ValueError(f"{box_name} must have shape ({pre}4) as (r0, c0, r1, c1), got {shown}.")
+        if not np.isfinite(boxes).all():
+            raise ValueError(f"{box_name} contains NaN or infinite coordinates.")
+        bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        if bad.any():
+            raise ValueError(
+                f"box {boxes[bad][0].tolist()} has r1 < r0 or c1 < c0; boxes are (r0, c0, r1, c1) "
+                "with the top-left corner first."
+            )
+        corners = boxes.reshape(-1, 2)
+        if ((corners < -0.5) | (corners > [height, width])).any():
+            raise ValueError(f"a box corner is outside {where}.")
+        sizes[box_name] = boxes.shape[0]
+    if mask_input is not None:
+        masks = _numpy(mask_input).astype(np.float32)
+        expected = (1, *mask_input_size)
+        if masks.ndim != 4 or masks.shape[1:] != expected:
+            shown = masks.shape[1:] if single else masks.shape
+            raise ValueError(
+                f"mask_input must have shape {expected if single else ('B', *expected)} (low-res "
+                f"logits of an earlier prediction), got {shown}."
+            )
+        if not np.isfinite(masks).all():
+            raise ValueError("mask_input contains NaN or infinite values.")
+        sizes["mask_input"] = masks.shape[0]
+    if not sizes:
+        raise ValueError(
+            "no prompt given: pass points_rc with point_labels, "
+            f"{box_name}, and/or mask_input."
+        )
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"prompts disagree on the batch size B: {sizes}.")
+    if 0 in sizes.values():
+        raise ValueError("the batch of prompts is empty (B = 0).")
+    return points, labels, boxes, masks
+
+
+class Predictor:
+    """SAM predictor with a ``(row, col)`` API.
+
+    Parameters
+    ----------
+    model : Sam
+        A model with ``image_encoder``, ``prompt_encoder``, ``mask_decoder``,
+        ``preprocess``, ``image_size`` and ``mask_threshold``.  It is moved to
+        ``device`` and put in eval mode.
+    device : str or torch.device, optional
+        Default: :func:`napari_sam.models.resolve_device` (CUDA, MPS, CPU).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, device: Any = None) -> None:
+        for part in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess"):
+            if not hasattr(model, part):
+                raise TypeError(f"model has no {part!r}: pass a Sam model (napari_sam.build_model).")
+        self.device = _resolve_device(device)
+        self.model = model.to(self.device).eval()
+        encoder_size = getattr(model.image_encoder, "img_size", None)
+        self.image_size = int(getattr(model, "image_size", None) or encoder_size)
+        prompt_encoder = model.prompt_encoder
+        self.embedding_channels = int(prompt_encoder.embed_dim)
+        self.embedding_size = tuple(int(v) for v in prompt_encoder.image_embedding_size)
+        self.mask_input_size = tuple(int(v) for v in prompt_encoder.mask_input_size)
+        self.mask_threshold = float(getattr(model, "mask_threshold", 0.0))
+        self.model_id = model_identity(model)
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self._features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    @property
+    def is_image_set(self) -> bool:
+        """Whether an image (or an embedding) is set."""
+        return self._features is not None
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Image embedding, Tensor of shape (1, C, h, w) float32 on ``device``."""
+        return self._require_image()
+
+    def _require_image(self) -> torch.Tensor:
+        if self._features is None:
+            raise ValueError("no image is set: call set_image(image) (or set_embedding) first.")
+        return self._features
+
+    @torch.inference_mode()
+    def set_image(
+        self,
+        image: Any,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: Any = None,
+    ) -> None:
+        """Compute the embedding of ``image`` (runs the image encoder once).
+
+        Parameters
+        ----------
+        image : array-like, shape (H, W), (H, W, C) or with ``channel_axis``
+            Any real dtype; converted by :func:`napari_sam.normalize.to_rgb_uint8`
+            (``(H, W, 3) uint8`` RGB is used unchanged).  Never modified.
+        channel_axis, channels, contrast_limits
+            Passed to :func:`~napari_sam.normalize.to_rgb_uint8`.  Pass limits
+            estimated once on the whole image for tiles or slices.
+
+        Raises
+        ------
+        ValueError
+            Wrong number of dimensions, empty image, non-numeric dtype,
+            NaN/inf values, inconsistent ``channel_axis``/``channels``.
+        """
+        rgb = to_rgb_uint8(
+            image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits
+        )
+        original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        new_h, new_w = preprocess_shape(original_size, self.image_size)
+        resized = np.array(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        x = self.model.preprocess(x.float())
+        features = self.model.image_encoder(x)
+        self.reset_image()
+        self._features = features
+        self.original_size = original_size
+        self.input_size = (new_h, new_w)
+
+    def get_embedding(self) -> Embedding:
+        """Return the current embedding (features copied to a numpy float32 array)."""
+        features = self._require_image()
+        return Embedding(
+            features=features.detach().to("cpu", torch.float32).numpy().copy(),
+            original_size=self.original_size,
+            input_size=self.input_size,
+            image_size=self.image_size,
+            model_id=self.model_id,
+        )
+
+    def set_embedding(self, embedding: Embedding) -> None:
+        """Use a stored embedding instead of running the encoder.
+
+        Raises
+        ------
+        TypeError
+            ``embedding`` is not an :class:`Embedding`.
+        ValueError
+            It was made by a model with another architecture or input size, or
+            its fields are inconsistent.
+        """
+        if not isinstance(embedding, Embedding):
+            raise TypeError(f"expected an Embedding (from get_embedding), got {type(embedding).__name__}.")
+        if embedding.image_size != self.image_size:
+            raise ValueError(
+                f"the embedding was computed for image_size {embedding.image_size} but this model "
+                f"uses {self.image_size}; recompute it with set_image."
+            )
+        if embedding.model_id and embedding.model_id != self.model_id:
+            raise ValueError(
+                f"the embedding comes from model {embedding.model_id!r} but this predictor uses "
+                f"{self.model_id!r}; recompute it with set_image."
+            )
+        expected = (1, self.embedding_channels, *self.embedding_size)
+        features = np.asarray(embedding.features)
+        if features.shape != expected:
+            raise ValueError(
+                f"embedding features have shape {features.shape} but this model needs {expected}; "
+                "recompute it with set_image."
+            )
+        original = tuple(int(v) for v in embedding.original_size)
+        if len(original) != 2 or min(original) < 1:
+            raise ValueError(f"embedding original_size must be (H, W) > 0, got {embedding.original_size}.")
+        if tuple(int(v) for v in embedding.input_size) != preprocess_shape(original, self.image_size):
+            raise ValueError(
+                f"embedding input_size {embedding.input_size} does not match original_size "
+                f"{original} resized to {self.image_size}; the embedding is corrupt."
+            )
+        self.reset_image()
+        self._features = torch.as_tensor(features, dtype=torch.float32, device=self.device).clone()
+        self.original_size = original
+        self.input_size = preprocess_shape(original, self.image_size)
+
+    # ---------------------------------------------------------------- prompts
+    def _to_model_xy(self, coords_rc: np.ndarray) -> np.ndarray:
+        """``(..., 2)`` (row, col) in original pixels -> (x, y) in encoder-input pixels, float64."""
+        (old_h, old_w), (new_h, new_w) = self.original_size, self.input_size
+        xy = np.asarray(coords_rc, dtype=np.float64)[..., ::-1].copy()
+        xy[..., 0] *= new_w / old_w
+        xy[..., 1] *= new_h / old_h
+        return xy
+
+    def _decode(
+        self,
+        points_rc: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        boxes_rc: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run prompt encoder + mask decoder on validated batched prompts (no Python loop)."""
+        dev = self.device
+        points = None
+        if points_rc is not None:
+            coords = torch.as_tensor(self._to_model_xy(points_rc), dtype=torch.float, device=dev)
+            labels = torch.as_tensor(point_labels, dtype=torch.int, device=dev)
+            points = (coords, labels)
+        boxes = None
+        if boxes_rc is not None:
+            xyxy = self._to_model_xy(boxes_rc.reshape(-1, 2, 2)).reshape(-1, 4)
+            boxes = torch.as_tensor(xyxy, dtype=torch.float, device=dev)
+        masks = None
+        if mask_input is not None:
+            masks = torch.as_tensor(mask_input, dtype=torch.float, device=dev)
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, scores = self.model.mask_decoder(
+            image_embeddings=self._require_image(),
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=bool(multimask),
+        )
+        return low_res, scores
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        points_rc: Any = None,
+        point_labels: Any = None,
+        box_rc: Any = None,
+        mask_input: Any = None,
+        *,
+        multimask: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one prompt (points and/or a box and/or a previous mask).
+
+        Parameters
+        ----------
+        points_rc : array-like, shape (N, 2), optional
+            ``(row, col)`` pixel coordinates in the original image.
+        point_labels : array-like, shape (N,), optional
+            1 = foreground, 0 = background; required with ``points_rc``.
+        box_rc : array-like, shape (4,), optional
+            ``(r0, c0, r1, c1)`` with ``r0 <= r1`` and ``c0 <= c1``.
+        mask_input : array-like, shape (1, m, m) or (m, m), optional
+            Low-res logits of an earlier prediction (``m = 256`` for official models).
+        multimask : bool
+            Three masks (best for a single ambiguous click) or one.
+
+        Returns
+        -------
+        masks : ndarray, shape (C, H, W), bool
+        scores : ndarray, shape (C,), float32
+            Predicted IoU of each mask.
+        logits : ndarray, shape (C, m, m), float32
+            Low-res logits (feed one back as ``mask_input``).
+
+        Raises
+        ------
+        ValueError
+            No image set, no prompt, points outside the image, counts or
+            labels wrong, ``r1 < r0``/``c1 < c0``, wrong ``mask_input`` shape.
+        """
+        self._require_image()
+        mask = None
+        if mask_input is not None:
+            mask = np.asarray(mask_input)
+            mask = mask[None] if mask.ndim == 2 else mask
+        prompts = _check_prompts(
+            None if points_rc is None else np.asarray(points_rc)[None],
+            None if point_labels is None else np.asarray(point_labels)[None],
+            None if box_rc is None else np.asarray(box_rc)[None],
+            None if mask is None else mask[None],
+            image_shape=self.original_size,
+            mask_input_size=self.mask_input_size,
+            allow_padding=False,
+            single=True,
+        )
+        low_res, scores = self._decode(*prompts, multimask)
+        masks = self.upsample_logits(low_res[0]) > self.mask_threshold
+        return (
+            masks.cpu().numpy(),
+            scores[0].to("cpu", torch.float32).numpy(),
+            low_res[0].to("cpu", torch.float32).numpy(),
+        )
+
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        points_rc: Any = None,
+        point_labels: Any = None,
+        boxes_rc: Any = None,
+        mask_input: Any = None,
+        *,
+        multimask: bool = True,
+        upsample: bool = True,
+    ) -> BatchPrediction:
+        """Decode B prompts against the current embedding in one vectorised call.
+
+        Parameters
+        ----------
+        points_rc : array-like or Tensor, shape (B, N, 2), optional
+            ``(row, col)`` points; prompt ``b`` uses ``points_rc[b]``.
+        point_labels : array-like or Tensor, shape (B, N), optional
+            1 foreground, 0 background, -1 padding (ignored point, lets prompts
+            with fewer points share the array).
+        boxes_rc : array-like or Tensor, shape (B, 4), optional
+            ``(r0, c0, r1, c1)`` per prompt.
+        mask_input : array-like or Tensor, shape (B, 1, m, m), optional
+            Low-res logits per prompt.
+        multimask : bool
+            C = 3 masks per prompt, or C = 1.
+        upsample : bool
+            Also return logits at the original size (memory: B * C * H * W floats).
+
+        Returns
+        -------
+        BatchPrediction
+        """
+        self._require_image()
+        prompts = _check_prompts(
+            points_rc,
+            point_labels,
+            boxes_rc,
+            mask_input,
+            image_shape=self.original_size,
+            mask_input_size=self.mask_input_size,
+            allow_padding=True,
+            single=False,
+        )
+        low_res, scores = self._decode(*prompts, multimask)
+        mask_logits = None
+        if upsample:
+            b, c = low_res.shape[:2]
+            mask_logits = self.upsample_logits(low_res.flatten(0, 1)).unflatten(0, (b, c))
+        return BatchPrediction(low_res_logits=low_res, scores=scores, mask_logits=mask_logits)
+
+    @torch.inference_mode()
+    def upsample_logits(self, low_res_logits: Any) -> torch.Tensor:
+        """Upsample low-res logits to the original image size (official postprocessing).
+
+        Parameters
+        ----------
+        low_res_logits : Tensor or array-like, shape (K, m, m)
+
+        Returns
+        -------
+        Tensor, shape (K, H, W), float32, on ``device``
+            Logits; ``> mask_threshold`` gives the masks.
+        """
+        self._require_image()
+        logits = torch.as_tensor(low_res_logits, dtype=torch.float32, device=self.device)
+        if logits.ndim != 3:
+            raise ValueError(f"low_res_logits must have shape (K, m, m), got {tuple(logits.shape)}.")
+        if logits.shape[0] == 0:
+            return logits.new_zeros((0, *self.original_size))
+        size = self.image_size
+        up = F.interpolate(logits[:, None], (size, size), mode="bilinear", align_corners=False)
+        up = up[..., : self.input_size[0], : self.input_size[1]]
+        up = F.interpolate(up, self.original_size, mode="bilinear", align_corners=False)
+        return up[:, 0]
