@@ -37,9 +37,12 @@ class Runner:
         self.status = status
         self.cancel_event = threading.Event()
         self.workers: dict[str, Any] = {}
+        self.closed = False
 
     @ensure_main_thread
     def _progress(self, done: int, total: int, desc: str) -> None:
+        if self.closed:
+            return
         self.bar.max = max(int(total), 1)
         self.bar.value = min(int(done), self.bar.max)
         if desc:
@@ -65,7 +68,7 @@ class Runner:
             kwargs["cancel"] = self.cancel_event
         worker = create_worker(func, *args, _start_thread=False, **kwargs)
         if on_done is not None:
-            worker.returned.connect(on_done)
+            worker.returned.connect(lambda result: None if self.closed else on_done(result))
         worker.errored.connect(self._error)
         worker.finished.connect(lambda: self._finished(lane, worker))
         self.workers[lane] = worker

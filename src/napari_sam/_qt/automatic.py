@@ -45,7 +45,7 @@ class AutomaticWidget(Container):
         self.output: Any = None
         self._base = 0
 
-        self.image_combo = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self.image_combo = ComboBox(label="image", choices=self._image_choices)
         self.model_combo = ComboBox(label="model", choices=model_choices())
         if STAND_IN in self.model_combo.choices and len(self.model_combo.choices) > 1:
             self.model_combo.value = self.model_combo.choices[0]
@@ -81,14 +81,25 @@ class AutomaticWidget(Container):
         self.cancel_button.changed.connect(self.runner.cancel)
         for name in THRESHOLDS:
             getattr(self, name).changed.connect(self.refilter)
+        self._closed = False
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
+        self.native.destroyed.connect(self._disconnect)
+        self.reset_choices()
+
+    def _disconnect(self, *_: Any) -> None:
+        """Stop listening to the viewer once the dock widget is gone."""
+        self._closed = True
+        self.runner.closed = True
+        self.viewer.layers.events.inserted.disconnect(self.reset_choices)
+        self.viewer.layers.events.removed.disconnect(self.reset_choices)
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(lay.name, lay) for lay in self.viewer.layers if isinstance(lay, Image)]
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text
+        if not self._closed:
+            self.status.value = text
 
     def params(self) -> dict[str, Any]:
         """The AMG parameters currently set in the widget."""

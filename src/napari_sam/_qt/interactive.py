@@ -54,7 +54,7 @@ class InteractiveWidget(Container):
         self.shapes_layer: Any = None
         self.preview_layer: Any = None
 
-        self.image_combo = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self.image_combo = ComboBox(label="image", choices=self._image_choices)
         self.model_combo = ComboBox(label="model", choices=model_choices())
         if STAND_IN in self.model_combo.choices and len(self.model_combo.choices) > 1:
             self.model_combo.value = self.model_combo.choices[0]
@@ -104,9 +104,27 @@ class InteractiveWidget(Container):
         self.precompute_button.changed.connect(self.precompute)
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.runner.cancel)
+        self._closed = False
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
-        self.viewer.dims.events.current_step.connect(lambda e=None: self._slice_timer.start())
+        self.viewer.dims.events.current_step.connect(self._on_step)
+        self.native.destroyed.connect(self._disconnect)
+        self.reset_choices()
+
+    def _on_step(self, _event: Any = None) -> None:
+        if not self._closed:
+            self._slice_timer.start()
+
+    def _disconnect(self, *_: Any) -> None:
+        """Stop listening to the viewer once the dock widget is gone."""
+        self._closed = True
+        self._debounce.stop()
+        self._slice_timer.stop()
+        self.runner.closed = True
+        for emitter, cb in ((self.viewer.layers.events.inserted, self.reset_choices),
+                            (self.viewer.layers.events.removed, self.reset_choices),
+                            (self.viewer.dims.events.current_step, self._on_step)):
+            emitter.disconnect(cb)
 
     # ------------------------------------------------------------------ helpers
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
@@ -117,7 +135,8 @@ class InteractiveWidget(Container):
                 if isinstance(lay, Labels) and lay is not self.preview_layer]
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text
+        if not self._closed:
+            self.status.value = text
 
     # ------------------------------------------------------------------ session
     def start_session(self) -> None:
@@ -176,7 +195,7 @@ class InteractiveWidget(Container):
         return layer
 
     def _on_slice_changed(self) -> None:
-        if self.session is None:
+        if self.session is None or self._closed:
             return
         pl.show_preview(self.preview_layer, self.session.image_layer, None, None)
         self.session.preview = None
@@ -199,7 +218,7 @@ class InteractiveWidget(Container):
     # ------------------------------------------------------------------ preview
     def request_preview(self) -> None:
         """Predict from the current prompts in the background (latest request wins)."""
-        if self.session is None:
+        if self.session is None or self._closed:
             return
         try:
             prompts = self.session.collect_prompts(self.viewer.dims, points_layer=self.points_layer,
@@ -212,7 +231,7 @@ class InteractiveWidget(Container):
                           on_done=self._show)
 
     def _show(self, preview: Any) -> None:
-        if preview is None or self.session is None or preview is not self.session.preview:
+        if self._closed or preview is None or self.session is None or preview is not self.session.preview:
             return
         if preview.objects:
             pl.show_preview(self.preview_layer, self.session.image_layer, preview.ref, preview.label_image())

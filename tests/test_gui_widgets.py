@@ -1,0 +1,170 @@
+"""Tier 3: the widgets opened from the manifest in a real napari viewer (run under Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+INTERACTIVE = "Interactive segmentation (SAM)"
+AUTOMATIC = "Automatic segmentation (SAM)"
+
+
+def _blobs(shape=(96, 128)):
+    """Three bright discs on a dark background and their ground-truth labels."""
+    rr, cc = np.indices(shape)
+    gt = np.zeros(shape, np.uint32)
+    for k, (r, c, rad) in enumerate(((30, 30, 12), (60, 90, 15), (75, 30, 8)), start=1):
+        gt[(rr - r) ** 2 + (cc - c) ** 2 <= rad**2] = k
+    image = np.where(gt > 0, 200.0, 20.0).astype(np.float32)
+    return image, gt
+
+
+def _open(viewer, name):
+    from napari_sam._napari.predictors import STAND_IN
+
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam", name)
+    widget.model_combo.value = STAND_IN
+    return widget
+
+
+def _start(qtbot, widget):
+    widget.start_session()
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=20_000)
+    widget.runner.wait()
+
+
+def _press(viewer, qtbot, key):
+    """A real key press on the canvas (goes through napari's key handling to the active layer)."""
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, key)
+    qtbot.wait(20)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer(show=True)
+
+
+def test_interactive_point_preview_commit_undo(viewer, qtbot):
+    image, gt = _blobs()
+    viewer.add_image(image, name="blobs", scale=(0.5, 0.5), translate=(3.0, 4.0))
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    labels = widget.labels_combo.value
+    assert labels is not None and labels.data.shape == image.shape
+    # click the centre of disc 2 (data (60, 90)) in world coordinates
+    widget.points_layer.add([[60.0, 90.0]])  # the points layer shares the image's transform
+    qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=10_000)
+    np.testing.assert_array_equal(widget.preview_layer.data > 0, gt == 2)
+    assert tuple(widget.preview_layer.scale) == (0.5, 0.5)
+    ids = widget.commit()
+    assert ids == [1]
+    np.testing.assert_array_equal(labels.data == 1, gt == 2)
+    assert len(widget.points_layer.data) == 0 and not widget.preview_layer.data.any()
+    labels.undo()
+    assert labels.data.max() == 0
+
+
+def test_keys_toggle_cycle_and_commit(viewer, qtbot):
+    image, gt = _blobs()
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    points = widget.points_layer
+    viewer.layers.selection.active = points
+    _press(viewer, qtbot, "t")
+    assert points.feature_defaults["prompt"].iloc[0] == "negative"
+    _press(viewer, qtbot, "t")
+    points.add([[30.0, 30.0]])
+    qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=10_000)
+    widget.runner.wait()
+    _press(viewer, qtbot, "m")  # best (the disc) -> the dilated candidate
+    assert (widget.preview_layer.data > 0).sum() > (gt == 1).sum()
+    _press(viewer, qtbot, "m")
+    _press(viewer, qtbot, "m")  # back to the disc
+    np.testing.assert_array_equal(widget.preview_layer.data > 0, gt == 1)
+    _press(viewer, qtbot, "c")
+    np.testing.assert_array_equal(widget.labels_combo.value.data == 1, gt == 1)
+    assert "C: commit" in widget.shortcuts.value
+
+
+def test_box_prompts_make_several_objects(viewer, qtbot):
+    image, gt = _blobs()
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    boxes = [np.array([[15, 15], [15, 45], [45, 45], [45, 15]]), np.array([[43, 73], [43, 107], [77, 107], [77, 73]])]
+    widget.shapes_layer.add_rectangles(boxes)
+    qtbot.waitUntil(lambda: len(np.unique(widget.preview_layer.data)) == 3, timeout=10_000)
+    assert widget.commit() == [1, 2]
+    lab = widget.labels_combo.value.data
+    np.testing.assert_array_equal(lab == 1, gt == 1)
+    np.testing.assert_array_equal(lab == 2, gt == 2)
+
+
+def test_propagation_through_a_stack(viewer, qtbot):
+    zz, rr, cc = np.indices((9, 48, 48))
+    ball = (zz - 4) ** 2 / 3.5**2 + (rr - 24) ** 2 / 12**2 + (cc - 24) ** 2 / 12**2 <= 1
+    viewer.add_image(ball.astype(np.float32) * 100 + 1, name="ball")
+    viewer.dims.set_current_step(0, 4)
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    widget.points_layer.add([[4, 24.0, 24.0]])
+    qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=10_000)
+    [obj] = widget.commit()
+    widget.propagate()
+    widget.runner.wait()
+    labels = widget.labels_combo.value
+    np.testing.assert_array_equal(labels.data == obj, ball & (ball.reshape(9, -1).sum(1) >= 10)[:, None, None])
+
+
+def test_screenshot_shows_the_committed_label(viewer, qtbot):
+    image, gt = _blobs()
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    labels = widget.labels_combo.value
+    labels.opacity = 1.0
+    colour = (np.asarray(labels.get_color(1))[:3] * 255).round()
+
+    viewer.window._qt_window.resize(1200, 1000)
+
+    def n_label_pixels():
+        viewer.reset_view()
+        qtbot.wait(50)
+        shot = viewer.screenshot(canvas_only=True, flash=False)
+        return int((np.abs(shot[..., :3].astype(int) - colour).max(axis=-1) <= 3).sum())
+
+    widget.preview_layer.visible = False
+    widget.points_layer.visible = False
+    assert n_label_pixels() == 0
+    widget.points_layer.add([[60.0, 90.0]])
+    qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=10_000)
+    widget.commit()
+    qtbot.wait(100)
+    assert n_label_pixels() > 100
+
+
+def test_automatic_widget_runs_cancels_and_refilters(viewer, qtbot):
+    image, gt = _blobs()
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, AUTOMATIC)
+    widget.points_per_side.value = 8
+    widget.min_mask_region_area.value = 0
+    widget.run()
+    qtbot.waitUntil(lambda: widget.output is not None, timeout=60_000)
+    widget.runner.wait()
+    out = widget.output.data
+    found = {frozenset(np.flatnonzero(out == i)) for i in np.unique(out) if i}
+    truth = {frozenset(np.flatnonzero(gt == i)) for i in np.unique(gt) if i}
+    assert found == truth
+    n_encoded = widget._predictor.n_encoded
+    widget.pred_iou_thresh.value = 0.95  # above every candidate's score: re-filtered at once, no model run
+    assert widget.output.data.max() == 0 and widget._predictor.n_encoded == n_encoded
+    widget.pred_iou_thresh.value = 0.80
+    out = widget.output.data
+    assert {frozenset(np.flatnonzero(out == i)) for i in np.unique(out) if i} == truth
+    assert widget._predictor.n_encoded == n_encoded
