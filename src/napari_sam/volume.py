@@ -187,10 +187,18 @@ def sequential_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu" and labels.dtype != bool:
         raise TypeError(f"a segment function must return integer labels, got dtype {labels.dtype}")
-    uniq, inverse = np.unique(labels, return_inverse=True)
-    has_bg = uniq.size > 0 and uniq[0] == 0
-    if uniq.size and uniq[0] < 0:
+    if labels.size == 0:
+        return labels.astype(np.uint32), 0
+    if labels.dtype.kind == "i" and labels.min() < 0:
         raise ValueError("a segment function returned negative labels")
+    top = int(labels.max())
+    if top <= 4 * labels.size + 1024:  # dense ids: O(N) lookup table instead of a sort
+        present = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=top + 1) > 0
+        present[0] = True
+        table = (np.cumsum(present) - 1).astype(np.uint32)
+        return table[labels], int(present[1:].sum())
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    has_bg = uniq[0] == 0
     new = np.arange(uniq.size, dtype=np.uint32) + (0 if has_bg else 1)
     return new[inverse.reshape(labels.shape)], int(uniq.size - (1 if has_bg else 0))
 

@@ -1,0 +1,132 @@
+"""Benchmark of the batch pipeline: slices/s, peak RSS, and pipeline overhead vs model time.
+
+The SAM model is replaced by a stand-in of known cost: it labels the slice by
+thresholding (so real labels are written) and then sleeps until ``--model-seconds``
+have passed.  Everything else is the real pipeline (lazy zarr input, contrast
+limits for the volume, per-slice tasks, uint32 zarr output with done markers,
+the final compaction pass).  Overhead = (wall time - time inside the stand-in)
+/ time inside the stand-in.
+
+Peak RSS is measured in a fresh subprocess per run; the volume is run at two
+depths (Z and 2 Z) to show that memory does not grow with the number of slices.
+
+    python benchmarks/batch.py                              # 16 x 2048 x 2048 uint16 (and 8 x ...)
+    python benchmarks/batch.py --shape 64 4096 4096         # the 2 GB case
+    python benchmarks/batch.py --shape 8 1024 1024 --model-seconds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+_SPENT = {"seconds": 0.0, "cpu": 0.0, "calls": 0}
+
+
+def standin_segment(image, *, channel_axis=None, contrast_limits=None, model_seconds: float = 1.0):
+    """Threshold + connected components, padded with sleep to ``model_seconds`` per call."""
+    from skimage.measure import label
+
+    start, cpu = time.perf_counter(), time.thread_time()
+    img = np.asarray(image, dtype=np.float32)
+    lo, hi = np.asarray(contrast_limits, dtype=np.float64).reshape(-1, 2)[0]
+    labels = label(img > (lo + hi) / 2, connectivity=1).astype(np.uint32)
+    _SPENT["cpu"] += time.thread_time() - cpu
+    left = model_seconds - (time.perf_counter() - start)
+    if left > 0:
+        time.sleep(left)
+    _SPENT["seconds"] += time.perf_counter() - start
+    _SPENT["calls"] += 1
+    return labels
+
+
+def make_volume(path: Path, shape: tuple[int, int, int], chunk: int) -> None:
+    """A uint16 nuclei-like volume written slice by slice (never whole in memory)."""
+    import zarr
+
+    z, y, x = shape
+    rng = np.random.default_rng(0)
+    arr = zarr.create_array(store=str(path), shape=shape, chunks=(1, min(chunk, y), min(chunk, x)),
+                            dtype="uint16")
+    yy, xx = np.mgrid[0:y, 0:x].astype(np.float32)
+    for k in range(z):
+        phase = rng.uniform(0, 2 * np.pi, 2)
+        blobs = np.sin(yy / 23.0 + phase[0]) * np.sin(xx / 29.0 + phase[1])
+        noise = rng.normal(0, 0.1, size=(y, x)).astype(np.float32)
+        arr[k] = np.clip((blobs + noise) * 20000 + 25000, 0, 65535).astype(np.uint16)
+
+
+def run_once(shape: tuple[int, int, int], model_seconds: float, workers: int) -> dict:
+    """One measured run in this process (called in a fresh subprocess by ``main``)."""
+    import functools
+
+    from napari_sam.batch import segment_volume
+    from napari_sam.io import open_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "volume.zarr"
+        make_volume(src, shape, 1024)
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn = functools.partial(standin_segment, model_seconds=model_seconds)
+        first = open_image(src)[0][:1]  # warm-up on one slice: imports and first-call costs
+        segment_volume(first, Path(tmp) / "warmup.zarr", axes="ZYX", segment_fn=fn, workers=workers)
+        _SPENT.update(seconds=0.0, cpu=0.0, calls=0)
+        start, cpu0 = time.perf_counter(), os.times()
+        out = segment_volume(src, Path(tmp) / "labels.zarr", segment_fn=fn, workers=workers)
+        wall, cpu1 = time.perf_counter() - start, os.times()
+        process_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        n_labels = int(out[0].max().compute())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    model = _SPENT["seconds"]
+    slice_mib = shape[1] * shape[2] * 2 / 2**20
+    return {"shape": list(shape), "wall_s": round(wall, 2), "slices_per_s": round(shape[0] / wall, 3),
+            "model_s": round(model, 2), "overhead_fraction": round((wall - model / workers) / (model / workers), 4),
+            "pipeline_cpu_s": round(process_cpu - _SPENT["cpu"], 2),
+            "cpu_overhead_fraction": round((process_cpu - _SPENT["cpu"]) / model, 4),
+            "peak_rss_mib": round(peak / 1024, 1), "rss_before_run_mib": round(rss_before / 1024, 1),
+            "input_slice_mib": round(slice_mib, 1), "volume_mib": round(slice_mib * shape[0], 1),
+            "labels_in_slice0": n_labels}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs=3, default=[16, 2048, 2048], metavar=("Z", "Y", "X"))
+    parser.add_argument("--model-seconds", type=float, default=2.0,
+                        help="cost of the stand-in model per slice (real SAM on a 2048^2 slice costs more)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    shape = tuple(args.shape)
+    if args.run:
+        print(json.dumps(run_once(shape, args.model_seconds, args.workers)))
+        return 0
+    results = []
+    for z in (max(1, shape[0] // 2), shape[0]):
+        cmd = [sys.executable, __file__, "--run", "--shape", str(z), str(shape[1]), str(shape[2]),
+               "--model-seconds", str(args.model_seconds), "--workers", str(args.workers)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]))
+    small, big = results
+    print(f"slices/s: {big['slices_per_s']} at {tuple(big['shape'])}; pipeline overhead "
+          f"{100 * big['overhead_fraction']:.1f}% of model time in wall time, pipeline CPU "
+          f"{100 * big['cpu_overhead_fraction']:.1f}% of model time (target < 10%)")
+    print(f"peak RSS: {small['peak_rss_mib']} MiB for Z={small['shape'][0]}, {big['peak_rss_mib']} MiB for "
+          f"Z={big['shape'][0]} (volume {big['volume_mib']} MiB, one slice {big['input_slice_mib']} MiB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
