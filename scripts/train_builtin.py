@@ -1,0 +1,146 @@
+"""Train the built-in SAM model on synthetic microscopy (CPU, seeded).
+
+Usage::
+
+    nice -n 5 .venv/bin/python scripts/train_builtin.py --out runs/builtin \
+        --steps 1500 --time-limit 5400 --threads 1 [--export]
+
+Writes into ``--out``: ``log.csv`` (per-step curves), ``curves.png``,
+``train_config.json``, ``last.pt`` (every few minutes and at the end),
+``best.pt`` (best quick validation) and ``summary.json``.  With ``--export``
+the best weights are written to ``src/napari_sam/data/builtin_model.{pt,json}``
+(run ``scripts/eval_builtin.py`` afterwards to add the quality report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_sam.sam.build import build_model
+from napari_sam.training.builtin import TRAIN_SEED_START, VAL_SEED_START, builtin_config, export_builtin
+from napari_sam.training.data import make_pool, sample_batch
+from napari_sam.training.loop import TrainConfig, train
+
+
+def plot_curves(log_csv: Path, png: Path, *, smooth: int = 25) -> None:
+    """Loss and IoU curves from ``log.csv`` (moving average over ``smooth`` steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    step = np.array([int(r["step"]) for r in rows])
+
+    def col(name):
+        return np.array([float(r[name]) if r[name] not in ("", None) else np.nan for r in rows])
+
+    def ma(v):
+        k = min(smooth, len(v))
+        return np.convolve(v, np.ones(k) / k, mode="valid"), step[k - 1 :]
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("loss", "mask", "iou_mse"):
+        v, s = ma(col(name))
+        ax[0].plot(s, v, label=name)
+    ax[0].set_yscale("log")
+    ax[0].set_xlabel("step")
+    ax[0].set_title("training losses (moving average)")
+    ax[0].legend()
+    for name in ("iou_first", "iou_last"):
+        v, s = ma(col(name))
+        ax[1].plot(s, v, label=f"train {name}")
+    for name in ("val_point_miou", "val_box_miou"):
+        v = col(name)
+        ok = ~np.isnan(v)
+        ax[1].plot(step[ok], v[ok], "o-", label=name)
+    ax[1].set_ylim(0, 1)
+    ax[1].set_xlabel("step")
+    ax[1].set_title("IoU (low-res, train batches / quick validation)")
+    ax[1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/builtin"))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--time-limit", type=float, default=5400.0, help="seconds; stops early, keeps last/best")
+    p.add_argument("--pool-size", type=int, default=500, help="synthetic training images (256 x 256)")
+    p.add_argument("--val-images", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--n-images", type=int, default=4)
+    p.add_argument("--objects-per-image", type=int, default=4)
+    p.add_argument("--n-passes", type=int, default=2)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--export", action="store_true", help="write src/napari_sam/data/builtin_model.*")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+    config = builtin_config()
+    torch.manual_seed(args.seed)
+    model = build_model(config)
+    size = (config["image_size"],) * 2
+    pool = make_pool(range(TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size), shape=size)
+    val_pool = make_pool(range(VAL_SEED_START, VAL_SEED_START + args.val_images), shape=size)
+    val_batch = sample_batch(val_pool, np.random.default_rng(1), n_images=args.val_images, objects_per_image=8)
+    pool_seconds = time.monotonic() - t0
+    print(f"pools ready in {pool_seconds:.0f} s", flush=True)
+    cfg = TrainConfig(
+        steps=args.steps, lr=args.lr, seed=args.seed, threads=args.threads,
+        time_limit_s=args.time_limit - pool_seconds, n_images=args.n_images,
+        objects_per_image=args.objects_per_image, n_passes=args.n_passes, val_every=args.val_every,
+        warmup_steps=min(100, max(1, args.steps // 10)),
+    )
+
+    def progress(done, total, desc):
+        if done % 20 == 0:
+            print(f"{desc} {done}/{total} {time.monotonic() - t0:.0f}s", flush=True)
+
+    summary = train(model, pool, cfg, args.out, val_batch=val_batch, progress=progress)
+    summary["pool_seconds"] = pool_seconds
+    summary["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        plot_curves(args.out / "log.csv", args.out / "curves.png")
+    except ImportError:
+        print("matplotlib missing: no curves.png (pip install matplotlib)")
+    print(json.dumps(summary, indent=2))
+    if args.export:
+        best = args.out / ("best.pt" if (args.out / "best.pt").exists() else "last.pt")
+        provenance = {
+            "trained_by": "scripts/train_builtin.py",
+            "command": summary["command"],
+            "steps": summary["steps_done"],
+            "seconds": round(time.monotonic() - t0),
+            "checkpoint": best.name,
+            "train_seeds": [TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size],
+            "val_seeds_start": VAL_SEED_START,
+            "quick_validation": summary["best_validation"],
+            "torch": torch.__version__,
+            "machine": f"{platform.machine()} CPU, {args.threads} thread(s)",
+        }
+        pt, js = export_builtin(torch.load(best, weights_only=True), config, provenance)
+        print(f"exported {pt} and {js}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

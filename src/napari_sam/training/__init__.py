@@ -1,0 +1,31 @@
+"""Training of the built-in SAM model on synthetic microscopy.
+
+Modules
+-------
+data
+    Image pool from :mod:`napari_sam.synthetic`, normalisation, augmentation,
+    and SAM's prompt sampling (initial point or box, error-region clicks).
+losses
+    Focal + dice (20:1) mask loss, IoU-head MSE, minimum over ambiguity outputs.
+loop
+    The seeded interactive training loop (checkpoints, CSV log, LR schedule).
+evaluate
+    Prompted mIoU and automatic-segmentation F1 on held-out synthetic images.
+"""
+
+from napari_sam.training.data import TrainingPool, make_pool, normalize_to_rgb
+from napari_sam.training.losses import dice_loss, focal_loss, mask_iou, sam_loss
+from napari_sam.training.loop import TrainConfig, train, train_step
+
+__all__ = [
+    "TrainConfig",
+    "TrainingPool",
+    "dice_loss",
+    "focal_loss",
+    "make_pool",
+    "mask_iou",
+    "normalize_to_rgb",
+    "sam_loss",
+    "train",
+    "train_step",
+]
