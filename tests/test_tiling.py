@@ -143,3 +143,18 @@ def test_progress_cancel_and_errors(scene):
         segment_image(image, StandInPredictor(), contrast_limits=(0, 1), halo=8)
     with pytest.raises(ValueError, match="shape"):
         segment_image(image, StandInPredictor(), contrast_limits=(0, 1), out=np.zeros((5, 5), np.uint32))
+
+
+def test_uint8_rgb_used_as_is_and_bands_selected():
+    rgb = (blob_image((64, 64), [(30, 30)], [8]) * 200).astype(np.uint8)
+    rgb = np.stack([rgb, rgb, rgb], axis=-1)
+    pred = StandInPredictor()
+    segment_image(rgb, pred, tile_shape=32, halo=8, points_per_side=4)
+    assert all(c["contrast_limits"] is None for c in pred.calls)  # no stretching of 8-bit RGB
+    bands = np.stack([blob_image((64, 64), [(30, 30)], [8]) * k for k in (100, 200, 300, 400, 500)]).astype(np.uint16)
+    pred = StandInPredictor()
+    segment_image(bands, pred, channel_axis=0, channels=(3, 1, 0), tile_shape=32, halo=8, points_per_side=4)
+    assert all(c["channels"] == (3, 1, 0) for c in pred.calls)
+    expected = np.stack([np.percentile(bands[k].astype(float), [0.5, 99.5]) for k in (3, 1, 0)])
+    for c in pred.calls:
+        np.testing.assert_allclose(np.asarray(c["contrast_limits"]), expected)

@@ -257,10 +257,8 @@ class AutomaticMaskGenerator:
         floor_iou = self._floor(self.pred_iou_thresh, min_pred_iou)
         floor_stab = self._floor(self.stability_score_thresh, min_stability_score)
         crop_boxes, layer_idx = U.generate_crop_boxes(image_shape, self.crop_n_layers, self.crop_overlap_ratio)
-        if len(crop_boxes) > 1 and contrast_limits is None:
-            from napari_sam.normalize import estimate_contrast_limits
-
-            contrast_limits = estimate_contrast_limits(image, channel_axis=channel_axis, channels=channels)
+        if len(crop_boxes) > 1 and contrast_limits is None:  # one normalisation for every crop
+            contrast_limits = U.global_contrast_limits(image, channel_axis, channels)
         n_batches = [
             -(-len(self.point_grids[int(layer)]) // self.points_per_batch) for layer in layer_idx
         ]

@@ -36,6 +36,7 @@ __all__ = [
     "batch_slices",
     "spatial_shape",
     "crop_image",
+    "global_contrast_limits",
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity, as OpenCV in the official code
@@ -365,3 +366,20 @@ def crop_image(image: Any, box: Sequence[int], channel_axis: int | None) -> Any:
     for i in range(3):
         index.append(slice(None) if i == ax else spatial.pop(0))
     return image[tuple(index)]
+
+
+def global_contrast_limits(image: Any, channel_axis: int | None, channels: Sequence[int] | None) -> Any:
+    """Contrast limits estimated once on (a subsample of) the whole image.
+
+    Returns None for ``uint8`` RGB without a channel selection: it is used as
+    is, exactly like :func:`napari_sam.normalize.to_rgb_uint8` does.
+    """
+    from napari_sam.normalize import estimate_contrast_limits
+
+    shape = tuple(int(s) for s in np.shape(image))
+    dtype = getattr(image, "dtype", None)
+    dtype = np.asarray(image).dtype if dtype is None else np.dtype(dtype)
+    ax = _resolve_axis(shape, channel_axis)
+    if channels is None and dtype == np.uint8 and ax is not None and shape[ax] == 3:
+        return None
+    return estimate_contrast_limits(image, channel_axis=channel_axis, channels=channels)

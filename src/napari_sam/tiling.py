@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.amg import AutomaticMaskGenerator, MaskRecord
-from napari_sam.amg_utils import crop_image, spatial_shape
+from napari_sam.amg_utils import crop_image, global_contrast_limits, spatial_shape
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 from napari_sam.stitching import Tile, masks_to_labels, shift_record, stitch_tiles, write_labels
 
@@ -75,18 +75,6 @@ def tile_grid(
     return tiles
 
 
-def _global_contrast_limits(image: Any, channel_axis: int | None, channels: Sequence[int] | None) -> Any:
-    """Limits estimated once on a subsample of the whole image (None for uint8 RGB: used as is)."""
-    from napari_sam.normalize import estimate_contrast_limits
-
-    shape = tuple(np.shape(image))
-    if channels is None and np.dtype(image.dtype) == np.uint8 and len(shape) == 3:
-        ax = 2 if channel_axis is None else channel_axis % 3
-        if shape[ax] == 3:
-            return None
-    return estimate_contrast_limits(image, channel_axis=channel_axis, channels=channels)
-
-
 def segment_records(
     image: Any,
     predictor: Any,
@@ -121,7 +109,7 @@ def segment_records(
     else:
         tiles = tile_grid(shape, tile_shape, 0 if halo is None else halo)
     if contrast_limits is None:
-        contrast_limits = _global_contrast_limits(image, channel_axis, channels)
+        contrast_limits = global_contrast_limits(image, channel_axis, channels)
     generator = AutomaticMaskGenerator(predictor, **amg_params)
     per_tile: dict[tuple[int, int], list[MaskRecord]] = {}
     n = len(tiles)
