@@ -23,6 +23,8 @@ def test_sequential_labels_matches_rank_of_ids(ids):
         expected[labels == value] = rank
     np.testing.assert_array_equal(out, expected)
     assert n == len(present) and out.dtype == np.uint32
+    shifted, _ = sequential_labels(labels, offset=3_000_000_000)
+    np.testing.assert_array_equal(shifted, np.where(expected > 0, expected + 3_000_000_000, 0))
 
 
 def test_sequential_labels_rejects_bad_output():

@@ -174,8 +174,8 @@ def id_block_for(n_slices: int) -> int:
     return int(block)
 
 
-def sequential_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Renumber a label image to ``1..n`` in order of first id value (background 0 kept).
+def sequential_labels(labels: np.ndarray, *, offset: int = 0) -> tuple[np.ndarray, int]:
+    """Renumber a label image to ``offset + 1..n`` in order of id value (background 0 kept).
 
     Returns
     -------
@@ -196,10 +196,12 @@ def sequential_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
         present = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=top + 1) > 0
         present[0] = True
         table = (np.cumsum(present) - 1).astype(np.uint32)
+        table[1:] += np.uint32(offset) * present[1:]
         return table[labels], int(present[1:].sum())
     uniq, inverse = np.unique(labels, return_inverse=True)
     has_bg = uniq[0] == 0
     new = np.arange(uniq.size, dtype=np.uint32) + (0 if has_bg else 1)
+    new[new > 0] += np.uint32(offset)
     return new[inverse.reshape(labels.shape)], int(uniq.size - (1 if has_bg else 0))
 
 
@@ -277,15 +279,12 @@ def apply_table(raw: np.ndarray, table: np.ndarray, *, offset: int) -> np.ndarra
     Idempotent: pixels already holding final ids (``<= id_block <= offset``)
     are left alone, so a chunk written before an interruption is not mapped twice.
     """
-    raw = np.asarray(raw)
-    out = raw.astype(np.uint32, copy=True)
-    is_raw = raw > offset
-    if is_raw.any():
-        local = (raw[is_raw].astype(np.int64) - offset)
-        if local.max() >= table.size:
-            raise ValueError("the labels hold ids the relabelling table does not know; rerun with --overwrite")
-        out[is_raw] = table[local]
-    return out
+    raw = np.asarray(raw, dtype=np.uint32)
+    if int(raw.max(initial=0)) - offset >= table.size:
+        raise ValueError("the labels hold ids the relabelling table does not know; rerun with --overwrite")
+    local = np.subtract(raw, np.uint32(offset), dtype=np.int64)
+    np.clip(local, 0, None, out=local)
+    return np.where(raw > offset, table[local], raw).astype(np.uint32, copy=False)
 
 
 def compute_tasks(
@@ -402,10 +401,9 @@ def _segment_slice(
     labels = np.asarray(labels)
     if labels.shape != image.shape[:2]:
         raise ValueError(f"the segment function returned shape {labels.shape} for a slice of {image.shape[:2]}")
-    local, n = sequential_labels(labels)
+    raw, n = sequential_labels(labels, offset=(k + 1) * block)
     if n >= block:
         raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
-    raw = np.where(local > 0, local + np.uint32((k + 1) * block), np.uint32(0)).astype(np.uint32)
     zarr.open_array(out_path, mode="r+")[out_index] = raw
     _write_atomic(marker, f"{n}\n")
     return n
@@ -425,10 +423,10 @@ def _lazy_slice(image: Any, *, k: int, block: int, contrast_limits, has_channels
     extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
     labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
                         **extra)
-    local, n = sequential_labels(labels)
+    out, n = sequential_labels(labels, offset=k * block)
     if n >= block:
         raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
-    return np.where(local > 0, local + np.uint32(k * block), np.uint32(0)).astype(np.uint32)
+    return out
 
 
 def _edges_task(out_path: str, ia: tuple, ib: tuple, oa: int, ob: int, min_iou: float) -> np.ndarray:
