@@ -158,10 +158,12 @@ def _check_prompts(
     pre = "" if single else "B, "
     box_name = "box_rc" if single else "boxes_rc"
     height, width = image_shape
-    where = (
-        f"the image of shape ({height}, {width}): rows must lie in [-0.5, {height}] and "
-        f"columns in [-0.5, {width}] (row, col order)"
+    shape = f"the image of shape ({height}, {width})"
+    point_where = (
+        f"{shape}: point rows must lie in [-0.5, {height - 0.5}] and columns in "
+        f"[-0.5, {width - 0.5}] (row, col order)"
     )
+    box_where = f"{shape}: box rows must lie in [-0.5, {height}] and columns in [-0.5, {width}]"
     sizes = {}
     points = labels = boxes = masks = None
     if (points_rc is None) != (point_labels is None):
@@ -192,9 +194,9 @@ def _check_prompts(
         if not np.isfinite(points).all():
             raise ValueError("points_rc contains NaN or infinite coordinates.")
         real = points[labels >= 0]
-        outside = (real[:, 0] < -0.5) | (real[:, 0] > height) | (real[:, 1] < -0.5) | (real[:, 1] > width)
+        outside = (real < -0.5).any(axis=1) | (real > [height - 0.5, width - 0.5]).any(axis=1)
         if outside.any():
-            raise ValueError(f"point {real[outside][0].tolist()} is outside {where}.")
+            raise ValueError(f"point {real[outside][0].tolist()} is outside {point_where}.")
         if points.shape[1] == 0:
             points = labels = None
         else:
@@ -214,7 +216,7 @@ def _check_prompts(
             )
         corners = boxes.reshape(-1, 2)
         if ((corners < -0.5) | (corners > [height, width])).any():
-            raise ValueError(f"a box corner is outside {where}.")
+            raise ValueError(f"a box corner is outside {box_where}.")
         sizes[box_name] = boxes.shape[0]
     if mask_input is not None:
         masks = _numpy(mask_input).astype(np.float32)
@@ -222,7 +224,7 @@ def _check_prompts(
         if masks.ndim != 4 or masks.shape[1:] != expected:
             shown = masks.shape[1:] if single else masks.shape
             raise ValueError(
-                f"mask_input must have shape {expected if single else ('B', *expected)} (low-res "
+                f"mask_input must have shape ({pre}{', '.join(map(str, expected))}) (low-res "
                 f"logits of an earlier prediction), got {shown}."
             )
         if not np.isfinite(masks).all():
