@@ -108,3 +108,24 @@ def test_decoder_is_sensitive_to_prompts(encoded):
     a, _, _ = _decode(model, features, ref, "box")
     b, _, _ = _decode(model, features, ref, "pos_pos_neg")
     assert np.abs(a - b).max() > 10 * TOL
+
+
+def test_batched_prompts_equal_one_by_one(encoded):
+    """Many prompt sets against one image (the AMG path) = each decoded alone."""
+    model, features, _ = encoded
+    gen = torch.Generator().manual_seed(0)
+    coords = torch.rand(5, 2, 2, generator=gen) * torch.tensor([1024.0, 768.0])
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, -1], [1, 0]])
+    masks_in = torch.randn(5, 1, 256, 256, generator=gen)
+    pe = model.prompt_encoder.get_dense_pe()
+    with torch.inference_mode():
+        for mask_input in (None, masks_in):
+            sparse, dense = model.prompt_encoder((coords, labels), None, mask_input)
+            low, iou = model.mask_decoder(features, pe, sparse, dense, True)
+            assert low.shape == (5, 3, 256, 256) and iou.shape == (5, 3)
+            for i in range(5):
+                one_mask = None if mask_input is None else mask_input[i : i + 1]
+                s1, d1 = model.prompt_encoder((coords[i : i + 1], labels[i : i + 1]), None, one_mask)
+                low1, iou1 = model.mask_decoder(features, pe, s1, d1, True)
+                torch.testing.assert_close(low[i : i + 1], low1, atol=1e-4, rtol=0)
+                torch.testing.assert_close(iou[i : i + 1], iou1, atol=1e-5, rtol=0)

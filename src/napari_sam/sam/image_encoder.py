@@ -94,22 +94,57 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
+    def _rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Decomposed relative-position bias ``(B', heads, h*w, h*w)`` for ``q`` (B', heads, h*w, hd)."""
+        b = q.shape[0]
+        r_h = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, hd)
+        r_w = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, hd)
+        q_grid = q.reshape(b, self.num_heads, h, w, -1)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
+        return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, self.num_heads, h * w, h * w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, C)`` -> ``(B, H, W, C)`` float32."""
+        """Global attention: ``(B, H, W, C)`` -> ``(B, H, W, C)`` float32."""
         b, h, w, c = x.shape
         n = h * w
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
-        bias = None
-        if self.use_rel_pos:
-            r_h = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, hd)
-            r_w = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, hd)
-            q_grid = q.reshape(b, self.num_heads, h, w, -1)
-            rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
-            rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
-            bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, self.num_heads, n, n)
+        bias = self._rel_pos_bias(q, h, w) if self.use_rel_pos else None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(b, h, w, c)
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
+
+    def forward_windows(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
+        """Attention inside non-overlapping windows: ``(B, H, W, C)`` -> ``(B, H, W, C)``.
+
+        Computes what SAM computes (zero-pad the normalised tokens to a multiple of
+        the window, attend per window, crop) without projecting the padding: a
+        zero token's q/k/v is the qkv bias, so the projected grid is padded with
+        that bias instead, and the output projection runs on kept tokens only.
+        """
+        b, h, w, c = x.shape
+        ws = window_size
+        nh, nw = -(-h // ws), -(-w // ws)
+        hp, wp = nh * ws, nw * ws
+        qkv = self.qkv(x)  # (B, H, W, 3C)
+        if hp != h or wp != w:
+            padded = qkv.new_empty((b, hp, wp, 3 * c))
+            pad_value = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * c)
+            padded[:, h:] = pad_value
+            padded[:, :h, w:] = pad_value
+            padded[:, :h, :w] = qkv
+            qkv = padded
+        hd = c // self.num_heads
+        # (B, nh, ws, nw, ws, 3, heads, hd) -> (3, B*nh*nw, heads, ws*ws, hd)
+        qkv = qkv.view(b, nh, ws, nw, ws, 3, self.num_heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
+        q, k, v = qkv.reshape(3, b * nh * nw, self.num_heads, ws * ws, hd).unbind(0)
+        bias = self._rel_pos_bias(q, ws, ws) if self.use_rel_pos else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # (B, nh, nw, heads, ws, ws, hd) -> (B, nh, ws, nw, ws, heads, hd) -> (B, Hp, Wp, C)
+        out = out.view(b, nh, nw, self.num_heads, ws, ws, hd).permute(0, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(b, hp, wp, c)
+        if hp != h or wp != w:
+            out = out[:, :h, :w]
         return self.proj(out)
 
 
@@ -167,16 +202,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        shortcut = x
-        x = self.norm1(x)
+        y = self.norm1(x)
         if self.window_size > 0:
-            h, w = x.shape[1], x.shape[2]
-            x, pad_hw = window_partition(x, self.window_size)
-            x = self.attn(x)
-            x = window_unpartition(x, self.window_size, pad_hw, (h, w))
+            y = self.attn.forward_windows(y, self.window_size)
         else:
-            x = self.attn(x)
-        x = shortcut + x
+            y = self.attn(y)
+        x = x + y
         return x + self.mlp(self.norm2(x))
 
 

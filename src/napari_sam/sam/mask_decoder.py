@@ -109,11 +109,19 @@ class MaskDecoder(nn.Module):
                 f"image_embeddings has batch {image_embeddings.shape[0]} but there are {bs} "
                 "prompt sets; pass one embedding or one per prompt set."
             )
-        src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] != bs:
-            src = src.expand(bs, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+        dense = dense_prompt_embeddings
+        if dense.shape[0] > 1 and dense.stride(0) == 0:
+            dense = dense[:1]  # the same "no mask" embedding for every prompt set
+        # batch 1 here when one image and no mask inputs: the transformer then
+        # shares the image-only work across all prompt sets instead of copying
+        src = image_embeddings + dense
+        c, h, w = src.shape[1:]
+        hs, keys = self.transformer(src, image_pe, tokens)
+        b = keys.shape[0]
+        if b != bs:
+            keys = keys.expand(bs, -1, -1)
+            b = bs
+        src = keys
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

@@ -41,11 +41,21 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``q`` (B, Nq, C), ``k``/``v`` (B, Nk, C) -> (B, Nq, C) float32."""
-        out = F.scaled_dot_product_attention(
-            self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        )
-        b, _, n, _ = out.shape
+        """``q`` (B, Nq, C), ``k``/``v`` (B, Nk, C) -> (B, Nq, C) float32.
+
+        Inputs with batch 1 are projected once and broadcast against the others
+        (one image shared by many prompt sets).
+        """
+        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        if q.shape[0] != b:
+            q = q.expand(b, -1, -1, -1)
+        if k.shape[0] != b:
+            k = k.expand(b, -1, -1, -1)
+        if v.shape[0] != b:
+            v = v.expand(b, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        n = out.shape[2]
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
 
 
@@ -138,7 +148,8 @@ class TwoWayTransformer(nn.Module):
         Parameters
         ----------
         image_embedding, image_pe : torch.Tensor
-            ``(B, C, h, w)`` float32 (``image_pe`` may have batch 1).
+            ``(B, C, h, w)`` or ``(1, C, h, w)`` float32; batch 1 is shared by
+            all prompt sets (computed once, not copied).
         point_embedding : torch.Tensor
             ``(B, N, C)`` prompt tokens.
 
