@@ -1,0 +1,142 @@
+"""Benchmark the interactive Predictor: ``set_image`` time and one-click ``predict`` latency.
+
+Models are built with random weights through the registry (``build_model("vit_b")``):
+timings do not depend on the weight values.  When the official ``segment_anything``
+package is importable, its ``SamPredictor`` is measured in the same run with the
+same weights and the ratio is printed; otherwise the figures of the issue (from
+another run, on another machine) are printed for orientation.
+
+Usage::
+
+    python benchmarks/predictor.py --models vit_t vit_b --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from napari_sam.predictor import Predictor
+from napari_sam.sam.build import build_model
+
+#: Official SamPredictor on CPU as quoted in the issue (another run, another machine).
+ISSUE_REFERENCE = {"model": "vit_b", "set_image_s": 18.3, "predict_ms": 121.0, "threads": 2}
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, *, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _measure(set_image: Callable[[], Any], click: Callable[[], Any], args: argparse.Namespace) -> dict:
+    return {
+        "set_image_s": _median_time(set_image, args.repeats),
+        "predict_ms": 1000 * _median_time(click, args.predict_repeats, warmup=2),
+    }
+
+
+def _ours(model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -> dict:
+    predictor = Predictor(model, device=args.device)
+    point = np.array([[image.shape[0] / 2, image.shape[1] / 2]])  # (row, col)
+    return _measure(
+        lambda: predictor.set_image(image),
+        lambda: predictor.predict(point, np.array([1]), multimask=True),
+        args,
+    )
+
+
+def _official(name: str, model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -> dict | None:
+    """The official SamPredictor with the same weights, or None when not installed."""
+    try:
+        if name == "vit_t":
+            from mobile_sam import SamPredictor, sam_model_registry
+        else:
+            from segment_anything import SamPredictor, sam_model_registry
+    except ImportError:
+        return None
+    official = sam_model_registry[name](checkpoint=None)
+    official.load_state_dict(model.state_dict(), strict=True)
+    official.to(args.device).eval()
+    predictor = SamPredictor(official)
+    point_xy = np.array([[image.shape[1] / 2, image.shape[0] / 2]])
+
+    def set_image() -> None:
+        with torch.inference_mode():
+            predictor.set_image(image)
+
+    return _measure(set_image, lambda: predictor.predict(point_xy, np.array([1]), multimask_output=True), args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["vit_t", "vit_b"],
+                        help="registry names (vit_t, vit_b, vit_l, vit_h, builtin)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed set_image calls (after 1 warm-up)")
+    parser.add_argument("--predict-repeats", type=int, default=20, help="timed predict calls")
+    parser.add_argument("--size", type=int, default=1024, help="side of the square RGB test image")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.predict_repeats < 1:
+        parser.error("--repeats and --predict-repeats must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    image = np.random.default_rng(0).integers(0, 256, size=(args.size, args.size, 3), dtype=np.uint8)
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": args.device,
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+        "image": f"{args.size}x{args.size}x3 uint8",
+    }
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    results = []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = build_model(name)
+        row = {"model": name, "ours": _ours(model, image, args)}
+        official = _official(name, model, image, args)
+        if official is not None:
+            row["official"] = official
+        results.append(row)
+        ours = row["ours"]
+        print(f"{name:8s} ours     set_image {ours['set_image_s']:8.2f} s   predict {ours['predict_ms']:8.1f} ms")
+        if official is not None:
+            print(f"{name:8s} official set_image {official['set_image_s']:8.2f} s   "
+                  f"predict {official['predict_ms']:8.1f} ms   (same run, same weights)")
+            print(f"{name:8s} ratio ours/official: set_image "
+                  f"{ours['set_image_s'] / official['set_image_s']:.2f}, "
+                  f"predict {ours['predict_ms'] / official['predict_ms']:.2f}")
+        elif name == ISSUE_REFERENCE["model"]:
+            ref = ISSUE_REFERENCE
+            print(f"{name:8s} official package not installed; figures quoted in the issue "
+                  f"(ANOTHER run and machine, {ref['threads']} threads): set_image "
+                  f"{ref['set_image_s']} s, predict {ref['predict_ms']} ms")
+            print(f"{name:8s} ratio ours/issue figures (not comparable runs): set_image "
+                  f"{ours['set_image_s'] / ref['set_image_s']:.2f}, "
+                  f"predict {ours['predict_ms'] / ref['predict_ms']:.2f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"environment": env, "issue_reference": ISSUE_REFERENCE, "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
