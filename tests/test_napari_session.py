@@ -12,11 +12,11 @@ from napari_sam._napari.session import Session
 
 
 def _disk(shape, centre_rc, radius):
-    """Brute force: pixels whose centre (i + 0.5) lies within ``radius`` of ``centre_rc``."""
+    """Brute force: pixels whose centre (at index i) lies within ``radius`` of ``centre_rc``."""
     out = np.zeros(shape, bool)
     for i in range(shape[0]):
         for j in range(shape[1]):
-            out[i, j] = (i + 0.5 - centre_rc[0]) ** 2 + (j + 0.5 - centre_rc[1]) ** 2 <= radius**2
+            out[i, j] = (i - centre_rc[0]) ** 2 + (j - centre_rc[1]) ** 2 <= radius**2
     return out
 
 
@@ -34,8 +34,8 @@ def test_world_to_data_with_scale_and_translate():
     pts = _points(viewer, [[10.0 + 2.0 * 12, -3.0 + 0.5 * 30]], ndim=2)
     session = Session(DiskPredictor(radius=4), img)
     preview = session.predict(viewer.dims, points_layer=pts)
-    # pixel (12, 30) in image data coordinates; prompts are continuous (+0.5)
-    np.testing.assert_array_equal(preview.objects[0].mask, _disk((40, 50), (12.5, 30.5), 4))
+    # pixel (12, 30) in image data coordinates
+    np.testing.assert_array_equal(preview.objects[0].mask, _disk((40, 50), (12, 30), 4))
 
 
 def test_points_layer_with_its_own_transform():
@@ -44,7 +44,7 @@ def test_points_layer_with_its_own_transform():
     # points layer scaled differently: data (4, 6) -> world (4*1.5+2, 6*1.5+2) = (8, 11)
     pts = _points(viewer, [[4.0, 6.0]], ndim=2, scale=(1.5, 1.5), translate=(2.0, 2.0))
     preview = Session(DiskPredictor(radius=3), img).predict(viewer.dims, points_layer=pts)
-    expected_rc = ((8 - 5) / 3 + 0.5, (11 - 5) / 3 + 0.5)
+    expected_rc = ((8 - 5) / 3, (11 - 5) / 3)
     np.testing.assert_array_equal(preview.objects[0].mask, _disk((30, 30), expected_rc, 3))
 
 
@@ -57,10 +57,10 @@ def test_current_slice_in_3d_uses_only_points_on_it_and_commits_there():
     session = Session(DiskPredictor(radius=3), img)
     preview = session.predict(viewer.dims, points_layer=pts)
     assert preview.ref.key == (2,)
-    np.testing.assert_array_equal(preview.objects[0].mask, _disk((32, 32), (10.5, 10.5), 3))
+    np.testing.assert_array_equal(preview.objects[0].mask, _disk((32, 32), (10, 10), 3))
     ids = session.commit(labels, viewer.dims)
     assert ids == [1]
-    np.testing.assert_array_equal(labels.data[2] == 1, _disk((32, 32), (10.5, 10.5), 3))
+    np.testing.assert_array_equal(labels.data[2] == 1, _disk((32, 32), (10, 10), 3))
     assert labels.data[[0, 1, 3, 4]].max() == 0
 
 
@@ -85,7 +85,7 @@ def test_commit_never_overwrites_unless_asked_and_uses_next_free_id():
     labels = viewer.add_labels(existing.copy())
     pts = _points(viewer, [[14.5, 14.5]], ndim=2)
     session = Session(DiskPredictor(radius=6), img)
-    disk = _disk((30, 30), (15.0, 15.0), 6)
+    disk = _disk((30, 30), (14.5, 14.5), 6)
 
     session.predict(viewer.dims, points_layer=pts)
     assert session.commit(labels, viewer.dims) == [6]
@@ -147,7 +147,7 @@ def test_box_prompt_geometry_and_polygon_mask_prompt():
     original = predictor.predict
     predictor.predict = lambda *a, **k: seen.append(a) or original(*a, **k)
     Session(predictor, img).predict(viewer.dims, shapes_layer=rect)
-    np.testing.assert_allclose(seen[-1][2], [10, 4, 20, 24])  # box (r0, c0, r1, c1), continuous
+    np.testing.assert_allclose(seen[-1][2], [9.5, 3.5, 19.5, 23.5])  # (r0, c0, r1, c1): the drawn extent
     assert seen[-1][3] is None
     poly = viewer.add_shapes([np.array([[5, 5], [5, 30], [30, 5]])], shape_type="polygon")
     Session(predictor, img).predict(viewer.dims, shapes_layer=poly)
@@ -166,10 +166,10 @@ def test_negative_points_and_cycling_the_ambiguity_masks():
     preview = session.predict(viewer.dims, points_layer=pts)
     obj = preview.objects[0]
     assert obj.choice == 1  # best score first
-    expected = _disk((40, 40), (20.5, 20.5), 6) & ~_disk((40, 40), (20.5, 26.5), 6)
+    expected = _disk((40, 40), (20, 20), 6) & ~_disk((40, 40), (20, 26), 6)
     np.testing.assert_array_equal(obj.mask, expected)
     assert session.cycle() == 2 and session.cycle() == 0
-    big = _disk((40, 40), (20.5, 20.5), 3) & ~_disk((40, 40), (20.5, 26.5), 3)
+    big = _disk((40, 40), (20, 20), 3) & ~_disk((40, 40), (20, 26), 3)
     np.testing.assert_array_equal(session.preview.objects[0].mask, big)
     session.commit(labels, viewer.dims)
     np.testing.assert_array_equal(labels.data == 1, big)
@@ -214,7 +214,7 @@ def test_multiscale_and_rgb_images_use_full_resolution_planes():
     pts = _points(viewer, [[10.0, 20.0]], ndim=2)  # world (10, 20) -> level-0 pixel (20, 40)
     preview = Session(DiskPredictor(radius=3), img).predict(viewer.dims, points_layer=pts)
     assert preview.ref.shape == (64, 64)
-    np.testing.assert_array_equal(preview.objects[0].mask, _disk((64, 64), (20.5, 40.5), 3))
+    np.testing.assert_array_equal(preview.objects[0].mask, _disk((64, 64), (20, 40), 3))
 
     rgb = viewer.add_image(np.zeros((2, 20, 24, 3), np.uint8), rgb=True)
     session = Session(DiskPredictor(), rgb)
@@ -244,7 +244,7 @@ def test_zarr_labels_are_written_per_slice_without_copy():
     assert labels.data is z
     chunk_keys = sorted(k for k in store._store_dict if k.startswith("c/"))
     assert chunk_keys == ["c/4/0/0"]  # only the touched chunk of the touched slice was written
-    np.testing.assert_array_equal(z[4] == 1, _disk((32, 32), (5.5, 5.5), 3))
+    np.testing.assert_array_equal(z[4] == 1, _disk((32, 32), (5, 5), 3))
     # next free id on zarr data: computed once, then tracked
     session.predict(viewer.dims, points_layer=_points(viewer, [[20.0, 20.0]], ndim=2))
     assert session.commit(labels, viewer.dims) == [2]

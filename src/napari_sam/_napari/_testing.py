@@ -147,7 +147,7 @@ def _upsample(low: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _disk(shape: tuple[int, int], centre: np.ndarray, radius: float) -> np.ndarray:
     rr, cc = np.ogrid[: shape[0], : shape[1]]
-    return (rr + 0.5 - centre[0]) ** 2 + (cc + 0.5 - centre[1]) ** 2 <= radius**2
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
 
 
 class DiskPredictor(_StandIn):
@@ -173,7 +173,7 @@ class DiskPredictor(_StandIn):
                 rr, cc = np.ogrid[: shape[0], : shape[1]]
                 cy, cx = (r0 + r1) / 2, (c0 + c1) / 2
                 ry, rx = max((r1 - r0) / 2, 0.5), max((c1 - c0) / 2, 0.5)
-                m |= ((rr + 0.5 - cy) / ry) ** 2 + ((cc + 0.5 - cx) / rx) ** 2 <= 1
+                m |= ((rr - cy) / ry) ** 2 + ((cc - cx) / rx) ** 2 <= 1
             pts = np.zeros((0, 2)) if points_rc is None else np.asarray(points_rc, float).reshape(-1, 2)
             lab = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).ravel()
             for p, l in zip(pts, lab):
@@ -207,11 +207,11 @@ class ThresholdPredictor(_StandIn):
             seed = np.array([(r0 + r1) / 2, (c0 + c1) / 2])
         elif mask_input is not None:
             prev = _low_res_to_mask(np.asarray(mask_input).reshape(LOW_RES, LOW_RES), img.shape)
-            seed = np.array(ndi.center_of_mass(prev)) + 0.5 if prev.any() else None
+            seed = np.array(ndi.center_of_mass(prev)) if prev.any() else None
         k = 0
         if seed is not None:
-            r = int(np.clip(np.floor(seed[0]), 0, img.shape[0] - 1))
-            c = int(np.clip(np.floor(seed[1]), 0, img.shape[1] - 1))
+            r = int(np.clip(np.round(seed[0]), 0, img.shape[0] - 1))
+            c = int(np.clip(np.round(seed[1]), 0, img.shape[1] - 1))
             k = int(labels[r, c])
         if k not in memo:
             comp = labels == k if k else np.zeros(img.shape, dtype=bool)

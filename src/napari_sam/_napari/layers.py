@@ -7,10 +7,10 @@ at the index given by ``viewer.dims.point`` converted to the layer's data
 coordinates (so layer ``scale`` and ``translate`` are honoured).
 
 Coordinates follow the project convention: ``(row, col)`` inside the plane,
-where *row* is the first displayed layer axis and *col* the second.  Prompts
-are returned in SAM's continuous pixel coordinates, where pixel ``i`` covers
-``[i, i + 1)``; napari's data coordinates put the centre of pixel ``i`` at
-``i``, so converted prompts are napari coordinates ``+ 0.5``.
+where *row* is the first displayed layer axis and *col* the second, in pixel
+index units like napari's data coordinates and
+:class:`napari_sam.predictor.Predictor`: the centre of pixel ``i`` is ``i``,
+the image spans ``[-0.5, H - 0.5]``.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def points_to_prompts(
     Returns
     -------
     points_rc : numpy.ndarray of float64, shape (N, 2)
-        Continuous pixel coordinates (napari data coordinates + 0.5).
+        Pixel index coordinates (the image data coordinates of the points).
     point_labels : numpy.ndarray of int64, shape (N,)
         1 for foreground, 0 for background.
     """
@@ -213,7 +213,7 @@ def points_to_prompts(
         labels = np.array([_is_positive(v) for v in raw], dtype=np.int64)
     else:
         labels = np.ones(len(data), dtype=np.int64)
-    rc = coords[keep][:, list(ref.axes)] + 0.5
+    rc = coords[keep][:, list(ref.axes)]
     return rc, labels[keep]
 
 
@@ -243,8 +243,8 @@ def shapes_to_prompts(
     Returns
     -------
     list of dict
-        Each with ``"box_rc"`` (4,) float64 ``(r0, c0, r1, c1)`` in continuous
-        pixel coordinates, clipped to the plane, ``"type"`` (str) and ``"mask"`` ((H, W) bool or None).
+        Each with ``"box_rc"`` (4,) float64 ``(r0, c0, r1, c1)``, the shape's
+        extent in pixel index coordinates clipped to ``[-0.5, H - 0.5]``, ``"type"`` (str) and ``"mask"`` ((H, W) bool or None).
     """
     out: list[dict[str, Any]] = []
     h, w = ref.shape
@@ -255,8 +255,8 @@ def shapes_to_prompts(
         if not _on_plane(coords, ref).all():
             continue
         rc = coords[:, list(ref.axes)]
-        r0, c0 = np.clip(rc.min(axis=0) + 0.5, 0, [h, w])
-        r1, c1 = np.clip(rc.max(axis=0) + 0.5, 0, [h, w])
+        r0, c0 = np.clip(rc.min(axis=0), -0.5, [h - 0.5, w - 0.5])
+        r1, c1 = np.clip(rc.max(axis=0), -0.5, [h - 0.5, w - 0.5])
         if r1 - r0 < 1 or c1 - c0 < 1:
             continue
         mask = None

@@ -52,20 +52,20 @@ def mask_prompt_logits(mask: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
 
 
 def innermost_point(mask: np.ndarray) -> np.ndarray:
-    """``(row, col)`` continuous coordinates of the pixel farthest from the background."""
+    """``(row, col)`` (pixel index coordinates) of the pixel farthest from the background."""
     from scipy import ndimage as ndi
 
     dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return np.array([r + 0.5, c + 0.5])
+    return np.array([r, c], dtype=float)
 
 
 def _box(mask: np.ndarray, margin: float) -> np.ndarray:
     rows, cols = np.nonzero(mask)
     h, w = mask.shape
     return np.array([
-        max(rows.min() - margin, 0), max(cols.min() - margin, 0),
-        min(rows.max() + 1 + margin, h), min(cols.max() + 1 + margin, w),
+        max(rows.min() - margin, -0.5), max(cols.min() - margin, -0.5),
+        min(rows.max() + margin, h - 0.5), min(cols.max() + margin, w - 0.5),
     ], dtype=float)
 
 
