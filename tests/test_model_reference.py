@@ -129,3 +129,44 @@ def test_batched_prompts_equal_one_by_one(encoded):
                 low1, iou1 = model.mask_decoder(features, pe, s1, d1, True)
                 torch.testing.assert_close(low[i : i + 1], low1, atol=1e-4, rtol=0)
                 torch.testing.assert_close(iou[i : i + 1], iou1, atol=1e-5, rtol=0)
+
+
+def _plain_window_attention(attn, x, ws):
+    """SAM's definition, written plainly: zero-pad, partition, softmax(qk^T*s + rel), merge."""
+    from napari_sam.sam.image_encoder import get_rel_pos, window_partition, window_unpartition
+
+    h, w = x.shape[1:3]
+    windows, pad_hw = window_partition(x, ws)
+    bw, _, _, c = windows.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(windows).reshape(bw, ws * ws, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    logits = (q @ k.transpose(-1, -2)) * (c // heads) ** -0.5
+    r_h = get_rel_pos(ws, ws, attn.rel_pos_h)
+    r_w = get_rel_pos(ws, ws, attn.rel_pos_w)
+    q_grid = q.reshape(bw, heads, ws, ws, -1)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
+    logits = logits.view(bw, heads, ws, ws, ws, ws) + rel_h[..., None] + rel_w[..., None, :]
+    probs = logits.view(bw, heads, ws * ws, ws * ws).softmax(-1)
+    out = (probs @ v).transpose(1, 2).reshape(bw, ws, ws, c)
+    return attn.proj(window_unpartition(out, ws, pad_hw, (h, w)))
+
+
+@pytest.mark.parametrize(("h", "w", "ws"), [(10, 13, 4), (8, 8, 4), (7, 9, 14)])
+def test_windowed_attention_matches_plain_definition(h, w, ws):
+    from napari_sam.sam.image_encoder import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, 2, qkv_bias=True, use_rel_pos=True, input_size=(ws, ws))
+    with torch.no_grad():
+        attn.rel_pos_h.normal_()
+        attn.rel_pos_w.normal_()
+        attn.qkv.bias.normal_()
+    x = torch.randn(2, h, w, 16)
+    x_before = x.clone()
+    with torch.inference_mode():
+        ours = attn.forward_windows(x, ws)
+        plain = _plain_window_attention(attn, x, ws)
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+    assert torch.equal(x, x_before)
