@@ -61,20 +61,19 @@ def make_volume(path: Path, shape: tuple[int, int, int], chunk: int) -> None:
     for k in range(z):
         phase = rng.uniform(0, 2 * np.pi, 2)
         blobs = np.sin(yy / 23.0 + phase[0]) * np.sin(xx / 29.0 + phase[1])
-        noise = rng.normal(0, 0.1, size=(y, x)).astype(np.float32)
+        noise = rng.normal(0, 0.02, size=(y, x)).astype(np.float32)
         arr[k] = np.clip((blobs + noise) * 20000 + 25000, 0, 65535).astype(np.uint16)
 
 
-def run_once(shape: tuple[int, int, int], model_seconds: float, workers: int) -> dict:
+def run_once(src: Path, model_seconds: float, workers: int) -> dict:
     """One measured run in this process (called in a fresh subprocess by ``main``)."""
     import functools
 
     from napari_sam.batch import segment_volume
     from napari_sam.io import open_image
 
+    shape = tuple(open_image(src)[0].shape)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "volume.zarr"
-        make_volume(src, shape, 1024)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         fn = functools.partial(standin_segment, model_seconds=model_seconds)
         first = open_image(src)[0][:1]  # warm-up on one slice: imports and first-call costs
@@ -97,32 +96,72 @@ def run_once(shape: tuple[int, int, int], model_seconds: float, workers: int) ->
             "labels_in_slice0": n_labels}
 
 
+def time_real_model(shape: tuple[int, int], model: str, points_per_side: int) -> float:
+    """Seconds of the real per-slice SAM path (random weights of ``model``) on one ``shape`` slice."""
+    import torch
+
+    from napari_sam.batch import default_tiles, sam_segment
+
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).integers(0, 65535, size=shape, dtype=np.uint16)
+    tile, halo = default_tiles(shape[0], shape[1], None, None)
+    start = time.perf_counter()
+    sam_segment(image, channel_axis=None, contrast_limits=np.array([[0.0, 65535.0]]), model=model,
+                tile_shape=tile, halo=halo, amg_params={"points_per_side": points_per_side})
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=[16, 2048, 2048], metavar=("Z", "Y", "X"))
     parser.add_argument("--model-seconds", type=float, default=2.0,
                         help="cost of the stand-in model per slice (real SAM on a 2048^2 slice costs more)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: measure one run on this input
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--real-model", help="also time the real SAM path on one slice with random weights of "
+                        "this model (a registry name such as vit_t or vit_b, or a config .json)")
+    parser.add_argument("--points-per-side", type=int, default=32, help="AMG grid for --real-model")
     args = parser.parse_args(argv)
     shape = tuple(args.shape)
     if args.run:
-        print(json.dumps(run_once(shape, args.model_seconds, args.workers)))
+        print(json.dumps(run_once(Path(args.run), args.model_seconds, args.workers)))
         return 0
     results = []
-    for z in (max(1, shape[0] // 2), shape[0]):
-        cmd = [sys.executable, __file__, "--run", "--shape", str(z), str(shape[1]), str(shape[2]),
-               "--model-seconds", str(args.model_seconds), "--workers", str(args.workers)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for z in (max(1, shape[0] // 2), shape[0]):
+            src = Path(tmp) / f"volume_{z}.zarr"
+            make_volume(src, (z, shape[1], shape[2]), 1024)  # in this process: not in the measured RSS
+            cmd = [sys.executable, __file__, "--run", str(src), "--model-seconds", str(args.model_seconds),
+                   "--workers", str(args.workers)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]))
     small, big = results
     print(f"slices/s: {big['slices_per_s']} at {tuple(big['shape'])}; pipeline overhead "
           f"{100 * big['overhead_fraction']:.1f}% of model time in wall time, pipeline CPU "
           f"{100 * big['cpu_overhead_fraction']:.1f}% of model time (target < 10%)")
     print(f"peak RSS: {small['peak_rss_mib']} MiB for Z={small['shape'][0]}, {big['peak_rss_mib']} MiB for "
           f"Z={big['shape'][0]} (volume {big['volume_mib']} MiB, one slice {big['input_slice_mib']} MiB)")
+    if args.real_model:
+        from napari_sam.batch import _load_predictor
+
+        model = args.real_model
+        if not model.endswith(".json"):  # random weights of a registry architecture: no download
+            from napari_sam.models import get_config
+
+            model = str(Path(tempfile.mkdtemp()) / f"{args.real_model}.json")
+            Path(model).write_text(json.dumps(get_config(args.real_model)))
+        _load_predictor(model, None, None)  # model construction is not per-slice cost
+        real = time_real_model(shape[1:], model, args.points_per_side)
+        per_slice = (big["wall_s"] - big["model_s"]) / big["shape"][0]
+        results.append({"real_model": args.real_model, "real_model_s_per_slice": round(real, 2),
+                        "pipeline_s_per_slice": round(per_slice, 3),
+                        "overhead_vs_real_model": round(per_slice / real, 4)})
+        print(json.dumps(results[-1]))
+        print(f"real {args.real_model} (random weights, {args.points_per_side}^2 points): {real:.1f} s per "
+              f"{shape[1]}x{shape[2]} slice; pipeline {per_slice:.2f} s per slice = "
+              f"{100 * per_slice / real:.2f}% of it")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

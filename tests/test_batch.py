@@ -262,3 +262,7 @@ def test_bad_inputs(tmp_path):
         segment_volume(np.zeros((8, 8)), tmp_path / "o.zarr", segment_fn=lambda im, **kw: np.zeros((4, 4), int))
     with pytest.raises(ValueError, match="OME-Zarr"):
         segment_volume(np.zeros((8, 8)), label_name="x", segment_fn=threshold_segment)
+    np.save(tmp_path / "in.npy", np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="overlaps the input"):
+        segment_volume(tmp_path / "in.npy", tmp_path / "in.npy", overwrite=True, segment_fn=threshold_segment)
+    assert (tmp_path / "in.npy").is_file()

@@ -85,6 +85,33 @@ def test_info_prints_versions(capsys):
     assert "torch" in text and "zarr" in text and "threads" in text
 
 
+def test_models_list_and_path(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path))
+    assert main(["models", "list"]) == 0
+    assert "vit_b" in capsys.readouterr().out.split()
+    assert main(["models", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path)
+
+
+@pytest.mark.slow
+def test_demo_offline_writes_labels_and_overlay(tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    for name in ("labels.zarr", "labels3d.zarr", "overlay.png"):
+        assert str(tmp_path / "demo" / name) in text
+    lab2d = zarr.open_array(str(tmp_path / "demo" / "labels.zarr"), mode="r")
+    lab3d = zarr.open_array(str(tmp_path / "demo" / "labels3d.zarr"), mode="r")
+    assert lab2d.shape == (256, 256) and lab3d.shape == (3, 128, 128) and lab2d.dtype == np.uint32
+    assert lab3d.attrs["napari_sam"]["state"] == "complete"
+    assert Image.open(tmp_path / "demo" / "overlay.png").size == (520, 256)
+    from napari_sam.models import builtin_available
+
+    if not builtin_available():
+        assert "RANDOM" in text  # the fallback says so
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     n = 10

@@ -307,6 +307,11 @@ def segment_volume(
     else:
         out_axes = loop_axes + "YX"
         out_path = Path(output)
+        if meta.get("path"):
+            src_path, dst = Path(meta["path"]).resolve(), out_path.resolve()
+            if dst == src_path or dst in src_path.parents or src_path in dst.parents:
+                raise ValueError(f"the output {out_path} overlaps the input {meta['path']}; choose another "
+                                 "output path (for OME-Zarr labels inside the image use --label-name)")
         zarr_format = 3
     out_shape = tuple(1 if a == "C" else view.shape[loop_axes.index(a)] if a in loop_axes
                       else (ny if a == "Y" else nx) for a in out_axes)
