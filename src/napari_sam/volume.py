@@ -282,9 +282,11 @@ def apply_table(raw: np.ndarray, table: np.ndarray, *, offset: int) -> np.ndarra
     raw = np.asarray(raw, dtype=np.uint32)
     if int(raw.max(initial=0)) - offset >= table.size:
         raise ValueError("the labels hold ids the relabelling table does not know; rerun with --overwrite")
-    local = np.subtract(raw, np.uint32(offset), dtype=np.int64)
-    np.clip(local, 0, None, out=local)
-    return np.where(raw > offset, table[local], raw).astype(np.uint32, copy=False)
+    is_raw = raw > offset
+    local = np.where(is_raw, raw - np.uint32(offset), np.uint32(0))  # uint32 wrap-around masked out
+    out = table[local]
+    np.copyto(out, raw, where=~is_raw)
+    return out
 
 
 def compute_tasks(
