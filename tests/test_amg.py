@@ -313,7 +313,7 @@ def _rec(bbox, mask, score=0.9):
 def test_masks_to_labels_overlap_policy_and_ids():
     big = _rec((0, 0, 6, 6), np.ones((6, 6)), score=0.95)
     small = _rec((2, 2, 4, 4), np.ones((2, 2)), score=0.90)
-    hidden = _rec((3, 3, 4, 4), np.ones((1, 1)), score=0.80)  # under `small` under smaller_on_top? no: smaller
+    hidden = _rec((3, 3, 4, 4), np.ones((1, 1)), score=0.80)  # smallest: on top, but lowest score
     far = _rec((7, 7, 9, 10), np.ones((2, 3)), score=0.99)
     recs = [big, small, hidden, far]
     lab = masks_to_labels(recs, (10, 10))

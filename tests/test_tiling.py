@@ -91,9 +91,10 @@ def test_halo_too_small_loses_or_cuts_nothing_silently():
     """With no halo, objects cut by tile edges are dropped, never half-painted."""
     image = blob_image((128, 128), [(64, 64), (20, 20)], [10, 6])
     tiled = segment_image(image, StandInPredictor(), contrast_limits=(0, 1), tile_shape=64, halo=0, **AMG)
-    assert tiled[64, 64] == 0  # the object across the corner is cut in every tile -> dropped
-    assert (tiled[image > 0.5][: 0] == 0).all()
-    assert tiled[20, 20] == 1 and tiled.max() == 1
+    corner = blob_image((128, 128), [(64, 64)], [10]) > 0.5
+    assert (tiled[corner] == 0).all()  # the object across the corner is cut in every tile -> dropped whole
+    small = blob_image((128, 128), [(20, 20)], [6]) > 0.5
+    assert (tiled[small] == 1).all() and tiled.max() == 1
 
 
 def test_zarr_dask_inputs_and_zarr_out_on_disk(scene, tmp_path):

@@ -221,10 +221,6 @@ def _mask_iou(a: MaskRecord, b: MaskRecord) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _windows_overlap(a: Tile, b: Tile) -> bool:
-    return a.window[0] < b.window[2] and b.window[0] < a.window[2] and a.window[1] < b.window[3] and b.window[1] < a.window[3]
-
-
 def stitch_tiles(
     tile_records: Mapping[tuple[int, int], Sequence[MaskRecord]],
     tiles: Sequence[Tile],
@@ -282,10 +278,13 @@ def stitch_tiles(
     rows: list[int] = []
     cols: list[int] = []
     indices = sorted(spans)
+    win = np.array([by_index[i].window for i in indices], dtype=np.int64).reshape(-1, 4)
     for i, a in enumerate(indices):
-        for b in indices[i + 1 :]:
-            if not _windows_overlap(by_index[a], by_index[b]):
-                continue
+        later = np.arange(i + 1, len(indices))
+        near = later[
+            (win[later, 0] < win[i, 2]) & (win[i, 0] < win[later, 2]) & (win[later, 1] < win[i, 3]) & (win[i, 1] < win[later, 3])
+        ]
+        for b in (indices[j] for j in near):
             (a0, a1), (b0, b1) = spans[a], spans[b]
             if a0 == a1 or b0 == b1:
                 continue
