@@ -43,7 +43,7 @@ def _as_array(image: Any) -> Any:
     """Return a numpy array, or a dask array for lazy/chunked inputs (dask, zarr)."""
     if isinstance(image, np.ndarray) or _is_dask(image):
         return image
-    if hasattr(image, "chunks") and hasattr(image, "shape") and hasattr(image, "dtype"):
+    if getattr(image, "chunks", None) is not None and hasattr(image, "shape") and hasattr(image, "dtype"):
         import dask.array as da  # zarr and other chunked stores: read lazily
 
         return da.from_array(image, chunks=image.chunks)
