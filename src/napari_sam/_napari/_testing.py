@@ -6,7 +6,7 @@ widgets.  They need no weights and give exactly predictable masks:
 - :class:`DiskPredictor` answers a point with a disk around it, a box with the
   ellipse inscribed in it; negative points cut disks out.
 - :class:`ThresholdPredictor` answers with the connected bright component
-  (``image > (min + max) / 2``) under the prompt, like a perfect model on
+  (``image > Otsu threshold``) under the prompt, like a perfect model on
   clean fluorescence data; the prompt is the first positive point, else the
   box centre, else the maximum of ``mask_input``.
 
@@ -136,6 +136,15 @@ class _StandIn:
         return torch.as_tensor(_upsample(low, self.original_size)).float()
 
 
+def foreground(image: np.ndarray) -> np.ndarray:
+    """Bright pixels: above Otsu's threshold (nothing for a constant image)."""
+    if image.max() == image.min():
+        return np.zeros(image.shape, dtype=bool)
+    from skimage.filters import threshold_otsu
+
+    return image > threshold_otsu(image)
+
+
 def _upsample(low: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour map of ``(..., 256, 256)`` padded low-res logits to ``(..., H, W)``."""
     h, w = shape
@@ -194,7 +203,7 @@ class ThresholdPredictor(_StandIn):
 
         img = self.image
         if getattr(self, "_labelled", (None,))[0] is not img:
-            self._labelled = (img, ndi.label(img > (img.min() + img.max()) / 2)[0], {})
+            self._labelled = (img, ndi.label(foreground(img))[0], {})
         _, labels, memo = self._labelled
         seed = None
         pts = np.zeros((0, 2)) if points_rc is None else np.asarray(points_rc, float).reshape(-1, 2)
@@ -245,7 +254,7 @@ class ComponentGenerator:
         img = np.asarray(image, dtype=np.float64)
         if img.ndim == 3:
             img = img.mean(axis=-1)
-        labels, n = ndi.label(img > (img.min() + img.max()) / 2)
+        labels, n = ndi.label(foreground(img))
         out = []
         for k in range(1, n + 1):
             mask = labels == k

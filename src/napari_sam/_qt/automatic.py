@@ -76,6 +76,7 @@ class AutomaticWidget(Container):
             self.pred_iou_thresh, self.stability_score_thresh, self.box_nms_thresh, self.min_mask_region_area,
             self.tile, self.halo, self.scope, self.run_button, self.cancel_button, self.progress, self.status,
         ])
+        self.native.setMaximumWidth(430)
         self.runner = Runner(self.progress, self._set_status)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.runner.cancel)

@@ -34,12 +34,12 @@ __all__ = ["InteractiveWidget", "SHORTCUTS"]
 
 #: (key, action) pairs bound on the SAM prompt layers and the target labels layer.
 SHORTCUTS = (
-    ("T", "toggle positive / negative for the next points"),
-    ("M", "next ambiguity mask (of the 3 SAM proposes for points)"),
-    ("C", "commit the preview into the labels layer"),
+    ("T", "next points positive / negative"),
+    ("M", "next of the 3 ambiguity masks"),
+    ("C", "commit the preview"),
     ("Shift+X", "clear all prompts"),
-    ("Ctrl+Z", "undo the last commit (on the labels layer)"),
-    ("R / E / P", "rectangle / ellipse / polygon prompts (on the SAM boxes layer)"),
+    ("Ctrl+Z", "undo (on the labels layer)"),
+    ("R / E / P", "box / ellipse / polygon (SAM boxes)"),
 )
 
 
@@ -84,6 +84,7 @@ class InteractiveWidget(Container):
             self.cache_dir, self.precompute_button, self.iou, self.propagate_button,
             self.cancel_button, self.progress, self.status, self.shortcuts,
         ])
+        self.native.setMaximumWidth(430)
         self.runner = Runner(self.progress, self._set_status)
         self._last_id: int | None = None
         self._debounce = QTimer()
@@ -118,9 +119,12 @@ class InteractiveWidget(Container):
     def _disconnect(self, *_: Any) -> None:
         """Stop listening to the viewer once the dock widget is gone."""
         self._closed = True
-        self._debounce.stop()
-        self._slice_timer.stop()
         self.runner.closed = True
+        for timer in (self._debounce, self._slice_timer):
+            try:
+                timer.stop()
+            except RuntimeError:  # Qt already deleted it
+                pass
         for emitter, cb in ((self.viewer.layers.events.inserted, self.reset_choices),
                             (self.viewer.layers.events.removed, self.reset_choices),
                             (self.viewer.dims.events.current_step, self._on_step)):
