@@ -368,7 +368,7 @@ class AutomaticMaskGenerator:
             idx = np.sort(idx[order])
         records = [self._record(raw, int(i)) for i in idx]
         if min_area > 0 and records:
-            records = _postprocess_small_regions(records, min_area, box_t)
+            records = U.postprocess_small_regions(records, min_area, box_t)
         self._tick("postprocess", t0, c0)
         return records
 
@@ -450,26 +450,3 @@ class AutomaticMaskGenerator:
             point_rc=(float(raw.points_rc[i, 0]), float(raw.points_rc[i, 1])),
             crop_box_rc=tuple(int(v) for v in raw.crop_boxes_rc[raw.crop_index[i]]),  # type: ignore[arg-type]
         )
-
-
-def _postprocess_small_regions(records: list[MaskRecord], min_area: int, nms_thresh: float) -> list[MaskRecord]:
-    """Fill small holes, remove small islands, then NMS preferring unchanged masks."""
-    new: list[MaskRecord] = []
-    unchanged = np.zeros(len(records))
-    for k, rec in enumerate(records):
-        m, ch1 = U.remove_small_regions(rec.mask, min_area, "holes")
-        m, ch2 = U.remove_small_regions(m, min_area, "islands")
-        unchanged[k] = float(not (ch1 or ch2))
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        if len(rows) == 0:
-            new.append(rec)
-            continue
-        r0, c0 = rec.bbox_rc[0], rec.bbox_rc[1]
-        m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        bbox = (r0 + int(rows[0]), c0 + int(cols[0]), r0 + int(rows[-1]) + 1, c0 + int(cols[-1]) + 1)
-        new.append(
-            MaskRecord(m, bbox, int(m.sum()), rec.predicted_iou, rec.stability_score, rec.point_rc, rec.crop_box_rc)
-        )
-    boxes = np.array([r.bbox_rc for r in new], dtype=np.int64)
-    keep = U.nms(boxes, unchanged, nms_thresh)
-    return [new[i] for i in sorted(keep)]

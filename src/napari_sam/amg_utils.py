@@ -15,6 +15,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "box_iou",
     "nms",
     "remove_small_regions",
+    "postprocess_small_regions",
     "batch_slices",
     "spatial_shape",
     "crop_image",
@@ -383,3 +385,37 @@ def global_contrast_limits(image: Any, channel_axis: int | None, channels: Seque
     if channels is None and dtype == np.uint8 and ax is not None and shape[ax] == 3:
         return None
     return estimate_contrast_limits(image, channel_axis=channel_axis, channels=channels)
+
+
+def postprocess_small_regions(records: list[Any], min_area: int, nms_thresh: float) -> list[Any]:
+    """Fill small holes, then remove small islands of every record, then NMS preferring unchanged masks.
+
+    Parameters
+    ----------
+    records : list of napari_sam.amg.MaskRecord
+    min_area : int
+        Holes and islands smaller than this many pixels are changed.
+    nms_thresh : float
+        Box IoU of the final NMS (unchanged masks score 1, changed ones 0).
+
+    Returns
+    -------
+    list of MaskRecord with tightened boxes and recomputed areas, in input order.
+    """
+    new: list[Any] = []
+    unchanged = np.zeros(len(records))
+    for k, rec in enumerate(records):
+        m, ch1 = remove_small_regions(rec.mask, min_area, "holes")
+        m, ch2 = remove_small_regions(m, min_area, "islands")
+        unchanged[k] = float(not (ch1 or ch2))
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if len(rows) == 0:
+            new.append(rec)
+            continue
+        r0, c0 = rec.bbox_rc[0], rec.bbox_rc[1]
+        m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        bbox = (r0 + int(rows[0]), c0 + int(cols[0]), r0 + int(rows[-1]) + 1, c0 + int(cols[-1]) + 1)
+        new.append(dataclasses.replace(rec, mask=m, bbox_rc=bbox, area=int(m.sum())))
+    boxes = np.array([r.bbox_rc for r in new], dtype=np.int64)
+    keep = nms(boxes, unchanged, nms_thresh)
+    return [new[i] for i in sorted(keep)]
