@@ -266,3 +266,35 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="overlaps the input"):
         segment_volume(tmp_path / "in.npy", tmp_path / "in.npy", overwrite=True, segment_fn=threshold_segment)
     assert (tmp_path / "in.npy").is_file()
+
+
+def test_model_is_loaded_once_per_worker_not_per_slice(tmp_path, monkeypatch):
+    import napari_sam.predictor
+    import napari_sam.sam.build
+    import napari_sam.tiling
+
+    built = []
+    monkeypatch.setattr(napari_sam.sam.build, "build_model", lambda cfg: built.append(cfg) or _FakeSam())
+    monkeypatch.setattr(napari_sam.predictor, "Predictor", lambda model, device=None: ("predictor", model))
+    monkeypatch.setattr(napari_sam.tiling, "segment_image",
+                        lambda image, predictor, **kw: threshold_segment(image, contrast_limits=LIMITS))
+    vol = blobs_volume(nz=5)
+    out = segment_volume(vol, tmp_path / "o.zarr", model=str(tmp_path / "once.json"), workers=1).compute()
+    assert built == [str(tmp_path / "once.json")]  # one worker thread -> one model for 5 slices
+    assert_compacted_equals_reference(out, reference_slices(vol))
+
+
+class _FakeSam:
+    def eval(self):
+        return self
+
+
+def test_resume_with_a_partial_segment_fn(tmp_path):
+    import functools
+
+    vol = blobs_volume(nz=3)
+    fn = functools.partial(threshold_segment)
+    first = segment_volume(vol, tmp_path / "o.zarr", segment_fn=fn, contrast_limits=LIMITS).compute()
+    again = segment_volume(vol, tmp_path / "o.zarr", segment_fn=functools.partial(threshold_segment),
+                           contrast_limits=LIMITS, resume=True).compute()
+    np.testing.assert_array_equal(again, first)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -257,7 +255,7 @@ def segment_volume(
     if link_3d and "Z" not in src.in_axes:
         raise ValueError(f"--link-3d joins objects across Z, but the input axes {src.in_axes!r} have no Z")
     view, loop_axes, has_ch, src_spec, meta = src.view, src.loop_axes, src.has_ch, src.spec, src.meta
-    data, in_axes, chan_tuple, limits, indices = src.data, src.in_axes, src.channels, src.limits, src.indices
+    in_axes, chan_tuple, limits, indices = src.in_axes, src.channels, src.limits, src.indices
     loop_shape, ny, nx, n_slices, nloop = src.loop_shape, src.ny, src.nx, src.n_slices, len(src.loop_axes)
     block = vol.id_block_for(n_slices)
     tile_shape, halo = default_tiles(ny, nx, tile_shape, halo)
@@ -278,7 +276,7 @@ def segment_volume(
             raise ValueError("an embedding cache is only used by the SAM model, not by a custom segment_fn")
         if amg_params:
             raise TypeError(f"unexpected options {sorted(amg_params)} with a custom segment_fn")
-        fn_name = f"{getattr(segment_fn, '__module__', '')}:{getattr(segment_fn, '__qualname__', repr(segment_fn))}"
+        fn_name = _callable_name(segment_fn)
 
     if output is None and label_name is None:
         if link_3d:
@@ -335,7 +333,7 @@ def segment_volume(
         write_ome_labels_metadata(ome["root"], label_name, axes=axes_meta, scale=scale,
                                   version=ome["version"], zarr_format=zarr_format)
     prepare_labels_array(out_path, shape=out_shape, chunks=out_chunks, signature=signature, attrs=attrs,
-                    resume=resume, overwrite=overwrite, zarr_format=zarr_format)
+                         resume=resume, overwrite=overwrite, zarr_format=zarr_format)
     state = out_path / vol.STATE_DIR
     state.mkdir(exist_ok=True)
     out_idx = [_out_index(out_axes, loop_axes, idx) for idx in indices]
@@ -350,8 +348,8 @@ def segment_volume(
     done_before = n_slices - len(tasks)
     report(progress, done_before, n_slices, "slices")
     vol.compute_tasks(tasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
-                  desc="slices", offset=done_before, total=n_slices)
-    counts = [int((state / f"slice-{k}.json").read_text().split()[0]) for k in range(n_slices)]
+                      desc="slices", offset=done_before, total=n_slices)
+    counts = [vol.read_marker(state / f"slice-{k}.json") for k in range(n_slices)]
 
     # ---------------- relabel (compaction and/or 3-D linking)
     arr = zarr.open_array(str(out_path), mode="r+")
@@ -365,9 +363,9 @@ def segment_volume(
                 pairs = [(k, j) for k, idx in enumerate(indices) for j in [k + _stride(loop_shape, zpos)]
                          if idx[zpos] + 1 < loop_shape[zpos]]
                 etasks = [dask.delayed(vol._edges_task)(str(out_path), out_idx[a], out_idx[b], (a + 1) * block,
-                                                    (b + 1) * block, float(link_iou)) for a, b in pairs]
+                                                        (b + 1) * block, float(link_iou)) for a, b in pairs]
                 results = vol.compute_tasks(etasks, scheduler=scheduler, workers=workers, progress=progress,
-                                        cancel=cancel, desc="linking")
+                                            cancel=cancel, desc="linking")
                 edges = [(a, b, e) for (a, b), e in zip(pairs, results)]
             tables = vol.relabel_tables(counts, edges)
             n_final = int(max((int(t.max()) for t in tables if t.size), default=0))
@@ -384,11 +382,19 @@ def segment_volume(
         rtasks = [dask.delayed(vol._relabel_task, pure=False)(str(out_path), k, out_idx[k], (k + 1) * block)
                   for k in range(n_slices)]
         vol.compute_tasks(rtasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
-                      desc="relabelling")
+                          desc="relabelling")
     info = dict(arr.attrs.get("napari_sam", {}))
     info.update({"state": "complete", "n_labels": n_final, "ids": "1..N" if (compact or link_3d) else "block"})
     arr.attrs["napari_sam"] = json_safe(info)
     return da.from_zarr(zarr.open_array(str(out_path), mode="r"))
+
+
+def _callable_name(fn: Callable) -> str:
+    """A stable name for a segment function (recorded in the run signature for --resume)."""
+    if isinstance(fn, functools.partial):
+        kws = ", ".join(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))
+        return f"{_callable_name(fn.func)}({kws})"
+    return f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 def _stride(shape: tuple, axis: int) -> int:

@@ -16,6 +16,7 @@ so an interrupted relabelling can simply be run again.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -379,6 +380,11 @@ def read_slice(image: Any, src: tuple | None, loop_index: tuple) -> np.ndarray:
     return np.asarray(image.compute(scheduler="synchronous") if hasattr(image, "compute") else image)
 
 
+def read_marker(path: Path) -> int:
+    """Object count stored in a slice's done marker."""
+    return int(json.loads(Path(path).read_text())["n_labels"])
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as fh:
@@ -395,7 +401,7 @@ def _segment_slice(
     """Segment slice ``k``, write ``(k+1)*block + local`` ids, then mark it done; returns n."""
     marker = Path(out_path) / STATE_DIR / f"slice-{k}.json"
     if marker.exists():
-        return int(marker.read_text().split()[0])
+        return read_marker(marker)
     image = read_slice(image, src, loop_index)
     extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
     labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
@@ -407,7 +413,7 @@ def _segment_slice(
     if n >= block:
         raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
     zarr.open_array(out_path, mode="r+")[out_index] = raw
-    _write_atomic(marker, f"{n}\n")
+    _write_atomic(marker, json.dumps({"n_labels": n}))
     return n
 
 
