@@ -144,3 +144,15 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     uninterrupted = zarr.open_array(str(tmp_path / "full.zarr"), mode="r")[...]
     np.testing.assert_array_equal(resumed, uninterrupted)
     assert resumed.max() > 0
+
+
+def test_segment_ome_zarr_defaults_to_labels_group(tmp_path, capsys):
+    from test_io import make_ome_zarr
+
+    vol = blobs_volume(nz=2, ny=32, nx=32)
+    path = make_ome_zarr(tmp_path / "img.zarr", vol, axes="zyx", zarr_format=2, levels=2)
+    assert main(["segment", str(path), "--segment-fn", STANDIN, "--contrast-limits", "0", "1000", "--quiet"]) == 0
+    assert str(path / "labels" / "sam") in capsys.readouterr().out
+    out = zarr.open_array(str(path / "labels" / "sam" / "0"), mode="r")[...]
+    assert_compacted_equals_reference(out, reference_slices(vol))
+    assert zarr.open_group(str(path / "labels"), mode="r").attrs["labels"] == ["sam"]
