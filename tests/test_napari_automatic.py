@@ -146,3 +146,35 @@ def test_big_images_get_zarr_labels(monkeypatch):
     img = viewer.add_image(np.zeros((3, 30, 30)))
     labels = pl.make_labels_layer(viewer, img)
     assert not isinstance(labels.data, np.ndarray) and labels.data.shape == (3, 30, 30)
+
+
+def _discs(shape=(128, 128)):
+    """Discs on a 128 px image: the stand-in's 256 px low-res logits map back exactly (factor 2)."""
+    rr, cc = np.indices(shape)
+    gt = np.zeros(shape, np.uint32)
+    for k, (r, c, rad) in enumerate(((25, 25, 10), (64, 85, 13), (105, 30, 9), (100, 105, 11)), start=1):
+        gt[(rr - r) ** 2 + (cc - c) ** 2 <= rad**2] = k
+    return np.where(gt > 0, 200.0, 20.0).astype(np.float32), gt
+
+
+def test_real_amg_and_tiling_with_the_stand_in_model():
+    """The default generator (napari_sam.amg) and the tiled path (napari_sam.tiling) find every disc."""
+    from napari_sam._napari._testing import ThresholdPredictor
+
+    image, gt = _discs()
+    viewer = ViewerModel()
+    img = viewer.add_image(image)
+    params = {"points_per_side": 16, "min_mask_region_area": 0}
+    session = AutomaticSession(ThresholdPredictor(), img)
+    refs = session.planes(viewer.dims)
+    untiled = session.run(refs, params=params)[refs[0]]
+    assert _as_sets(untiled) == _as_sets(gt)
+    assert session.can_refilter
+    assert session.refilter(pred_iou_thresh=0.95)[refs[0]].max() == 0  # stand-in scores are 0.9
+    tiled = session.run(refs, params=params, tile_shape=(80, 80), halo=(24, 24))[refs[0]]
+    # tiles are not 128 px, so the stand-in's 256 px logits map back with ~1 px edge errors
+    found, truth = _as_sets(tiled), _as_sets(gt)
+    assert len(found) == len(truth)
+    for obj in truth:
+        assert max(len(obj & f) / len(obj | f) for f in found) > 0.8
+    assert not session.can_refilter

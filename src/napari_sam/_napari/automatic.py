@@ -111,10 +111,12 @@ class AutomaticSession:
             progress: ProgressCallback | None = None, cancel: CancelToken = None) -> dict[PlaneRef, np.ndarray]:
         """Segment the planes ``refs`` (worker-safe); returns ``{ref: (H, W) uint32 labels}``.
 
+        ``params`` override :data:`DEFAULT_PARAMS` (earlier runs and re-filters do not carry over).
+
         Without ``tile_shape`` the candidates of each plane are kept for
         :meth:`refilter`.
         """
-        params = {**self.params, **(params or {})}
+        params = {**DEFAULT_PARAMS, **(params or {})}
         unknown = set(params) - set(DEFAULT_PARAMS) - {"stability_score_offset", "crop_nms_thresh",
                                                        "crop_overlap_ratio", "crop_n_points_downscale_factor"}
         if unknown:
