@@ -118,8 +118,10 @@ def _prepare_source(source: Any, *, axes: str | None, level: int, channel: int |
     else:
         if not hasattr(source, "shape") or not hasattr(source, "dtype"):
             raise TypeError(f"source must be a path or an array, got {type(source).__name__}")
-        data = source if isinstance(source, da.Array) else da.from_array(np.asarray(source), chunks=-1)
-        in_axes = validate_axes(axes, data.ndim) if axes is not None else infer_axes(tuple(data.shape))
+        shape = tuple(int(n) for n in source.shape)
+        in_axes = validate_axes(axes, len(shape)) if axes is not None else infer_axes(shape)
+        data = source if isinstance(source, da.Array) else da.from_array(
+            np.asarray(source), chunks=tuple(1 if a in "TZ" else -1 for a in in_axes))  # one chunk per slice
         meta = {"format": "array", "path": None}
     if data.dtype.kind not in "uif" and data.dtype != bool:
         raise TypeError(f"cannot segment an image of dtype {data.dtype}; use integer or float data")
