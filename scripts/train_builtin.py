@@ -27,7 +27,7 @@ import torch
 
 from napari_sam.sam.build import build_model
 from napari_sam.training.builtin import TRAIN_SEED_START, VAL_SEED_START, builtin_config, export_builtin
-from napari_sam.training.data import make_pool, sample_batch
+from napari_sam.training.data import TrainingPool, make_pool, sample_batch
 from napari_sam.training.loop import TrainConfig, train
 
 
@@ -75,6 +75,44 @@ def plot_curves(log_csv: Path, png: Path, *, smooth: int = 25) -> None:
     plt.close(fig)
 
 
+def summary_of(run: Path) -> dict:
+    """``summary.json`` of a run, or the same facts from ``log.csv`` of an unfinished one."""
+    if (run / "summary.json").is_file():
+        return json.loads((run / "summary.json").read_text())
+    with open(run / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    vals = [r for r in rows if r["val_point_miou"]]
+    best = max(vals, key=lambda r: float(r["val_point_miou"]) + float(r["val_box_miou"]), default=None)
+    return {
+        "steps_done": int(rows[-1]["step"]) + 1,
+        "seconds": float(rows[-1]["seconds"]),
+        "best_validation": {} if best is None else {
+            "step": int(best["step"]),
+            "val_point_miou": float(best["val_point_miou"]),
+            "val_box_miou": float(best["val_box_miou"]),
+        },
+        "command": "(unfinished run, exported from its log)",
+    }
+
+
+def export(checkpoint: Path, summary: dict, args: argparse.Namespace) -> None:
+    """Write ``checkpoint`` as the shipped built-in model with its provenance."""
+    provenance = {
+        "trained_by": "scripts/train_builtin.py",
+        "command": summary.get("command", ""),
+        "steps": summary["steps_done"],
+        "seconds": round(summary["seconds"] + summary.get("pool_seconds", 0.0)),
+        "checkpoint": checkpoint.name,
+        "train_seeds": [TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size],
+        "val_seeds_start": VAL_SEED_START,
+        "quick_validation": summary["best_validation"],
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} CPU, {args.threads} thread(s), shared with other jobs",
+    }
+    pt, js = export_builtin(torch.load(checkpoint, weights_only=True), builtin_config(), provenance)
+    print(f"exported {pt} and {js}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/builtin"))
@@ -89,8 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects-per-image", type=int, default=4)
     p.add_argument("--n-passes", type=int, default=2)
     p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--pool-cache", type=Path, default=None, help="npz to reuse the generated pool")
     p.add_argument("--export", action="store_true", help="write src/napari_sam/data/builtin_model.*")
+    p.add_argument("--export-from", type=Path, default=None,
+                   help="only export this checkpoint of a finished run in --out (no training)")
+    p.add_argument("--plot-only", type=Path, default=None, help="only draw --out/log.csv into this PNG")
     args = p.parse_args(argv)
+    if args.plot_only is not None:
+        plot_curves(args.out / "log.csv", args.plot_only)
+        return 0
+    if args.export_from is not None:
+        export(args.export_from, summary_of(args.out), args)
+        return 0
 
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
@@ -98,7 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = build_model(config)
     size = (config["image_size"],) * 2
-    pool = make_pool(range(TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size), shape=size)
+    seeds = range(TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size)
+    if args.pool_cache is not None and args.pool_cache.is_file():
+        with np.load(args.pool_cache) as z:
+            pool = TrainingPool(z["images"], z["labels"], z["seeds"])
+        if not np.array_equal(pool.seeds, np.asarray(seeds)):
+            raise ValueError(f"{args.pool_cache} holds other seeds; delete it or pick another path")
+    else:
+        pool = make_pool(seeds, shape=size)
+        if args.pool_cache is not None:
+            np.savez(args.pool_cache, images=pool.images, labels=pool.labels, seeds=pool.seeds)
     val_pool = make_pool(range(VAL_SEED_START, VAL_SEED_START + args.val_images), shape=size)
     val_batch = sample_batch(val_pool, np.random.default_rng(1), n_images=args.val_images, objects_per_image=8)
     pool_seconds = time.monotonic() - t0
@@ -124,21 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print("matplotlib missing: no curves.png (pip install matplotlib)")
     print(json.dumps(summary, indent=2))
     if args.export:
-        best = args.out / ("best.pt" if (args.out / "best.pt").exists() else "last.pt")
-        provenance = {
-            "trained_by": "scripts/train_builtin.py",
-            "command": summary["command"],
-            "steps": summary["steps_done"],
-            "seconds": round(time.monotonic() - t0),
-            "checkpoint": best.name,
-            "train_seeds": [TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size],
-            "val_seeds_start": VAL_SEED_START,
-            "quick_validation": summary["best_validation"],
-            "torch": torch.__version__,
-            "machine": f"{platform.machine()} CPU, {args.threads} thread(s)",
-        }
-        pt, js = export_builtin(torch.load(best, weights_only=True), config, provenance)
-        print(f"exported {pt} and {js}")
+        export(args.out / ("best.pt" if (args.out / "best.pt").exists() else "last.pt"), summary, args)
     return 0
 
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 from napari_sam.training.data import Batch, TrainingPool, corrective_points, initial_prompts, sample_batch
-from napari_sam.training.losses import mask_iou, sam_loss
+from napari_sam.training.losses import FOCAL_WEIGHT, mask_iou, sam_loss
 
-__all__ = ["TrainConfig", "train", "train_step", "decode_all", "set_seed"]
+__all__ = ["TrainConfig", "train", "train_step", "decode_all", "set_seed", "init_for_training", "focal_weight_at"]
 
 
 @dataclass
@@ -44,6 +44,9 @@ class TrainConfig:
     n_passes: int = 3
     p_box: float = 0.5
     aux_weight: float = 0.25
+    focal_start: float = 0.15
+    focal_ramp: float = 0.15
+    init_gain: float = 3.0
     seed: int = 0
     time_limit_s: float = math.inf
     checkpoint_every_s: float = 180.0
@@ -64,6 +67,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def focal_weight_at(step: int, cfg: TrainConfig) -> float:
+    """Focal-loss weight: 0 (dice only) for the first ``focal_start`` fraction of
+    the steps, then a linear ramp over ``focal_ramp`` to SAM's 20 (focal:dice 20:1).
+
+    From a random start the focal term alone drives every mask to empty within
+    a few dozen steps (the many easy background pixels win) and the model then
+    needs many steps to escape; dice first avoids that collapse.
+    """
+    start, ramp = cfg.focal_start * cfg.steps, max(1.0, cfg.focal_ramp * cfg.steps)
+    return FOCAL_WEIGHT * min(1.0, max(0.0, (step - start) / ramp))
 
 
 def decode_all(model, embeddings, image_index, points, labels, boxes, is_box, mask_input):
@@ -119,6 +134,7 @@ def train_step(
     n_passes: int = 3,
     p_box: float = 0.5,
     aux_weight: float = 0.25,
+    focal_weight: float = FOCAL_WEIGHT,
 ) -> dict[str, Any]:
     """Forward all interactive passes of one batch and return the summed loss.
 
@@ -149,7 +165,7 @@ def train_step(
     for k in range(n_passes):
         low, iou_pred = decode_all(model, embeddings, batch.image_index, points, labels, boxes, is_box, mask_input)
         multimask = (~is_box) & (k == 0)
-        res = sam_loss(low, iou_pred, gt_low, multimask, aux_weight=aux_weight)
+        res = sam_loss(low, iou_pred, gt_low, multimask, aux_weight=aux_weight, focal_weight=focal_weight)
         total = total + res["loss"]
         parts["mask"] += float(res["mask"]) / n_passes
         parts["iou_mse"] += float(res["iou_mse"]) / n_passes
@@ -234,6 +250,8 @@ def train(
     generator = set_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    if cfg.init_gain:
+        init_for_training(model, gain=cfg.init_gain)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos" not in n)]
@@ -258,7 +276,7 @@ def train(
                 group["lr"] = lr_at(step, cfg)
             batch = sample_batch(pool, rng, n_images=cfg.n_images, objects_per_image=cfg.objects_per_image)
             res = train_step(model, batch, generator, n_passes=cfg.n_passes, p_box=cfg.p_box,
-                             aux_weight=cfg.aux_weight)
+                             aux_weight=cfg.aux_weight, focal_weight=focal_weight_at(step, cfg))
             opt.zero_grad(set_to_none=True)
             res["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -288,3 +306,27 @@ def train(
                "best_validation": best}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def init_for_training(model, *, gain: float = 3.0) -> None:
+    """Start the decoder's attention able to match positions (in place).
+
+    In every attention module of the mask decoder's two-way transformer the key
+    projection is set equal to the query projection and both are scaled by
+    ``gain``: the attention logits then contain ``gain**2 <pe_a W, pe_b W>``,
+    a kernel peaked where the positional encodings of a click and an image
+    location agree, so image tokens near a click attend to it from the first
+    step.  From a random start SAM's decoder must discover this alignment by
+    itself, which takes far longer than a CPU training budget allows.  Only
+    the initial values change: the architecture (and the official code's
+    ability to load the weights) is untouched.
+    """
+    from napari_sam.sam.transformer import Attention
+
+    with torch.no_grad():
+        for module in model.mask_decoder.transformer.modules():
+            if isinstance(module, Attention):
+                module.q_proj.weight.mul_(gain)
+                module.k_proj.weight.copy_(module.q_proj.weight)
+                module.q_proj.bias.zero_()
+                module.k_proj.bias.zero_()

@@ -86,6 +86,7 @@ def sam_loss(
     *,
     iou_weight: float = 1.0,
     aux_weight: float = 0.25,
+    focal_weight: float = FOCAL_WEIGHT,
 ) -> dict[str, torch.Tensor]:
     """SAM's loss with the ambiguity-aware output choice.
 
@@ -106,6 +107,8 @@ def sam_loss(
         Whether each prompt is ambiguous (a single point).
     iou_weight, aux_weight : float
         Weights of the IoU-head MSE (all tokens) and of the secondary output group.
+    focal_weight : float
+        Weight of the focal loss (SAM: 20, with dice weight 1).
 
     Returns
     -------
@@ -115,7 +118,7 @@ def sam_loss(
         ``primary`` ((P,) token index of the primary output).
     """
     target = gt[:, None].expand_as(logits)
-    per_mask = FOCAL_WEIGHT * focal_loss(logits, target) + DICE_WEIGHT * dice_loss(logits, target)
+    per_mask = focal_weight * focal_loss(logits, target) + DICE_WEIGHT * dice_loss(logits, target)
     true_iou = mask_iou(logits, target)
     rows = torch.arange(logits.shape[0])
     zero = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)

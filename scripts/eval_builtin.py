@@ -1,0 +1,208 @@
+"""Evaluate the built-in model on held-out synthetic images; write a report and figures.
+
+Usage::
+
+    .venv/bin/python scripts/eval_builtin.py                       # shipped model
+    .venv/bin/python scripts/eval_builtin.py --checkpoint runs/builtin/best.pt
+    .venv/bin/python scripts/eval_builtin.py --update-json --figures docs/images
+
+Validation images use seeds ``VAL_SEED_START + 1000 + i``: never used in
+training (seeds ``0..pool_size``) nor for checkpoint selection
+(``VAL_SEED_START + i``, i < 1000).  Metrics (targets in brackets):
+
+- single positive point mIoU (>= 0.85): one click at a random pixel at least
+  half the object's maximum depth inside, ``multimask=True``, the mask with the
+  best predicted IoU kept; also with the click at the most interior pixel;
+- box mIoU (>= 0.90): tight box, ``multimask=False``;
+- automatic segmentation instance F1 at IoU > 0.5 (>= 0.80), nuclei images,
+  :func:`napari_sam.tiling.segment_image`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_sam.synthetic import make_nuclei_image
+from napari_sam.training.builtin import DATA_DIR, VAL_SEED_START, builtin_config
+from napari_sam.training.evaluate import automatic_scores, disk_baseline_ious, prompted_ious
+
+EVAL_SEED_START = VAL_SEED_START + 1000
+TARGETS = {"point_miou": 0.85, "box_miou": 0.90, "amg_f1": 0.80}
+
+
+def load(checkpoint: Path | None):
+    """The shipped model through the registry, or a training checkpoint."""
+    if checkpoint is None:
+        from napari_sam.models import load_model
+
+        return load_model("builtin", device="cpu")
+    from napari_sam.sam.build import build_model
+
+    model = build_model(builtin_config())
+    model.load_state_dict(torch.load(checkpoint, weights_only=True), strict=True)
+    return model.eval()
+
+
+def eval_set(kind: str, n: int, offset: int, shape=(256, 256)):
+    data = [make_nuclei_image(shape, kind=kind, seed=EVAL_SEED_START + offset + i) for i in range(n)]
+    return [d[0] for d in data], [d[1] for d in data]
+
+
+def synthetic_figure(path: Path) -> None:
+    """Examples of the synthetic training data (images and ground-truth outlines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    cases = [("nuclei", 0), ("nuclei", 2), ("cells", 0), ("mixed", 0)]
+    fig, ax = plt.subplots(2, len(cases), figsize=(4 * len(cases), 8))
+    for j, (kind, seed) in enumerate(cases):
+        img, lab = make_nuclei_image((256, 256), kind=kind, seed=seed)
+        for i in range(2):
+            ax[i, j].imshow(img, cmap="gray")
+            ax[i, j].axis("off")
+        b = find_boundaries(lab)
+        ax[1, j].imshow(np.ma.masked_where(~b, b), cmap="autumn", interpolation="nearest")
+        ax[0, j].set_title(f'make_nuclei_image(kind="{kind}", seed={seed})', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def figure(predictor, images, labels, amg_preds, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    from napari_sam.synthetic import sample_point_prompts
+
+    n = min(3, len(images), len(amg_preds))
+    fig, ax = plt.subplots(n, 3, figsize=(12, 4 * n), squeeze=False)
+    for i in range(n):
+        img, lab = images[i], labels[i]
+        predictor.set_image(img)
+        pts, plab, ids = sample_point_prompts(lab, seed=i)
+        res = predictor.predict_batch(pts, plab, multimask=True)
+        best = res.scores.argmax(dim=1)
+        masks = (res.mask_logits[np.arange(len(best)), best] > 0).numpy()
+        pred = np.zeros(lab.shape, np.int32)
+        for k, m in enumerate(masks):
+            pred[m & (pred == 0)] = k + 1
+        for j, (title, lbl) in enumerate(
+            [("ground truth", lab), ("one click per object", pred), ("automatic (segment_image)", amg_preds[i])]
+        ):
+            ax[i, j].imshow(img, cmap="gray")
+            b = find_boundaries(lbl)
+            ax[i, j].imshow(np.ma.masked_where(~b, b), cmap="autumn", interpolation="nearest")
+            if j == 1:
+                ax[i, j].plot(pts[:, 0, 1], pts[:, 0, 0], "c+", ms=5)
+            ax[i, j].set_title(title)
+            ax[i, j].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=None, help="a training state_dict; default: shipped model")
+    p.add_argument("--n-nuclei", type=int, default=12)
+    p.add_argument("--n-other", type=int, default=4, help="images per kind for 'mixed' and 'cells'")
+    p.add_argument("--n-amg", type=int, default=6)
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--pred-iou-thresh", type=float, default=0.8)
+    p.add_argument("--stability-score-thresh", type=float, default=0.9)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("runs/builtin_eval"))
+    p.add_argument("--figures", type=Path, default=None, help="folder for builtin_examples.png")
+    p.add_argument("--update-json", action="store_true", help="store metrics in data/builtin_model.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from napari_sam.predictor import Predictor
+
+    t0 = time.time()
+    model = load(args.checkpoint)
+    predictor = Predictor(model, device="cpu")
+    x = np.zeros((256, 256), np.uint8)
+    predictor.set_image(x)
+    t = time.perf_counter()
+    for _ in range(3):
+        predictor.set_image(x)
+    set_image_s = (time.perf_counter() - t) / 3
+
+    results: dict = {"set_image_seconds_256": set_image_s, "eval_seed_start": EVAL_SEED_START}
+    sets = {"nuclei": eval_set("nuclei", args.n_nuclei, 0)}
+    if args.n_other:
+        sets["mixed"] = eval_set("mixed", args.n_other, 10_000)
+        sets["cells"] = eval_set("cells", args.n_other, 20_000)
+    for kind, (images, labels) in sets.items():
+        r = {}
+        for name, kw in {"point": {"prompt": "point"}, "point_center": {"prompt": "point", "mode": "center"},
+                         "box": {"prompt": "box"}}.items():
+            ious = prompted_ious(predictor, images, labels, **kw)
+            r[f"{name}_miou"] = float(ious.mean())
+            r[f"{name}_iou_median"] = float(np.median(ious))
+        r["disk_baseline_point_miou"] = float(disk_baseline_ious(labels).mean())
+        r["n_images"], r["n_objects"] = len(images), int(ious.size)
+        results[kind] = r
+        print(kind, json.dumps(r), flush=True)
+    images, labels = sets["nuclei"]
+    amg_params = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+                  "stability_score_thresh": args.stability_score_thresh}
+    try:
+        scores, preds = automatic_scores(predictor, images[: args.n_amg], labels[: args.n_amg], **amg_params)
+        results["nuclei"]["amg"] = {**scores, "params": amg_params, "n_images": min(args.n_amg, len(images))}
+        print("amg", json.dumps(results["nuclei"]["amg"]), flush=True)
+    except ImportError as exc:  # automatic generation not available in this checkout
+        results["nuclei"]["amg"] = {"not_measured": str(exc)}
+        preds = [np.zeros_like(lab) for lab in labels]
+    results["seconds"] = time.time() - t0
+    nuc = results["nuclei"]
+    results["targets"] = {
+        "point_miou": [nuc["point_miou"], TARGETS["point_miou"]],
+        "box_miou": [nuc["box_miou"], TARGETS["box_miou"]],
+        "amg_f1": [nuc["amg"].get("f1"), TARGETS["amg_f1"]],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
+    lines = ["# Built-in model: validation metrics", "",
+             f"Held-out synthetic 256 x 256 images (seeds from {EVAL_SEED_START}).", "",
+             "| set | point mIoU | centre-click mIoU | box mIoU | disk baseline | objects |",
+             "|---|---|---|---|---|---|"]
+    for kind in sets:
+        r = results[kind]
+        lines.append(f"| {kind} | {r['point_miou']:.3f} | {r['point_center_miou']:.3f} | {r['box_miou']:.3f} "
+                     f"| {r['disk_baseline_point_miou']:.3f} | {r['n_objects']} |")
+    amg = nuc["amg"]
+    if "f1" in amg:
+        lines += ["", f"Automatic segmentation on {amg['n_images']} nuclei images ({amg_params}): "
+                  f"F1 {amg['f1']:.3f} (precision {amg['precision']:.3f}, recall {amg['recall']:.3f}; "
+                  f"TP {amg['tp']}, FP {amg['fp']}, FN {amg['fn']})."]
+    lines += ["", f"`set_image` on a 256 x 256 image: {set_image_s:.3f} s."]
+    (args.out / "metrics.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.figures is not None:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        figure(predictor, images, labels, preds, args.figures / "builtin_examples.png")
+        synthetic_figure(args.figures / "builtin_synthetic.png")
+    if args.update_json:
+        path = DATA_DIR / "builtin_model.json"
+        meta = json.loads(path.read_text())
+        meta["metrics"] = {k: results[k] for k in ("nuclei", *(k for k in sets if k != "nuclei"))}
+        meta["metrics"]["set_image_seconds_256"] = set_image_s
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
