@@ -170,3 +170,38 @@ def test_windowed_attention_matches_plain_definition(h, w, ws):
         plain = _plain_window_attention(attn, x, ws)
     torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
     assert torch.equal(x, x_before)
+
+
+def test_global_attention_in_row_blocks_matches_official(sam_reference_dir, monkeypatch):
+    """The memory-bounded path (bias built for a few query rows at a time) gives the same features."""
+    from napari_sam.sam import image_encoder
+
+    ref_dir = sam_reference_dir / "tiny_vit"
+    model = _load(ref_dir)
+    # 2 heads x 64 x 4096 x 4 bytes = 2 MiB of bias per query row: 5 rows per block here
+    monkeypatch.setattr(image_encoder, "_BIAS_BUDGET", 10 * 2**20)
+    image = np.load(ref_dir / "image_0.npy")
+    ref = np.load(ref_dir / "predict_0.npz")["features"]
+    with torch.inference_mode():
+        x = torch.from_numpy(image).permute(2, 0, 1).to(torch.float32)
+        features = model.image_encoder(model.preprocess(x)[None]).numpy()
+    assert np.abs(features - ref).max() <= TOL
+
+
+def test_global_attention_row_blocks_match_plain_definition(monkeypatch):
+    """Global attention on a 9 x 9 grid = one 9 x 9 window of the plain definition."""
+    from napari_sam.sam import image_encoder
+
+    torch.manual_seed(0)
+    attn = image_encoder.Attention(16, 2, qkv_bias=True, use_rel_pos=True, input_size=(9, 9))
+    with torch.no_grad():
+        attn.rel_pos_h.normal_()
+        attn.rel_pos_w.normal_()
+    x = torch.randn(2, 9, 9, 16)
+    with torch.inference_mode():
+        plain = _plain_window_attention(attn, x, 9)
+        whole = attn(x)
+        monkeypatch.setattr(image_encoder, "_BIAS_BUDGET", 1)  # one query row per block
+        rows = attn(x)
+    torch.testing.assert_close(whole, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rows, plain, atol=1e-5, rtol=1e-5)

@@ -13,6 +13,9 @@ from torch import nn
 
 from napari_sam.sam.common import LayerNorm2d, MLPBlock
 
+#: bytes of relative-position bias materialised at once by :class:`Attention`
+_BIAS_BUDGET = 128 * 2**20
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patch projection: ``(B, 3, H, W)`` -> ``(B, H/p, W/p, C)``."""
@@ -94,15 +97,40 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
-    def _rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Decomposed relative-position bias ``(B', heads, h*w, h*w)`` for ``q`` (B', heads, h*w, hd)."""
-        b = q.shape[0]
+    def _rel_pos_terms(
+        self, q: torch.Tensor, h: int, w: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q . R_h`` (B', heads, h, w, h) and ``q . R_w`` (B', heads, h, w, w) for ``q`` (B', heads, h*w, hd)."""
         r_h = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, hd)
         r_w = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, hd)
-        q_grid = q.reshape(b, self.num_heads, h, w, -1)
+        q_grid = q.reshape(q.shape[0], self.num_heads, h, w, -1)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
-        return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, self.num_heads, h * w, h * w)
+        return rel_h, rel_w
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """SDPA over an ``h x w`` grid with the decomposed relative-position bias.
+
+        The ``(N, N)`` bias is built for blocks of query rows at a time (at most
+        ``_BIAS_BUDGET`` bytes), which bounds memory for global attention
+        (805 MB for vit_b, 1.07 GB for vit_h in one piece) at no cost in speed.
+        """
+        if not self.use_rel_pos:
+            return F.scaled_dot_product_attention(q, k, v)
+        b, heads, n, _ = q.shape
+        rel_h, rel_w = self._rel_pos_terms(q, h, w)
+        rows = max(1, _BIAS_BUDGET // (b * heads * w * n * 4))
+        if rows >= h:
+            bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, n, n)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = torch.empty_like(q)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            bias = rel_h[:, :, r0:r1].unsqueeze(-1) + rel_w[:, :, r0:r1].unsqueeze(-2)
+            out[:, :, r0 * w : r1 * w] = F.scaled_dot_product_attention(
+                q[:, :, r0 * w : r1 * w], k, v, attn_mask=bias.reshape(b, heads, (r1 - r0) * w, n)
+            )
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Global attention: ``(B, H, W, C)`` -> ``(B, H, W, C)`` float32."""
@@ -110,8 +138,7 @@ class Attention(nn.Module):
         n = h * w
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
-        bias = self._rel_pos_bias(q, h, w) if self.use_rel_pos else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = self._attend(q, k, v, h, w)
         return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
 
     def forward_windows(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -138,8 +165,7 @@ class Attention(nn.Module):
         # (B, nh, ws, nw, ws, 3, heads, hd) -> (3, B*nh*nw, heads, ws*ws, hd)
         qkv = qkv.view(b, nh, ws, nw, ws, 3, self.num_heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
         q, k, v = qkv.reshape(3, b * nh * nw, self.num_heads, ws * ws, hd).unbind(0)
-        bias = self._rel_pos_bias(q, ws, ws) if self.use_rel_pos else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = self._attend(q, k, v, ws, ws)
         # (B, nh, nw, heads, ws, ws, hd) -> (B, nh, ws, nw, ws, heads, hd) -> (B, Hp, Wp, C)
         out = out.view(b, nh, nw, self.num_heads, ws, ws, hd).permute(0, 1, 4, 2, 5, 3, 6)
         out = out.reshape(b, hp, wp, c)
