@@ -212,6 +212,7 @@ def test_input_is_never_modified():
         (np.zeros((8, 8, 4)), {"channel_axis": -1, "channels": (0.0,)}, "integer"),
         (np.zeros((5, 8, 8)), {}, "channel_axis"),
         (np.zeros((3, 8, 3)), {}, "channel_axis"),
+        (np.zeros((8, 8, 4), dtype=np.uint8), {}, r"RGBA: channel_axis=-1, channels=\(0, 1, 2\)"),
         (np.zeros((8, 8)), {"channel_axis": 0}, "2-D"),
         (np.zeros((8, 8, 3)), {"channel_axis": 3}, "out of range"),
         (np.zeros((2, 8, 8, 3)), {"channel_axis": -1}, "one plane"),

@@ -87,9 +87,10 @@ def _normalize_channel_axis(shape: tuple[int, ...], channel_axis: int | None) ->
         return None
     if shape[-1] == 3 and shape[0] != 3:
         return 2  # (Y, X, 3): the RGB layout of SAM itself
+    rgba = " (RGBA: channel_axis=-1, channels=(0, 1, 2))" if shape[-1] == 4 else ""
     raise ValueError(
         f"cannot tell which axis of the 3-D image of shape {shape} holds the channels; pass "
-        "channel_axis=-1 for (Y, X, C) or channel_axis=0 for (C, Y, X)."
+        f"channel_axis=-1 for (Y, X, C) or channel_axis=0 for (C, Y, X){rgba}."
     )
 
 
