@@ -186,6 +186,8 @@ def test_generate_matches_brute_force_oracle(blobs, iou_t, stab_t):
     got_keys = sorted((r.bbox_rc, round(r.predicted_iou, 5), round(r.stability_score, 5)) for r in got)
     ref_keys = sorted((tuple(int(v) for v in b), round(s, 5), round(st_, 5)) for b, s, _, st_ in ref)
     assert got_keys == ref_keys
+    grid = {tuple(np.round(p, 6)) for p in U.build_point_grid(24) * np.array(image.shape)}
+    assert all(tuple(np.round(r.point_rc, 6)) in grid for r in got)  # prompted exactly at the grid points
     ref_by_box = {tuple(int(v) for v in b): m for b, _, m, _ in ref}
     for rec in got:
         r0, c0, r1, c1 = rec.bbox_rc
@@ -256,6 +258,10 @@ def test_crop_layers_drop_inner_edges_and_prefer_small_crops():
                 assert abs(box[k] - whole[k]) <= 20
     recs = gen.filter(raw)
     assert len(recs) == len(centres)  # one record per object despite 5 crops
+    for rec in recs:  # each point is a grid point of its crop's layer (layer 1: same 16 x 16 grid per crop)
+        r0, c0, r1, c1 = rec.crop_box_rc
+        local = U.build_point_grid(16) * np.array([r1 - r0, c1 - c0]) + np.array([r0, c0])
+        assert np.abs(local - np.array(rec.point_rc)).sum(axis=1).min() < 1e-6
     truth = StandInPredictor()
     truth.set_image(image)
     for rec in recs:

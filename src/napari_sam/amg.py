@@ -273,11 +273,11 @@ class AutomaticMaskGenerator:
         for ci, (box, layer) in enumerate(zip(crop_boxes, layer_idx)):
             check_cancelled(cancel)
             r0, c0, r1, c1 = (int(v) for v in box)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, p0 = time.perf_counter(), time.process_time()
             crop = np.asarray(U.crop_image(image, box, channel_axis))
             kw = {} if channels is None else {"channels": channels}
             self.predictor.set_image(crop, channel_axis=channel_axis, contrast_limits=contrast_limits, **kw)
-            self._tick("encoder", t0, c0)
+            self._tick("encoder", t0, p0)
             done += 1
             report(progress, done, total, f"embedding crop {ci + 1}/{len(crop_boxes)}")
             grid = self.point_grids[int(layer)] * np.array([r1 - r0, c1 - c0], dtype=np.float64)
@@ -331,7 +331,7 @@ class AutomaticMaskGenerator:
         """
         import time
 
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, p0 = time.perf_counter(), time.process_time()
         iou_t = self.pred_iou_thresh if pred_iou_thresh is None else float(pred_iou_thresh)
         stab_t = self.stability_score_thresh if stability_score_thresh is None else float(stability_score_thresh)
         box_t = self.box_nms_thresh if box_nms_thresh is None else float(box_nms_thresh)
@@ -369,15 +369,15 @@ class AutomaticMaskGenerator:
         records = [self._record(raw, int(i)) for i in idx]
         if min_area > 0 and records:
             records = U.postprocess_small_regions(records, min_area, box_t)
-        self._tick("postprocess", t0, c0)
+        self._tick("postprocess", t0, p0)
         return records
 
     # ----------------------------------------------------------------- helpers
-    def _tick(self, phase: str, t0: float, c0: float) -> None:
+    def _tick(self, phase: str, t0: float, p0: float) -> None:
         import time
 
         self.timings[phase] += time.perf_counter() - t0
-        self.timings[phase + "_cpu"] += time.process_time() - c0
+        self.timings[phase + "_cpu"] += time.process_time() - p0
 
     def _floor(self, thresh: float, explicit: float | None, *, margin: float | None = None) -> float:
         if explicit is not None:
@@ -400,7 +400,7 @@ class AutomaticMaskGenerator:
     ) -> None:
         import time
 
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, p0 = time.perf_counter(), time.process_time()
         b = len(points_rc)
         pts = np.ascontiguousarray(points_rc[:, None, :], dtype=np.float32)
         labels = np.ones((b, 1), dtype=np.int64)
@@ -409,8 +409,8 @@ class AutomaticMaskGenerator:
         scores = pred.scores.detach().float().cpu().reshape(-1).numpy()
         c = low.shape[1]
         low = low.reshape(b * c, *low.shape[-2:])
-        self._tick("decoder", t0, c0)
-        t0, c0 = time.perf_counter(), time.process_time()
+        self._tick("decoder", t0, p0)
+        t0, p0 = time.perf_counter(), time.process_time()
         survivors = np.flatnonzero(scores > floor_iou) if np.isfinite(floor_iou) else np.arange(b * c)
         r0, c0 = int(crop_box[0]), int(crop_box[1])
         offset = np.array([r0, c0, r0, c0], dtype=np.int64)
@@ -436,7 +436,7 @@ class AutomaticMaskGenerator:
                 out["stab"].append(stab[j])
                 out["pts"].append(points_rc[sel[j] // c] + np.array([r0, c0]))
                 out["crop"].append(crop_index)
-        self._tick("postprocess", t0, c0)
+        self._tick("postprocess", t0, p0)
 
     @staticmethod
     def _record(raw: RawMasks, i: int) -> MaskRecord:
