@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,11 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp / "src-copy"
     shutil.copytree(REPO, src, symlinks=True, ignore=IGNORE)
     out = tmp / "dist"
+    # offline when the build backend is already installed; else pip fetches it into an isolated env
+    isolation = [] if importlib.util.find_spec("setuptools") else ["--use-pep517"]
+    no_isolation = ["--no-build-isolation"] if not isolation else []
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *no_isolation, *isolation, "-q", "-w", str(out), str(src)],
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
