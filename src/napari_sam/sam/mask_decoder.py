@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from napari_sam.sam.common import MLP, LayerNorm2d
@@ -115,22 +116,53 @@ class MaskDecoder(nn.Module):
         # batch 1 here when one image and no mask inputs: the transformer then
         # shares the image-only work across all prompt sets instead of copying
         src = image_embeddings + dense
-        c, h, w = src.shape[1:]
+        h, w = src.shape[2:]
         hs, keys = self.transformer(src, image_pe, tokens)
-        b = keys.shape[0]
-        if b != bs:
+        if keys.shape[0] != bs:  # depth-0 transformer: nothing made the keys per prompt
             keys = keys.expand(bs, -1, -1)
-            b = bs
-        src = keys
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
-        )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        )  # (B, M+1, C/8)
+        masks = self._upscale_and_project(keys, hyper_in, h, w)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
+
+    def _upscale_and_project(
+        self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int
+    ) -> torch.Tensor:
+        """``output_upscaling`` then the dot product with ``hyper_in``, channels-last.
+
+        Each 2x2 stride-2 transposed convolution is one matrix product per input
+        pixel (columns ordered kernel row, kernel col, channel); the mask logits
+        are formed before the pixels are put in raster order, so only the
+        ``M`` mask planes are permuted, not the 32-channel upscaled image.
+
+        Parameters
+        ----------
+        keys : torch.Tensor
+            ``(B, h*w, C)`` image tokens from the transformer.
+        hyper_in : torch.Tensor
+            ``(B, M, C/8)`` per-mask weights.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, M, 4h, 4w)`` float32 mask logits.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        b, _, c = keys.shape
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
+        y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * h * w, c), w1)
+        y = F.layer_norm(y.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps)
+        y = act1(y)
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        z = act2(torch.addmm(conv2.bias.repeat(4), y, w2))  # rows (B,i,j,a,b), cols (c,d,ch)
+        m = hyper_in.shape[1]
+        logits = torch.bmm(z.view(b, h * w * 16, c2), hyper_in.transpose(1, 2))
+        # pixel (4i + 2a + c, 4j + 2b + d)
+        logits = logits.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(b, m, 4 * h, 4 * w)
