@@ -168,3 +168,21 @@ def test_automatic_widget_runs_cancels_and_refilters(viewer, qtbot):
     out = widget.output.data
     assert {frozenset(np.flatnonzero(out == i)) for i in np.unique(out) if i} == truth
     assert widget._predictor.n_encoded == n_encoded
+
+
+def test_alt_click_adds_a_negative_point(viewer, qtbot, monkeypatch):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    image, gt = _blobs()
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    widget.points_layer.add([[60.0, 90.0]])
+    monkeypatch.setattr(QApplication, "keyboardModifiers", staticmethod(lambda: Qt.AltModifier))
+    widget.points_layer.add([[60.0, 95.0]])
+    monkeypatch.setattr(QApplication, "keyboardModifiers", staticmethod(lambda: Qt.NoModifier))
+    qtbot.wait(20)
+    widget.points_layer.add([[30.0, 30.0]])
+    assert widget.points_layer.features["prompt"].tolist() == ["positive", "negative", "positive"]
+    np.testing.assert_allclose(widget.points_layer.face_color[1, :3], [1, 0, 0])  # red

@@ -133,6 +133,9 @@ def test_session_layers_polarity_colours_and_clear():
     np.testing.assert_allclose(pts.face_color[:, :3], [[0, 1, 0], [1, 0, 0]])  # lime, red
     set_polarity(pts, [1], "positive")
     np.testing.assert_allclose(pts.face_color[1, :3], [0, 1, 0])
+    assert pts.feature_defaults["prompt"].iloc[0] == "negative"  # the toggle state survives
+    pts.add([[0, 7, 7]])
+    assert pts.features["prompt"].tolist()[-1] == "negative"
     shapes.add_rectangles([np.array([[0, 1, 1], [0, 1, 9], [0, 9, 9], [0, 9, 1]])])
     clear_prompts(pts, shapes)
     assert len(pts.data) == 0 and shapes.nshapes == 0

@@ -109,9 +109,11 @@ def set_polarity(points_layer: Any, indices: Any, polarity: str) -> None:
     """Set the polarity of existing points ``indices`` (and refresh their colours)."""
     if polarity not in ("positive", "negative"):
         raise ValueError(f"polarity must be 'positive' or 'negative', got {polarity!r}")
+    default = points_layer.feature_defaults["prompt"].iloc[0]
     feats = points_layer.features.copy()
     feats.loc[list(indices), "prompt"] = polarity
-    points_layer.features = feats
+    points_layer.features = feats  # napari resets the defaults from the data here
+    points_layer.feature_defaults["prompt"] = default
     points_layer.refresh_colors()
 
 

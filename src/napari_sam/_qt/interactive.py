@@ -2,7 +2,7 @@
 
 Workflow: choose the image, the model and the device, press *Start*; the
 embedding of the shown slice is computed in the background.  Click points
-(``T`` toggles positive/negative) or draw boxes/polygons in the "SAM boxes"
+(``T`` toggles positive/negative, Alt+click adds a negative point) or draw boxes/polygons in the "SAM boxes"
 layer; a preview follows each change.  ``M`` cycles the three ambiguity masks,
 ``C`` commits into the target Labels layer (Ctrl-Z undoes).
 """
@@ -23,7 +23,8 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QApplication
 
 from napari_sam._napari import prompt_layers as pl
 from napari_sam._napari.predictors import STAND_IN, make_predictor, model_choices, model_identity
@@ -35,6 +36,7 @@ __all__ = ["InteractiveWidget", "SHORTCUTS"]
 #: (key, action) pairs bound on the SAM prompt layers and the target labels layer.
 SHORTCUTS = (
     ("T", "next points positive / negative"),
+    ("Alt+click", "add a negative point"),
     ("M", "next of the 3 ambiguity masks"),
     ("C", "commit the preview"),
     ("Shift+X", "clear all prompts"),
@@ -170,6 +172,7 @@ class InteractiveWidget(Container):
         self.points_layer = pl.make_points_layer(self.viewer, image)
         if self.labels_combo.value is None:
             self.new_labels_layer()
+        self.points_layer.events.data.connect(self._alt_click_negative)
         for layer in (self.points_layer, self.shapes_layer):
             layer.events.data.connect(lambda e=None: self._debounce.start())
         self._bind_keys(self.points_layer, self.shapes_layer, self.labels_combo.value)
@@ -184,6 +187,24 @@ class InteractiveWidget(Container):
                 continue
             for key, func in actions.items():
                 layer.bind_key(key, lambda _layer, f=func: f(), overwrite=True)
+
+    def _alt_click_negative(self, event: Any) -> None:
+        """Points added while Alt is held are negative, whatever the T toggle says."""
+        if str(getattr(event, "action", "")) not in ("added", "ActionType.ADDED"):
+            return
+        if not QApplication.keyboardModifiers() & Qt.AltModifier:
+            return
+        n = len(self.points_layer.data)
+        indices = [i % n for i in event.data_indices]
+        default = self.points_layer.feature_defaults["prompt"].iloc[0]
+        pl.set_polarity(self.points_layer, indices, "negative")
+        # napari copies the selected (new, negative) point's features into the defaults after
+        # this event; put the T-toggle state back once that has happened
+        QTimer.singleShot(0, lambda: self._restore_default(default))
+
+    def _restore_default(self, default: str) -> None:
+        if not self._closed and self.points_layer is not None:
+            self.points_layer.feature_defaults["prompt"] = default
 
     def new_labels_layer(self) -> Any:
         """Add an empty Labels layer with the image's shape and select it as target."""
