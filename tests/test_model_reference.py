@@ -133,7 +133,11 @@ def test_batched_prompts_equal_one_by_one(encoded):
 
 def _plain_window_attention(attn, x, ws):
     """SAM's definition, written plainly: zero-pad, partition, softmax(qk^T*s + rel), merge."""
-    from napari_sam.sam.image_encoder import get_rel_pos, window_partition, window_unpartition
+    from napari_sam.sam.image_encoder import (
+        get_rel_pos,
+        window_partition,
+        window_unpartition,
+    )
 
     h, w = x.shape[1:3]
     windows, pad_hw = window_partition(x, ws)

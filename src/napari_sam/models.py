@@ -12,7 +12,6 @@ Loading is strict: any missing, unexpected or mis-shaped tensor raises
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import os
@@ -24,6 +23,12 @@ from typing import Any
 import torch
 
 from napari_sam.sam.build import build_model, resolve_config
+from napari_sam.sam.checkpoint import (
+    CheckpointError,
+    check_state,
+    read_checkpoint,
+    shape_signature,
+)
 from napari_sam.sam.model import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD, Sam
 
 CACHE_ENV = "NAPARI_SAM_CACHE"
@@ -39,10 +44,6 @@ _DECODER = {
     "iou_head_depth": 3,
     "iou_head_hidden_dim": 256,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the requested model."""
 
 
 @dataclass(frozen=True)
@@ -330,53 +331,8 @@ def _verify_hash(path: Path, known_hash: str | None) -> None:
         )
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict with ``torch.load(weights_only=True)``.
-
-    Accepts a plain state dict or one wrapped as ``{"model": ...}`` /
-    ``{"state_dict": ...}``. Raises :class:`CheckpointError` for a missing,
-    truncated or corrupt file, or content that is not a state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint file {path} does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"Could not read checkpoint {path} ({type(exc).__name__}: {exc}). The file is "
-            "truncated, corrupt or not a PyTorch checkpoint; delete it and download it again."
-        ) from exc
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(
-                isinstance(v, torch.Tensor) for v in inner.values()
-            ):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise CheckpointError(
-            f"{path} does not contain a model state dict (a mapping of names to tensors)."
-        )
-    return dict(obj)
-
-
-def _signature(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """State-dict key -> shape of a model built from ``config`` (on the meta device)."""
-    return dict(_signature_of_json(json.dumps(config, sort_keys=True)))
-
-
-@functools.lru_cache(maxsize=16)
-def _signature_of_json(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    model = build_model(json.loads(config_json), device="meta")
-    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
-
-
 def _shape_signature(name: str) -> dict[str, tuple[int, ...]]:
-    return _signature(get_spec(name).config)
+    return shape_signature(get_spec(name).config)
 
 
 def _matching_variant(shapes: dict[str, tuple[int, ...]], exclude: str | None) -> str | None:
@@ -385,47 +341,12 @@ def _matching_variant(shapes: dict[str, tuple[int, ...]], exclude: str | None) -
         if name == exclude:
             continue
         try:
-            if _shape_signature(name) == shapes:
-                return name
-        except Exception:  # a broken user-registered entry must not mask the real error
-            continue
+            signature = _shape_signature(name)
+        except (ValueError, TypeError, KeyError, RuntimeError):
+            signature = None  # a broken user-registered entry must not mask the real error
+        if signature == shapes:
+            return name
     return None
-
-
-def _check_state(
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, tuple[int, ...]],
-    *,
-    label: str,
-    name: str | None,
-    path: Path,
-) -> None:
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    if shapes == dict(expected):
-        return
-    other = _matching_variant(shapes, exclude=name)
-    if other is not None:
-        raise CheckpointError(
-            f"{path} is a {other!r} checkpoint, not {label}: load it with "
-            f"load_model({other!r}, checkpoint=...)."
-        )
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
-    details = []
-    if missing:
-        details.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-    if unexpected:
-        details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    if wrong:
-        k = wrong[0]
-        details.append(
-            f"{len(wrong)} with other shapes (e.g. {k}: file {shapes[k]}, model {expected[k]})"
-        )
-    raise CheckpointError(
-        f"{path} does not fit {label} and matches no registered variant: "
-        + "; ".join(details) + "."
-    )
 
 
 def load_model(
@@ -481,8 +402,11 @@ def load_model(
     target = resolve_device(device)
     path = Path(checkpoint)
     state = read_checkpoint(path)
-    expected = _shape_signature(name) if name else _signature(config)
-    _check_state(state, expected, label=label, name=name, path=path)
+    expected = _shape_signature(name) if name else shape_signature(config)
+    check_state(
+        state, expected, label=label, path=path,
+        match_variant=lambda shapes: _matching_variant(shapes, exclude=name),
+    )
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     model = build_model(config)
     try:
