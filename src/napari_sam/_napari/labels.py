@@ -60,7 +60,7 @@ def next_free_id(labels_layer: Any, *, known_max: int = 0, ref: PlaneRef | None 
 
     numpy data is scanned whole (cheap).  For other (zarr) data the whole-volume
     maximum is only computed when ``known_max`` is 0 (through dask, chunk by
-    chunk); otherwise ``max(known_max, max of plane ref) + 1`` is returned,
+    chunk; skipped for a zarr array with no stored chunk); otherwise ``max(known_max, max of plane ref) + 1`` is returned,
     which stays unique as long as ``known_max`` tracks this session's commits.
     """
     data = labels_layer.data
@@ -69,6 +69,11 @@ def next_free_id(labels_layer: Any, *, known_max: int = 0, ref: PlaneRef | None 
     if known_max > 0 and ref is not None:
         plane_max = int(np.asarray(data[ref.selection()]).max(initial=0))
         return max(known_max, plane_max) + 1
+    try:  # a fresh zarr array has no stored chunk: nothing to scan
+        if int(getattr(data, "nchunks_initialized")) == 0:
+            return known_max + 1
+    except (AttributeError, TypeError, ValueError, NotImplementedError):
+        pass
     import dask.array as da
 
     chunks = getattr(data, "chunks", "auto")
