@@ -28,7 +28,7 @@ import zarr
 from napari_sam import volume as vol
 from napari_sam.io import json_safe, ome_zarr_root, open_image, validate_axes, infer_axes
 from napari_sam.io import prepare_labels_array, write_ome_labels_metadata
-from napari_sam.progress import CancelToken, ProgressCallback, report
+from napari_sam.progress import CancelToken, ProgressCallback
 from napari_sam.cache import EmbeddingCache, data_identity, make_key
 
 __all__ = ["segment_volume", "embed_volume", "sam_segment", "default_tiles", "DEFAULT_CHUNK"]
@@ -348,7 +348,6 @@ def segment_volume(
         for k, idx in enumerate(indices) if not (state / f"slice-{k}.json").exists()
     ]
     done_before = n_slices - len(tasks)
-    report(progress, done_before, n_slices, "slices")
     vol.compute_tasks(tasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
                       desc="slices", offset=done_before, total=n_slices)
     counts = [vol.read_marker(state / f"slice-{k}.json") for k in range(n_slices)]

@@ -319,6 +319,7 @@ def compute_tasks(
     total = len(tasks) + offset if total is None else total
     if not tasks:
         return []
+    report(progress, offset, total, desc)
     local = {None: "threads", "threads": "threads", "processes": "processes",
              "synchronous": "synchronous", "sync": "synchronous"}
     if isinstance(scheduler, str) and scheduler in local or scheduler is None:
