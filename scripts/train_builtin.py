@@ -109,7 +109,9 @@ def export(checkpoint: Path, summary: dict, args: argparse.Namespace) -> None:
         "torch": torch.__version__,
         "machine": f"{platform.machine()} CPU, {args.threads} thread(s), shared with other jobs",
     }
-    pt, js = export_builtin(torch.load(checkpoint, weights_only=True), builtin_config(), provenance)
+    cfg_path = checkpoint.parent / "model_config.json"
+    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else builtin_config()
+    pt, js = export_builtin(torch.load(checkpoint, weights_only=True), config, provenance)
     print(f"exported {pt} and {js}")
 
 
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects-per-image", type=int, default=4)
     p.add_argument("--n-passes", type=int, default=2)
     p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--config", type=Path, default=None, help="model config json (default: BUILTIN_CONFIG)")
     p.add_argument("--pool-cache", type=Path, default=None, help="npz to reuse the generated pool")
     p.add_argument("--export", action="store_true", help="write src/napari_sam/data/builtin_model.*")
     p.add_argument("--export-from", type=Path, default=None,
@@ -142,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
-    config = builtin_config()
+    config = json.loads(args.config.read_text()) if args.config else builtin_config()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "model_config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(args.seed)
     model = build_model(config)
     size = (config["image_size"],) * 2
