@@ -84,6 +84,16 @@ def test_lazy_result_without_output():
         np.testing.assert_array_equal(lazy[k].compute(), np.where(ref > 0, ref.astype(np.int64) + k * block, 0))
 
 
+def test_lazy_result_from_tiff_computes_with_processes(tmp_path):
+    vol = blobs_volume(nz=3)
+    tifffile.imwrite(tmp_path / "v.tif", vol)
+    lazy = segment_volume(tmp_path / "v.tif", segment_fn=threshold_segment, contrast_limits=LIMITS)
+    out = lazy.compute(scheduler="processes", num_workers=2)  # tasks reopen the file: no open handles pickled
+    block = id_block_for(3)
+    for k, ref in enumerate(reference_slices(vol)):
+        np.testing.assert_array_equal(out[k], np.where(ref > 0, ref.astype(np.int64) + k * block, 0))
+
+
 def test_input_is_never_modified(tmp_path):
     vol = blobs_volume(nz=2)
     copy = vol.copy()

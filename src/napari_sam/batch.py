@@ -285,8 +285,9 @@ def segment_volume(
             raise ValueError("link_3d needs an output path (the linking reads the written slices)")
         parts = [
             da.from_delayed(dask.delayed(vol._lazy_slice)(
-                view[idx], k=k, block=block, contrast_limits=limits, has_channels=has_ch,
-                segment_fn=segment_fn), shape=(ny, nx), dtype=np.uint32)
+                view[idx] if src_spec is None else None, k=k, block=block, contrast_limits=limits,
+                has_channels=has_ch, segment_fn=segment_fn, src=src_spec, loop_index=idx),
+                shape=(ny, nx), dtype=np.uint32)
             for k, idx in enumerate(indices)
         ]
         return da.stack(parts).reshape(loop_shape + (ny, nx)) if nloop else parts[0]

@@ -427,8 +427,9 @@ def _takes_slice_index(fn: Callable) -> bool:
         return False
 
 
-def _lazy_slice(image: Any, *, k: int, block: int, contrast_limits, has_channels, segment_fn) -> np.ndarray:
-    image = np.asarray(image)
+def _lazy_slice(image: Any, *, k: int, block: int, contrast_limits, has_channels, segment_fn,
+                src: tuple | None = None, loop_index: tuple = ()) -> np.ndarray:
+    image = read_slice(image, src, loop_index)
     extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
     labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
                         **extra)
