@@ -162,7 +162,7 @@ class InteractiveWidget(Container):
         if cache and cache != ".":
             try:
                 self.session.open_disk_cache(cache, model_id=model_identity(name, ckpt))
-            except (ValueError, OSError) as exc:
+            except (ValueError, OSError, ImportError) as exc:
                 show_warning(f"napari-sam: embedding cache not used: {exc}")
         for layer in (self.points_layer, self.shapes_layer, self.preview_layer):
             if layer is not None and layer in self.viewer.layers:
@@ -321,7 +321,7 @@ class InteractiveWidget(Container):
             try:
                 self.session.open_disk_cache(cache, model_id=model_identity(self.model_combo.value,
                                                                            str(self.checkpoint.value or "")))
-            except (ValueError, OSError) as exc:
+            except (ValueError, OSError, ImportError) as exc:
                 show_warning(f"napari-sam: embedding cache not used: {exc}")
         if self.session.embedding_cache is None:
             self.session.max_embeddings = max(self.session.max_embeddings, 4096)
