@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the built-in model and write labels zarr arrays and a PNG overlay.")
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     demo.add_argument("--model", default="builtin", help="model to use (default builtin)")
+    demo.add_argument("--points-per-side", type=int, help="AMG grid points per side (default 16)")
+    demo.add_argument("--pred-iou-thresh", type=float, help="AMG predicted-IoU filter")
+    demo.add_argument("--stability-score-thresh", type=float, help="AMG stability-score filter")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -290,7 +293,20 @@ def _overlay(image: np.ndarray, labels: np.ndarray) -> Any:
     return Image.fromarray((rgb * 255).round().astype(np.uint8))
 
 
-def _run_demo(out: Path, *, model: str, quiet: bool) -> int:
+def _builtin_amg() -> dict:
+    """Recommended AMG parameters shipped with the built-in model (its json's "amg" entry), if any."""
+    try:
+        from napari_sam.models import BUILTIN_JSON
+
+        import json
+
+        meta = json.loads(Path(BUILTIN_JSON).read_text())
+        return dict(meta.get("amg", {})) if isinstance(meta.get("amg", {}), dict) else {}
+    except (ImportError, OSError, ValueError):
+        return {}
+
+
+def _run_demo(out: Path, *, model: str, quiet: bool, amg_overrides: dict | None = None) -> int:
     import json
 
     from PIL import Image
@@ -307,6 +323,8 @@ def _run_demo(out: Path, *, model: str, quiet: bool) -> int:
         have_model = False
     if have_model:
         model_ref, note = model, f"model: {model}"
+        if model == "builtin":
+            amg.update(_builtin_amg())
     else:
         import torch
 
@@ -317,7 +335,9 @@ def _run_demo(out: Path, *, model: str, quiet: bool) -> int:
         note = ("WARNING: the built-in model is not installed, so this demo used a small SAM with RANDOM "
                 "weights: the pipeline runs end to end but the labels are NOT meaningful. Install the "
                 "built-in model or pass --model vit_b (after `napari-sam models fetch vit_b`).")
+    amg.update(amg_overrides or {})
     print(note)
+    print("automatic mask generation: " + ", ".join(f"{k}={v}" for k, v in amg.items()))
     image2d, stack = _demo_data()
     np.save(out / "image2d.npy", image2d)
     np.save(out / "stack3d.npy", stack)
@@ -342,11 +362,13 @@ def _run_demo(out: Path, *, model: str, quiet: bool) -> int:
     print(f"overlay (2-D | middle z slice) -> {out / 'overlay.png'}   [{time.perf_counter() - start:.0f} s]")
     if not have_model:
         print("(random weights: see the warning above)")
+    elif int(lab2d.max()) == 0:
+        print("no mask passed the quality filters: try lower --pred-iou-thresh / --stability-score-thresh")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    return _run_demo(Path(args.out), model=args.model, quiet=args.quiet)
+    return _run_demo(Path(args.out), model=args.model, quiet=args.quiet, amg_overrides=_amg_params(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
