@@ -29,6 +29,16 @@ class Conv2dBN(nn.Sequential):
         self.add_module("c", nn.Conv2d(in_chans, out_chans, ks, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_chans))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolution then BatchNorm; in eval mode the (frozen) norm is folded into the kernel."""
+        if self.training:
+            return super().forward(x)
+        conv, bn = self.c, self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale[:, None, None, None]
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
 
 class PatchEmbed(nn.Module):
     """Stem: two stride-2 3x3 convolutions, ``(B, 3, S, S)`` -> ``(B, C, S/4, S/4)``."""
@@ -131,7 +141,8 @@ class TinyAttention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3, self.key_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (B', heads, N, kd)
-        bias = self.attention_biases[:, self.attention_bias_idxs]  # (heads, N, N)
+        # (1, heads, N, N): a 4-D mask keeps SDPA on its fused kernel (3-D falls back to math)
+        bias = self.attention_biases[:, self.attention_bias_idxs].unsqueeze(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
