@@ -32,5 +32,8 @@ test-fast: env
 bench: env
 	$(VPY) benchmarks/predictor.py
 
+docs-screens: env xvfb
+	xvfb-run -a -s "-screen 0 1400x1000x24" $(VPY) scripts/make_screenshots.py
+
 clean:
 	rm -rf $(VENV) out build dist
