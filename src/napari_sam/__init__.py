@@ -27,6 +27,7 @@ _LAZY = {
     "segment_volume": "napari_sam.batch",
     "open_image": "napari_sam.io",
     "EmbeddingCache": "napari_sam.cache",
+    "embed_volume": "napari_sam.cache",
     "Cancelled": "napari_sam.progress",
 }
 
