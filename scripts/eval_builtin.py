@@ -54,6 +54,33 @@ def eval_set(kind: str, n: int, offset: int, shape=(256, 256)):
     return [d[0] for d in data], [d[1] for d in data]
 
 
+def tune_amg(predictor, n_images: int, points_per_side: int) -> dict:
+    """Pick AMG thresholds on selection images (seeds VAL_SEED_START + i, not the eval set).
+
+    One expensive run per image, then cheap re-filtering over a small grid.
+    """
+    from napari_sam.amg import AutomaticMaskGenerator, masks_to_labels
+    from napari_sam.training.evaluate import match_instances
+
+    ious, stabs = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.88), (0.5, 0.7, 0.8, 0.9, 0.95)
+    amg = AutomaticMaskGenerator(predictor, points_per_side=points_per_side,
+                                 pred_iou_thresh=min(ious), stability_score_thresh=min(stabs),
+                                 refilter_margin=0.0)
+    counts = {(a, b): np.zeros(3) for a in ious for b in stabs}
+    for i in range(n_images):
+        img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=VAL_SEED_START + i)
+        raw = amg.run_expensive(img)
+        for key in counts:
+            rec = amg.filter(raw, pred_iou_thresh=key[0], stability_score_thresh=key[1])
+            m = match_instances(masks_to_labels(rec, lab.shape), lab)
+            counts[key] += (m["tp"], m["fp"], m["fn"])
+    f1 = {k: float(2 * c[0] / max(1.0, 2 * c[0] + c[1] + c[2])) for k, c in counts.items()}
+    best = max(f1, key=f1.get)
+    print("amg tuning (pred_iou, stability) -> F1:", {f"{k[0]},{k[1]}": round(v, 3) for k, v in f1.items()})
+    return {"pred_iou_thresh": best[0], "stability_score_thresh": best[1], "tuning_f1": f1[best],
+            "tuned_on_seeds": [VAL_SEED_START, VAL_SEED_START + n_images]}
+
+
 def synthetic_figure(path: Path) -> None:
     """Examples of the synthetic training data (images and ground-truth outlines)."""
     import matplotlib
@@ -122,6 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--points-per-side", type=int, default=32)
     p.add_argument("--pred-iou-thresh", type=float, default=0.8)
     p.add_argument("--stability-score-thresh", type=float, default=0.9)
+    p.add_argument("--tune-amg", type=int, default=0, help="pick AMG thresholds on this many selection images")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/builtin_eval"))
     p.add_argument("--figures", type=Path, default=None, help="folder for builtin_examples.png")
@@ -159,6 +187,14 @@ def main(argv=None) -> int:
     images, labels = sets["nuclei"]
     amg_params = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
                   "stability_score_thresh": args.stability_score_thresh}
+    if args.tune_amg:
+        try:
+            tuned = tune_amg(predictor, args.tune_amg, args.points_per_side)
+            results["amg_tuning"] = tuned
+            amg_params.update(pred_iou_thresh=tuned["pred_iou_thresh"],
+                              stability_score_thresh=tuned["stability_score_thresh"])
+        except ImportError as exc:
+            results["amg_tuning"] = {"not_measured": str(exc)}
     try:
         scores, preds = automatic_scores(predictor, images[: args.n_amg], labels[: args.n_amg], **amg_params)
         results["nuclei"]["amg"] = {**scores, "params": amg_params, "n_images": min(args.n_amg, len(images))}

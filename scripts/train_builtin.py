@@ -109,6 +109,13 @@ def export(checkpoint: Path, summary: dict, args: argparse.Namespace) -> None:
         "torch": torch.__version__,
         "machine": f"{platform.machine()} CPU, {args.threads} thread(s), shared with other jobs",
     }
+    tc = checkpoint.parent / "train_config.json"
+    init_from = json.loads(tc.read_text()).get("extra", {}).get("init_from") if tc.is_file() else None
+    if init_from:  # a second stage: record the first one too
+        first = Path(init_from).parent
+        provenance["stage1"] = summary_of(first) if (first / "log.csv").is_file() else {"checkpoint": init_from}
+        provenance["steps"] += provenance["stage1"].get("steps_done", 0)
+        provenance["seconds"] += round(provenance["stage1"].get("seconds", 0) + provenance["stage1"].get("pool_seconds", 0))
     cfg_path = checkpoint.parent / "model_config.json"
     config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else builtin_config()
     pt, js = export_builtin(torch.load(checkpoint, weights_only=True), config, provenance)
@@ -129,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects-per-image", type=int, default=4)
     p.add_argument("--n-passes", type=int, default=2)
     p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="continue from this state_dict (second stage: no init, focal from step 0)")
+    p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--config", type=Path, default=None, help="model config json (default: BUILTIN_CONFIG)")
     p.add_argument("--pool-cache", type=Path, default=None, help="npz to reuse the generated pool")
     p.add_argument("--export", action="store_true", help="write src/napari_sam/data/builtin_model.*")
@@ -150,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "model_config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(args.seed)
     model = build_model(config)
+    if args.init_from is not None:
+        model.load_state_dict(torch.load(args.init_from, weights_only=True), strict=True)
     size = (config["image_size"],) * 2
     seeds = range(TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size)
     if args.pool_cache is not None and args.pool_cache.is_file():
@@ -169,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps, lr=args.lr, seed=args.seed, threads=args.threads,
         time_limit_s=args.time_limit - pool_seconds, n_images=args.n_images,
         objects_per_image=args.objects_per_image, n_passes=args.n_passes, val_every=args.val_every,
-        warmup_steps=min(100, max(1, args.steps // 10)),
+        warmup_steps=min(args.warmup, max(1, args.steps // 10)),
     )
+    if args.init_from is not None:  # stage 2: weights already localise; SAM's 20:1 from the start
+        cfg.init_gain, cfg.focal_start, cfg.focal_ramp = 0.0, 0.0, 0.0
+        cfg.extra["init_from"] = str(args.init_from)
 
     def progress(done, total, desc):
         if done % 20 == 0:
