@@ -141,6 +141,21 @@ def test_round_trip_save_load(tmp_path):
     assert not torch.allclose(_encode(build_model(config)), _encode(model))
 
 
+def test_round_trip_tiny_vit_recomputes_non_persistent_buffers(tmp_path):
+    """load_model allocates without initialisation; the offset index and pixel stats are rebuilt."""
+    config = models.get_config("vit_t")
+    config["image_encoder"]["img_size"] = config["image_size"] = 256
+    model = random_model(config)
+    path = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_model(config, checkpoint=path)
+    attn = loaded.image_encoder.layers[1].blocks[0].attn
+    ref_attn = model.image_encoder.layers[1].blocks[0].attn
+    assert torch.equal(attn.attention_bias_idxs, ref_attn.attention_bias_idxs)
+    assert torch.equal(loaded.pixel_std, model.pixel_std)
+    torch.testing.assert_close(_encode(loaded), _encode(model), rtol=0, atol=0)
+
+
 def test_wrapped_and_half_precision_checkpoints_load(tmp_path):
     config = small_config()
     model = random_model(config)

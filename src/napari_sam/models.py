@@ -408,9 +408,15 @@ def load_model(
         match_variant=lambda shapes: _matching_variant(shapes, exclude=name),
     )
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    model = build_model(config)
+    # allocate without random initialisation (seconds for vit_h): every persistent
+    # tensor is overwritten by the strict load, the others are recomputed
+    model = build_model(config, device="meta").to_empty(device="cpu")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # pragma: no cover - shapes were checked above
         raise CheckpointError(f"{path} does not fit {label}: {exc}") from exc
+    for module in model.modules():
+        reset = getattr(module, "reset_buffers", None)
+        if callable(reset):
+            reset()
     return model.to(target).eval()

@@ -56,13 +56,16 @@ class Sam(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
-        self.register_buffer(
-            "pixel_mean", torch.tensor(list(pixel_mean), dtype=torch.float32).view(-1, 1, 1), False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(list(pixel_std), dtype=torch.float32).view(-1, 1, 1), False
-        )
+        self._pixel_stats = ([float(v) for v in pixel_mean], [float(v) for v in pixel_std])
+        self.register_buffer("pixel_mean", torch.tensor(self._pixel_stats[0]).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(self._pixel_stats[1]).view(-1, 1, 1), False)
         self.config: dict[str, Any] = dict(config) if config is not None else {}
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent ``pixel_mean``/``pixel_std`` (after ``to_empty``)."""
+        device = self.prompt_encoder.no_mask_embed.weight.device
+        self.pixel_mean = torch.tensor(self._pixel_stats[0], device=device).view(-1, 1, 1)
+        self.pixel_std = torch.tensor(self._pixel_stats[1], device=device).view(-1, 1, 1)
 
     @property
     def image_size(self) -> int:

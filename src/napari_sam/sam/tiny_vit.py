@@ -108,6 +108,19 @@ class ConvLayer(nn.Module):
         return self.downsample(x) if self.downsample is not None else x
 
 
+def _offset_index(window_size: int) -> torch.Tensor:
+    """``(N, N)`` int64 id of the offset ``(|dr|, |dc|)`` between window positions, ``N = ws**2``."""
+    points = list(itertools.product(range(window_size), range(window_size)))
+    offsets: dict[tuple[int, int], int] = {}
+    idxs = [
+        offsets.setdefault((abs(p1[0] - p2[0]), abs(p1[1] - p2[1])), len(offsets))
+        for p1 in points
+        for p2 in points
+    ]
+    n = len(points)
+    return torch.tensor(idxs, dtype=torch.long).view(n, n)
+
+
 class TinyAttention(nn.Module):
     """Window self-attention with a learned bias per (|dr|, |dc|) offset.
 
@@ -122,20 +135,15 @@ class TinyAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        points = list(itertools.product(range(window_size), range(window_size)))
-        offsets: dict[tuple[int, int], int] = {}
-        idxs = []
-        for p1 in points:
-            for p2 in points:
-                off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
-                idxs.append(offsets.setdefault(off, len(offsets)))
-        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
-        n = len(points)
-        self.register_buffer(
-            "attention_bias_idxs",
-            torch.tensor(idxs, dtype=torch.long).view(n, n),
-            persistent=False,
-        )
+        self.window_size = window_size
+        idxs = _offset_index(window_size)
+        # every (|dr|, |dc|) in [0, ws)^2 occurs: ws**2 offsets
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size**2))
+        self.register_buffer("attention_bias_idxs", idxs, persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent offset index (after ``to_empty``)."""
+        self.attention_bias_idxs = _offset_index(self.window_size).to(self.attention_biases.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
