@@ -31,6 +31,7 @@ test-fast: env
 
 bench: env
 	$(VPY) benchmarks/predictor.py
+	$(VPY) benchmarks/amg.py
 	$(VPY) benchmarks/batch.py --shape 8 1024 1024 --model-seconds 0.5
 
 docs-screens: env xvfb
