@@ -30,7 +30,7 @@ import torch
 
 from napari_sam.synthetic import make_nuclei_image
 from napari_sam.training.builtin import DATA_DIR, VAL_SEED_START, builtin_config
-from napari_sam.training.evaluate import automatic_scores, disk_baseline_ious, prompted_ious
+from napari_sam.training.evaluate import automatic_scores, disk_baseline_ious, object_diameters, prompted_ious
 
 EVAL_SEED_START = VAL_SEED_START + 1000
 TARGETS = {"point_miou": 0.85, "box_miou": 0.90, "amg_f1": 0.80}
@@ -175,12 +175,22 @@ def main(argv=None) -> int:
         sets["cells"] = eval_set("cells", args.n_other, 20_000)
     for kind, (images, labels) in sets.items():
         r = {}
+        diam = object_diameters(labels)
+        bins = [(0, 10), (10, 20), (20, 40), (40, 1000)]
         for name, kw in {"point": {"prompt": "point"}, "point_center": {"prompt": "point", "mode": "center"},
                          "box": {"prompt": "box"}}.items():
             ious = prompted_ious(predictor, images, labels, **kw)
             r[f"{name}_miou"] = float(ious.mean())
             r[f"{name}_iou_median"] = float(np.median(ious))
-        r["disk_baseline_point_miou"] = float(disk_baseline_ious(labels).mean())
+            r[f"{name}_miou_by_diameter"] = {
+                f"{a}-{b}px": [float(ious[(diam >= a) & (diam < b)].mean()), int(((diam >= a) & (diam < b)).sum())]
+                for a, b in bins if ((diam >= a) & (diam < b)).any()
+            }
+        base = disk_baseline_ious(labels)
+        r["disk_baseline_point_miou"] = float(base.mean())
+        r["disk_baseline_by_diameter"] = {
+            f"{a}-{b}px": float(base[(diam >= a) & (diam < b)].mean()) for a, b in bins if ((diam >= a) & (diam < b)).any()
+        }
         r["n_images"], r["n_objects"] = len(images), int(ious.size)
         results[kind] = r
         print(kind, json.dumps(r), flush=True)
@@ -196,6 +206,8 @@ def main(argv=None) -> int:
         except ImportError as exc:
             results["amg_tuning"] = {"not_measured": str(exc)}
     try:
+        if args.n_amg < 1:
+            raise ImportError("skipped (--n-amg 0)")
         scores, preds = automatic_scores(predictor, images[: args.n_amg], labels[: args.n_amg], **amg_params)
         results["nuclei"]["amg"] = {**scores, "params": amg_params, "n_images": min(args.n_amg, len(images))}
         print("amg", json.dumps(results["nuclei"]["amg"]), flush=True)
@@ -219,6 +231,11 @@ def main(argv=None) -> int:
         r = results[kind]
         lines.append(f"| {kind} | {r['point_miou']:.3f} | {r['point_center_miou']:.3f} | {r['box_miou']:.3f} "
                      f"| {r['disk_baseline_point_miou']:.3f} | {r['n_objects']} |")
+    lines += ["", "Single-click and box mIoU by object diameter (nuclei set; disk baseline in brackets):", "",
+              "| diameter | objects | point mIoU | box mIoU | disk baseline |", "|---|---|---|---|---|"]
+    for k, (v, cnt) in nuc["point_miou_by_diameter"].items():
+        lines.append(f"| {k} | {cnt} | {v:.3f} | {nuc['box_miou_by_diameter'][k][0]:.3f} "
+                     f"| {nuc['disk_baseline_by_diameter'][k]:.3f} |")
     amg = nuc["amg"]
     if "f1" in amg:
         lines += ["", f"Automatic segmentation on {amg['n_images']} nuclei images ({amg_params}): "

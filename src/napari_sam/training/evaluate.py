@@ -16,6 +16,7 @@ from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, 
 from napari_sam.synthetic import boxes_from_labels, sample_point_prompts
 
 __all__ = [
+    "object_diameters",
     "prompted_ious",
     "disk_baseline_ious",
     "match_instances",
@@ -26,6 +27,22 @@ __all__ = [
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def object_diameters(labels: Sequence[np.ndarray]) -> np.ndarray:
+    """Equivalent-disk diameter of every object, in the order of :func:`prompted_ious`.
+
+    Returns
+    -------
+    (N,) float64 ndarray (pixels)
+    """
+    out = []
+    for lab in labels:
+        ids = np.unique(lab)
+        ids = ids[ids > 0]
+        if ids.size:
+            out.append(2 * np.sqrt(ndi.sum_labels(np.ones_like(lab), lab, ids) / np.pi))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def prompted_ious(
