@@ -17,6 +17,8 @@ _LAZY = {
     "Sam": "napari_sam.sam.model",
     "load_model": "napari_sam.models",
     "available_models": "napari_sam.models",
+    "fetch_checkpoint": "napari_sam.models",
+    "CheckpointError": "napari_sam.models",
     "resolve_device": "napari_sam.models",
     "Predictor": "napari_sam.predictor",
     "estimate_contrast_limits": "napari_sam.normalize",
