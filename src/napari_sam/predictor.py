@@ -167,6 +167,7 @@ class Predictor:
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         self._features: torch.Tensor | None = None
+        self._decoder_cache: Any = None  # (features, image_pe, no-mask DecoderImageCache)
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -224,6 +225,7 @@ class Predictor:
         self._features = features
         self.original_size = original_size
         self.input_size = (new_h, new_w)
+        self._image_cache()
 
     def get_embedding(self) -> Embedding:
         """Return the current embedding (features copied to a numpy float32 array)."""
@@ -278,6 +280,24 @@ class Predictor:
         self._features = torch.as_tensor(features, dtype=torch.float32, device=self.device).clone()
         self.original_size = original
         self.input_size = preprocess_shape(original, self.image_size)
+        self._image_cache()
+
+    def _image_cache(self) -> tuple[torch.Tensor, Any]:
+        """Dense positional encoding and the decoder's no-mask image state, once per image.
+
+        Computed at ``set_image``/``set_embedding`` and dropped by
+        ``reset_image``; rebuilt if ``_features`` was replaced otherwise.
+        """
+        features = self._require_image()
+        cache = self._decoder_cache
+        if cache is None or cache[0] is not features:
+            with torch.inference_mode():
+                encoder = self.model.prompt_encoder
+                image_pe = encoder.get_dense_pe()
+                _, no_mask = encoder(points=None, boxes=None, masks=None)
+                prepared = self.model.mask_decoder.prepare_image(features, image_pe, no_mask)
+            cache = self._decoder_cache = (features, image_pe, prepared)
+        return cache[1], cache[2]
 
     # ---------------------------------------------------------------- prompts
     def _to_model_xy(self, coords_rc: np.ndarray) -> np.ndarray:
@@ -310,10 +330,15 @@ class Predictor:
         masks = None
         if mask_input is not None:
             masks = torch.as_tensor(mask_input, dtype=torch.float, device=dev)
+        image_pe, no_mask_cache = self._image_cache()
+        decoder = self.model.mask_decoder
+        if masks is None:  # dense prompt = "no mask": the image part is cached
+            sparse = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)[0]
+            return decoder(None, None, sparse, None, bool(multimask), image_cache=no_mask_cache)
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        low_res, scores = self.model.mask_decoder(
+        low_res, scores = decoder(
             image_embeddings=self._require_image(),
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=bool(multimask),
@@ -455,5 +480,8 @@ class Predictor:
         size = self.image_size
         up = F.interpolate(logits[:, None], (size, size), mode="bilinear", align_corners=False)
         up = up[..., : self.input_size[0], : self.input_size[1]]
-        up = F.interpolate(up, self.original_size, mode="bilinear", align_corners=False)
+        if tuple(up.shape[-2:]) != tuple(self.original_size):
+            up = F.interpolate(up, self.original_size, mode="bilinear", align_corners=False)
+        # else: bilinear resize to the same size is the identity (source pixel
+        # (i + 0.5) * 1 - 0.5 = i, weight exactly 1), so it is skipped
         return up[:, 0]

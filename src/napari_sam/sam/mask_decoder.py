@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from napari_sam.sam.common import MLP, LayerNorm2d
 from napari_sam.sam.transformer import TwoWayTransformer
+
+
+@dataclass(frozen=True)
+class DecoderImageCache:
+    """Prompt-independent decoder state of one image (see :meth:`MaskDecoder.prepare_image`).
+
+    Attributes
+    ----------
+    prepared : dict
+        :meth:`TwoWayTransformer.prepare_image` output: channels-last image
+        tokens ``(b, h*w, C)``, their positional encoding and the first block's
+        image-side projections.
+    batch : int
+        ``b``: 1 (shared by every prompt set) or the number of prompt sets.
+    size : (int, int)
+        ``(h, w)`` of the embedding grid.
+    """
+
+    prepared: dict
+    batch: int
+    size: tuple[int, int]
 
 
 class MaskDecoder(nn.Module):
@@ -58,13 +81,15 @@ class MaskDecoder(nn.Module):
 
     def forward(
         self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
+        image_embeddings: torch.Tensor | None,
+        image_pe: torch.Tensor | None,
         sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor | None,
         multimask_output: bool,
+        *,
+        image_cache: DecoderImageCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode masks.
+        """Decode masks (the official signature, plus an optional per-image cache).
 
         Parameters
         ----------
@@ -78,6 +103,10 @@ class MaskDecoder(nn.Module):
             ``(B, C, h, w)`` or ``(1, C, h, w)``.
         multimask_output : bool
             Return the ``num_multimask_outputs`` masks (True) or the single one.
+        image_cache : DecoderImageCache, optional
+            :meth:`prepare_image` of ``(image_embeddings, image_pe,
+            dense_prompt_embeddings)``; when given, those three are not used
+            (pass None) and the image-only work is not repeated.  Same results.
 
         Returns
         -------
@@ -86,11 +115,51 @@ class MaskDecoder(nn.Module):
         iou_pred : torch.Tensor
             ``(B, M)`` float32 predicted IoU.
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
+        if image_cache is None:
+            masks, iou_pred = self.predict_masks(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            )
+        else:
+            masks, iou_pred = self._predict_prepared(image_cache, sparse_prompt_embeddings)
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou_pred[:, sl]
+
+    def prepare_image(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> DecoderImageCache:
+        """Compute the prompt-independent part of the decoder once per image.
+
+        With no mask prompt the dense prompt embedding is the same for every
+        click, so the image tokens, their positional encoding and the first
+        transformer block's image projections can be reused by every
+        decoding call until the image changes: pass it as
+        ``forward(..., image_cache=cache)``.
+
+        Parameters
+        ----------
+        image_embeddings : torch.Tensor
+            ``(1, C, h, w)`` or ``(B, C, h, w)`` float32.
+        image_pe : torch.Tensor
+            ``(1, C, h, w)`` dense positional encoding (``get_dense_pe()``).
+        dense_prompt_embeddings : torch.Tensor
+            ``(1, C, h, w)`` (e.g. the "no mask" embedding) or ``(B, C, h, w)``.
+
+        Returns
+        -------
+        DecoderImageCache
+        """
+        dense = dense_prompt_embeddings
+        if dense.shape[0] > 1 and dense.stride(0) == 0:
+            dense = dense[:1]  # the same "no mask" embedding for every prompt set
+        # batch 1 here when one image and no mask inputs: the transformer then
+        # shares the image-only work across all prompt sets instead of copying
+        src = image_embeddings + dense
+        h, w = src.shape[2:]
+        prepared = self.transformer.prepare_image(src, image_pe)
+        return DecoderImageCache(prepared=prepared, batch=src.shape[0], size=(int(h), int(w)))
 
     def predict_masks(
         self,
@@ -101,23 +170,29 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks ``(B, M+1, 4h, 4w)`` and IoUs ``(B, M+1)``."""
         bs = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat(
-            [output_tokens.unsqueeze(0).expand(bs, -1, -1), sparse_prompt_embeddings], dim=1
-        )
         if image_embeddings.shape[0] not in (1, bs):
             raise ValueError(
                 f"image_embeddings has batch {image_embeddings.shape[0]} but there are {bs} "
                 "prompt sets; pass one embedding or one per prompt set."
             )
-        dense = dense_prompt_embeddings
-        if dense.shape[0] > 1 and dense.stride(0) == 0:
-            dense = dense[:1]  # the same "no mask" embedding for every prompt set
-        # batch 1 here when one image and no mask inputs: the transformer then
-        # shares the image-only work across all prompt sets instead of copying
-        src = image_embeddings + dense
-        h, w = src.shape[2:]
-        hs, keys = self.transformer(src, image_pe, tokens)
+        cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
+        return self._predict_prepared(cache, sparse_prompt_embeddings)
+
+    def _predict_prepared(
+        self, cache: DecoderImageCache, sparse_prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        bs = sparse_prompt_embeddings.shape[0]
+        if cache.batch not in (1, bs):
+            raise ValueError(
+                f"the prepared image has batch {cache.batch} but there are {bs} prompt sets; "
+                "prepare one image or one per prompt set."
+            )
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(bs, -1, -1), sparse_prompt_embeddings], dim=1
+        )
+        h, w = cache.size
+        hs, keys = self.transformer.forward_prepared(cache.prepared, tokens)
         if keys.shape[0] != bs:  # depth-0 transformer: nothing made the keys per prompt
             keys = keys.expand(bs, -1, -1)
         iou_token_out = hs[:, 0, :]

@@ -40,13 +40,16 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``q`` (B, Nq, C), ``k``/``v`` (B, Nk, C) -> (B, Nq, C) float32.
+    def project(self, x: torch.Tensor, which: str) -> torch.Tensor:
+        """Project ``x`` (B, N, C) with ``q_proj``/``k_proj``/``v_proj`` into heads (B, H, N, C'/H)."""
+        return self._heads(getattr(self, f"{which}_proj")(x))
 
-        Inputs with batch 1 are projected once and broadcast against the others
-        (one image shared by many prompt sets).
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of already projected heads (B, H, N, d) -> (B, Nq, C) float32.
+
+        Heads with batch 1 are broadcast against the others (one image shared
+        by many prompt sets) without copying.
         """
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         b = max(q.shape[0], k.shape[0], v.shape[0])
         if q.shape[0] != b:
             q = q.expand(b, -1, -1, -1)
@@ -57,6 +60,14 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         n = out.shape[2]
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``q`` (B, Nq, C), ``k``/``v`` (B, Nk, C) -> (B, Nq, C) float32.
+
+        Inputs with batch 1 are projected once and broadcast against the others
+        (one image shared by many prompt sets).
+        """
+        return self.attend(self.project(q, "q"), self.project(k, "k"), self.project(v, "v"))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -81,10 +92,45 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The projections of the image tokens that do not depend on the prompt.
+
+        They are the keys and values of the token->image attention
+        (``keys + key_pe`` and ``keys``) and the queries of the image->token
+        attention (``keys + key_pe``), valid as long as ``keys`` is the block's
+        input, i.e. in the first block of the transformer.
+
+        Parameters
+        ----------
+        keys, key_pe : torch.Tensor
+            ``(B, h*w, C)`` float32 image tokens and their positional encoding.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``(k, v, q_image)`` heads, each ``(B, heads, h*w, d)``.
+        """
+        k = keys + key_pe
+        return (
+            self.cross_attn_token_to_image.project(k, "k"),
+            self.cross_attn_token_to_image.project(keys, "v"),
+            self.cross_attn_image_to_token.project(k, "q"),
+        )
+
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        *,
+        image_heads: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update ``queries`` (B, Nq, C) and ``keys`` (B, Nk, C)."""
+        """Update ``queries`` (B, Nq, C) and ``keys`` (B, Nk, C).
+
+        ``image_heads``, the result of :meth:`project_image` for these ``keys``
+        and ``key_pe``, skips recomputing the prompt-independent projections.
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -92,13 +138,18 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        if image_heads is None:
+            image_heads = self.project_image(keys, key_pe)
+        k_heads, v_heads, q_image_heads = image_heads
+        t2i = self.cross_attn_token_to_image
+        q = t2i.project(queries + query_pe, "q")
+        queries = self.norm2(queries + t2i.attend(q, k_heads, v_heads))
         queries = self.norm3(queries + self.mlp(queries))
 
+        i2t = self.cross_attn_image_to_token
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        attn = i2t.attend(q_image_heads, i2t.project(q, "k"), i2t.project(queries, "v"))
+        keys = self.norm4(keys + attn)
         return queries, keys
 
 
@@ -140,6 +191,42 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> dict:
+        """Everything of the transformer that depends only on the image.
+
+        Parameters
+        ----------
+        image_embedding, image_pe : torch.Tensor
+            ``(B, C, h, w)`` or ``(1, C, h, w)`` float32 (the image embedding
+            with the dense prompt embedding already added, and its positional
+            encoding).
+
+        Returns
+        -------
+        dict
+            ``keys`` and ``key_pe`` ``(B, h*w, C)`` channels-last tokens and
+            ``first`` (the first block's :meth:`TwoWayAttentionBlock.project_image`,
+            None for a depth-0 transformer); pass it to :meth:`forward_prepared`.
+        """
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        first = self.layers[0].project_image(keys, key_pe) if len(self.layers) else None
+        return {"keys": keys, "key_pe": key_pe, "first": first}
+
+    def forward_prepared(
+        self, prepared: dict, point_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with the image part from :meth:`prepare_image` (reusable across prompts)."""
+        keys, key_pe = prepared["keys"], prepared["key_pe"]
+        queries = point_embedding
+        for i, layer in enumerate(self.layers):
+            heads = prepared["first"] if i == 0 else None
+            queries, keys = layer(queries, keys, point_embedding, key_pe, image_heads=heads)
+        q = queries + point_embedding
+        k = keys + key_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        return queries, keys
+
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,12 +247,4 @@ class TwoWayTransformer(nn.Module):
         keys : torch.Tensor
             ``(B, h * w, C)`` processed image tokens.
         """
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
-        q = queries + point_embedding
-        k = keys + key_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
-        return queries, keys
+        return self.forward_prepared(self.prepare_image(image_embedding, image_pe), point_embedding)
