@@ -1,0 +1,200 @@
+"""The per-image caches of the interactive click give the uncached results.
+
+``Predictor.predict`` reuses, per image, the dense positional encoding, the
+"no mask" dense embedding and the first transformer block's image-side
+projections (``MaskDecoder.prepare_image``), and skips the identity resize in
+``upsample_logits``.  These tests compare with a decoder written here in the
+structure of the official ``segment_anything`` code (every projection computed
+per call, image embedding repeated per prompt set, two interpolations), using
+the model's weights.  The official-code agreement itself is checked on the
+fixtures by ``test_predictor_reference.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_sam.predictor import Embedding, Predictor
+from napari_sam.sam.build import build_model
+
+CONFIG = {
+    "image_encoder": {
+        "type": "vit", "embed_dim": 32, "depth": 1, "num_heads": 2, "global_attn_indexes": [0],
+        "window_size": 4, "patch_size": 16, "img_size": 128, "mlp_ratio": 2.0, "out_chans": 32,
+    },
+    "prompt_embed_dim": 32,
+    "image_size": 128,
+    "mask_in_chans": 4,
+    "decoder": {
+        "depth": 2, "mlp_dim": 32, "num_heads": 2, "num_multimask_outputs": 3,
+        "iou_head_depth": 3, "iou_head_hidden_dim": 16,
+    },
+}
+
+
+# ---------------------------------------------------------------- reference
+def _attention(attn, q, k, v):
+    """Official ``Attention.forward``: separate heads, softmax(q k^T / sqrt(d)) v."""
+    def heads(x):
+        b, n, c = x.shape
+        return x.reshape(b, n, attn.num_heads, c // attn.num_heads).transpose(1, 2)
+
+    q, k, v = heads(attn.q_proj(q)), heads(attn.k_proj(k)), heads(attn.v_proj(v))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / np.sqrt(q.shape[-1]), dim=-1)
+    out = (weights @ v).transpose(1, 2)
+    return attn.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
+
+
+def _reference_decoder(model, features, sparse, dense, multimask):
+    """Official ``MaskDecoder.forward`` structure with the weights of ``model``."""
+    dec = model.mask_decoder
+    tr = dec.transformer
+    pe = model.prompt_encoder.get_dense_pe()
+    bs = sparse.shape[0]
+    out_tok = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tok[None].expand(bs, -1, -1), sparse], dim=1)
+    src = torch.repeat_interleave(features, bs, dim=0) + dense
+    pos = torch.repeat_interleave(pe, bs, dim=0)
+    b, c, h, w = src.shape
+    keys = src.flatten(2).permute(0, 2, 1)
+    key_pe = pos.flatten(2).permute(0, 2, 1)
+    queries = tokens
+    for i, layer in enumerate(tr.layers):
+        if i == 0:
+            queries = layer.self_attn(queries, queries, queries)
+        else:
+            q = queries + tokens
+            queries = queries + _attention(layer.self_attn, q, q, queries)
+        queries = layer.norm1(queries)
+        q, k = queries + tokens, keys + key_pe
+        queries = layer.norm2(queries + _attention(layer.cross_attn_token_to_image, q, k, keys))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q, k = queries + tokens, keys + key_pe
+        keys = layer.norm4(keys + _attention(layer.cross_attn_image_to_token, k, q, queries))
+    q, k = queries + tokens, keys + key_pe
+    queries = tr.norm_final_attn(queries + _attention(tr.final_attn_token_to_image, q, k, keys))
+    up = dec.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack(
+        [mlp(queries[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
+    )
+    masks = (hyper @ up.flatten(2)).view(b, -1, *up.shape[2:])
+    iou = dec.iou_prediction_head(queries[:, 0])
+    sl = slice(1, None) if multimask else slice(0, 1)
+    return masks[:, sl], iou[:, sl]
+
+
+def _reference_predict(predictor, points_rc, labels, multimask=True):
+    """Official ``SamPredictor.predict`` structure: prompts -> decoder -> 2 interpolations."""
+    model = predictor.model
+    (oh, ow), (nh, nw) = predictor.original_size, predictor.input_size
+    rc = np.asarray(points_rc, dtype=np.float64)
+    xy = np.stack([rc[:, 1] * nw / ow, rc[:, 0] * nh / oh], axis=-1)
+    coords = torch.as_tensor(xy, dtype=torch.float)[None]
+    lab = torch.as_tensor(labels, dtype=torch.int)[None]
+    sparse, dense = model.prompt_encoder(points=(coords, lab), boxes=None, masks=None)
+    low, iou = _reference_decoder(model, predictor.features, sparse, dense, multimask)
+    size = predictor.image_size
+    up = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
+    up = F.interpolate(up[..., :nh, :nw], (oh, ow), mode="bilinear", align_corners=False)
+    return up[0], iou[0], low[0]
+
+
+def _predictor(seed=0):
+    torch.manual_seed(seed)
+    return Predictor(build_model(CONFIG), device="cpu")
+
+
+def _image(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+
+
+# -------------------------------------------------------------------- tests
+@pytest.mark.parametrize("shape", [(128, 128), (50, 80)])  # identity resize / real resize
+def test_cached_click_equals_official_structure(shape):
+    predictor = _predictor()
+    predictor.set_image(_image(shape))
+    rng = np.random.default_rng(1)
+    with torch.inference_mode():
+        for n in (1, 3):
+            points = rng.uniform(0, np.array(shape) - 1, size=(n, 2))
+            labels = rng.integers(0, 2, size=n)
+            for multimask in (True, False):
+                masks, scores, logits = predictor.predict(points, labels, multimask=multimask)
+                ref_up, ref_iou, ref_low = _reference_predict(predictor, points, labels, multimask)
+                np.testing.assert_allclose(logits, ref_low.numpy(), atol=1e-5, rtol=0)
+                np.testing.assert_allclose(scores, ref_iou.numpy(), atol=1e-5, rtol=0)
+                ref_masks = (ref_up > predictor.mask_threshold).numpy()
+                near_zero = np.abs(ref_up.numpy()) < 1e-4  # a rounding may flip these
+                assert masks.shape == ref_masks.shape
+                assert np.array_equal(masks[~near_zero], ref_masks[~near_zero])
+
+
+def test_prepared_decoder_equals_forward_without_cache():
+    """``forward(..., image_cache=prepare_image(...))`` == the uncached ``forward``."""
+    model = _predictor().model
+    torch.manual_seed(3)
+    features = torch.randn(1, 32, 8, 8)
+    pe = model.prompt_encoder.get_dense_pe()
+    coords = torch.rand(4, 2, 2) * 128
+    labels = torch.tensor([[1, 0], [1, -1], [0, 1], [1, 1]], dtype=torch.int)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        cache = model.mask_decoder.prepare_image(features, pe, dense[:1])
+        for multimask in (True, False):
+            low, iou = model.mask_decoder(None, None, sparse, None, multimask, image_cache=cache)
+            ref_low, ref_iou = _reference_decoder(model, features, sparse, dense, multimask)
+            plain_low, plain_iou = model.mask_decoder(features, pe, sparse, dense, multimask)
+            torch.testing.assert_close(low, ref_low, atol=1e-5, rtol=0)
+            torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=0)
+            torch.testing.assert_close(low, plain_low, atol=1e-5, rtol=0)
+            torch.testing.assert_close(iou, plain_iou, atol=1e-5, rtol=0)
+
+
+def test_cache_follows_the_image():
+    """After set_image / set_embedding / reset_image no stale cache is used."""
+    first, second = _image((60, 90), seed=1), _image((70, 40), seed=2)
+    predictor = _predictor()
+    fresh = _predictor()
+    point, label = np.array([[20.0, 30.0]]), np.array([1])
+    predictor.set_image(first)
+    predictor.predict(point, label)  # fills the cache of the first image
+    predictor.set_image(second)
+    fresh.set_image(second)
+    for got, want in zip(predictor.predict(point, label), fresh.predict(point, label)):
+        np.testing.assert_array_equal(got, want)
+    fresh.set_image(first)
+    embedding = fresh.get_embedding()
+    predictor.set_embedding(embedding)
+    for got, want in zip(predictor.predict(point, label), fresh.predict(point, label)):
+        np.testing.assert_array_equal(got, want)
+    predictor.reset_image()
+    assert predictor._decoder_cache is None
+    with pytest.raises(ValueError, match="no image is set"):
+        predictor.predict(point, label)
+
+
+def test_identity_resize_skip_is_exact():
+    predictor = _predictor()
+    predictor.set_image(_image((128, 128)))
+    low = torch.randn(3, 32, 32)
+    up = F.interpolate(low[:, None], (128, 128), mode="bilinear", align_corners=False)
+    twice = F.interpolate(up, (128, 128), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(predictor.upsample_logits(low), twice, atol=0, rtol=0)
+
+
+def test_batch_with_cache_equals_single_clicks():
+    predictor = _predictor()
+    predictor.set_image(_image((50, 80)))
+    rng = np.random.default_rng(4)
+    points = rng.uniform([0, 0], [49, 79], size=(5, 2, 2))
+    labels = np.array([[1, 0], [1, 1], [0, 1], [1, 1], [0, 0]])
+    out = predictor.predict_batch(points, labels, multimask=True)
+    for b in range(5):
+        masks, scores, logits = predictor.predict(points[b], labels[b])
+        np.testing.assert_allclose(out.low_res_logits[b].numpy(), logits, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out.scores[b].numpy(), scores, atol=1e-5, rtol=0)
+        agree = np.mean((out.mask_logits[b] > 0).numpy() == masks)
+        assert agree >= 0.999
