@@ -116,13 +116,20 @@ class MaskDecoder(nn.Module):
             ``(B, M)`` float32 predicted IoU.
         """
         if image_cache is None:
-            masks, iou_pred = self.predict_masks(
-                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-            )
-        else:
-            masks, iou_pred = self._predict_prepared(image_cache, sparse_prompt_embeddings)
+            self._check_batch(image_embeddings, sparse_prompt_embeddings)
+            image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
+        # only the returned masks are upscaled (the others are dropped anyway)
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sl], iou_pred[:, sl]
+        return self._predict_prepared(image_cache, sparse_prompt_embeddings, sl)
+
+    @staticmethod
+    def _check_batch(image_embeddings: torch.Tensor, sparse_prompt_embeddings: torch.Tensor) -> None:
+        bs = sparse_prompt_embeddings.shape[0]
+        if image_embeddings.shape[0] not in (1, bs):
+            raise ValueError(
+                f"image_embeddings has batch {image_embeddings.shape[0]} but there are {bs} "
+                "prompt sets; pass one embedding or one per prompt set."
+            )
 
     def prepare_image(
         self,
@@ -169,18 +176,14 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks ``(B, M+1, 4h, 4w)`` and IoUs ``(B, M+1)``."""
-        bs = sparse_prompt_embeddings.shape[0]
-        if image_embeddings.shape[0] not in (1, bs):
-            raise ValueError(
-                f"image_embeddings has batch {image_embeddings.shape[0]} but there are {bs} "
-                "prompt sets; pass one embedding or one per prompt set."
-            )
+        self._check_batch(image_embeddings, sparse_prompt_embeddings)
         cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
-        return self._predict_prepared(cache, sparse_prompt_embeddings)
+        return self._predict_prepared(cache, sparse_prompt_embeddings, slice(None))
 
     def _predict_prepared(
-        self, cache: DecoderImageCache, sparse_prompt_embeddings: torch.Tensor
+        self, cache: DecoderImageCache, sparse_prompt_embeddings: torch.Tensor, outputs: slice
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks ``(B, M', 4h, 4w)`` and IoUs ``(B, M')`` of the mask tokens ``outputs``."""
         bs = sparse_prompt_embeddings.shape[0]
         if cache.batch not in (1, bs):
             raise ValueError(
@@ -197,12 +200,12 @@ class MaskDecoder(nn.Module):
             keys = keys.expand(bs, -1, -1)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        wanted = range(self.num_mask_tokens)[outputs]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
-        )  # (B, M+1, C/8)
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in wanted], dim=1
+        )  # (B, M', C/8)
         masks = self._upscale_and_project(keys, hyper_in, h, w)
-        iou_pred = self.iou_prediction_head(iou_token_out)
+        iou_pred = self.iou_prediction_head(iou_token_out)[:, outputs]
         return masks, iou_pred
 
     def _upscale_and_project(
@@ -237,7 +240,9 @@ class MaskDecoder(nn.Module):
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
         z = act2(torch.addmm(conv2.bias.repeat(4), y, w2))  # rows (B,i,j,a,b), cols (c,d,ch)
         m = hyper_in.shape[1]
-        logits = torch.bmm(z.view(b, h * w * 16, c2), hyper_in.transpose(1, 2))
+        # (B, M, pixels): mask planes first, so the raster permute below moves
+        # contiguous pairs of pixels instead of gathering every M-th value
+        logits = torch.bmm(hyper_in, z.view(b, h * w * 16, c2).transpose(1, 2))
         # pixel (4i + 2a + c, 4j + 2b + d)
-        logits = logits.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        logits = logits.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
         return logits.reshape(b, m, 4 * h, 4 * w)
