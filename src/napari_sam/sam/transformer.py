@@ -66,11 +66,14 @@ class Attention(nn.Module):
 
         Inputs with batch 1 are projected once and broadcast against the others
         (one image shared by many prompt sets).  With few queries (prompt
-        tokens attending to image tokens) :meth:`_few_queries` is used: the same
-        function, computed in the input space of the keys.
+        tokens attending to image tokens) :meth:`_few_queries` is used, with few
+        keys (image tokens attending to prompt tokens) :meth:`_few_keys`: the
+        same function, computed in the input space of the many tokens.
         """
         if self.num_heads * q.shape[1] < self.internal_dim and k.shape[1] > self.internal_dim:
             return self._few_queries(q, k, v)
+        if self.num_heads * k.shape[1] < self.internal_dim and q.shape[1] > self.internal_dim:
+            return self._few_keys(q, k, v)
         return self.attend(self.project(q, "q"), self.project(k, "k"), self.project(v, "v"))
 
     def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -95,6 +98,31 @@ class Attention(nn.Module):
         wv = self.v_proj.weight.view(heads, d, c)
         out = torch.matmul(ctx, wv.transpose(1, 2)) + self.v_proj.bias.view(heads, 1, d)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
+
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention without projecting the ``Nq`` queries (``Nk * heads`` small).
+
+        ``(W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h`` and the
+        output projection distributes over heads,
+        ``out = sum_h A_h (v_h W_o,h^T) + b_o``, so the two ``(Nq, C) x (C, C')``
+        products become products with ``Nk * heads`` columns.  Equal to
+        :meth:`attend` up to float rounding.
+        """
+        heads, d = self.num_heads, self.internal_dim // self.num_heads
+        kh = self.project(k, "k") * d**-0.5  # (B, H, Nk, d)
+        vh = self.project(v, "v")
+        b, _, nk, _ = kh.shape
+        c = q.shape[-1]
+        wq = self.q_proj.weight.view(heads, d, c)
+        q_to_k = torch.matmul(kh, wq)  # (B, H, Nk, C)
+        bias = torch.matmul(kh, self.q_proj.bias.view(heads, d, 1))  # (B, H, Nk, 1)
+        scores = torch.baddbmm(
+            bias.reshape(b, 1, heads * nk), q, q_to_k.reshape(b, heads * nk, c).transpose(1, 2)
+        )  # (B, Nq, H*Nk)
+        attn = torch.softmax(scores.view(b, -1, heads, nk), dim=-1)
+        wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # (H, C_out, d)
+        value_out = torch.matmul(vh, wo.transpose(1, 2)).reshape(b, heads * nk, -1)
+        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.reshape(b, -1, heads * nk), value_out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -165,15 +193,20 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         if image_heads is None:
-            image_heads = self.project_image(keys, key_pe)
+            q = queries + query_pe
+            k = keys + key_pe
+            queries = self.norm2(queries + t2i(q, k, keys))
+            queries = self.norm3(queries + self.mlp(queries))
+            q = queries + query_pe
+            keys = self.norm4(keys + i2t(k, q, queries))
+            return queries, keys
+
         k_heads, v_heads, q_image_heads = image_heads
-        t2i = self.cross_attn_token_to_image
         q = t2i.project(queries + query_pe, "q")
         queries = self.norm2(queries + t2i.attend(q, k_heads, v_heads))
         queries = self.norm3(queries + self.mlp(queries))
-
-        i2t = self.cross_attn_image_to_token
         q = queries + query_pe
         attn = i2t.attend(q_image_heads, i2t.project(q, "k"), i2t.project(queries, "v"))
         keys = self.norm4(keys + attn)
