@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from napari_sam.predictor import Predictor
+from napari_sam.predictor import Embedding, Predictor, preprocess_shape
 from napari_sam.sam.build import build_model
 
 #: Official SamPredictor on CPU as quoted in the issue (another run, another machine).
@@ -58,14 +58,59 @@ def _measure(set_image: Callable[[], Any], click: Callable[[], Any], args: argpa
     }
 
 
+def _click_breakdown(predictor: Predictor, point: np.ndarray, args: argparse.Namespace) -> dict:
+    """Cold/warm click latency and its split into decoder and postprocessing, in ms.
+
+    cold: ``set_embedding`` (which prepares the per-image decoder cache) followed
+    by the first ``predict``; warm: later clicks on the same image; decoder:
+    prompt encoder + mask decoder (``predict_batch(..., upsample=False)``);
+    postprocessing: upsampling to the original size and thresholding.
+    """
+    label = np.array([1])
+    embedding = predictor.get_embedding()
+
+    def cold() -> None:
+        predictor.set_embedding(embedding)
+        predictor.predict(point, label, multimask=True)
+
+    def decoder() -> Any:
+        return predictor.predict_batch(point[None], label[None], multimask=True, upsample=False)
+
+    low_res = decoder().low_res_logits[0]
+
+    def post() -> None:
+        with torch.inference_mode():
+            (predictor.upsample_logits(low_res) > predictor.mask_threshold).cpu().numpy()
+
+    reps = args.predict_repeats
+    return {
+        "cold_click_ms": 1000 * _median_time(cold, max(3, reps // 4))[0],
+        "warm_click_ms": 1000 * _median_time(lambda: predictor.predict(point, label), reps, warmup=2)[0],
+        "decoder_ms": 1000 * _median_time(decoder, reps, warmup=2)[0],
+        "postprocess_ms": 1000 * _median_time(post, reps, warmup=2)[0],
+    }
+
+
 def _ours(model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -> dict:
     predictor = Predictor(model, device=args.device)
     point = np.array([[image.shape[0] / 2, image.shape[1] / 2]])  # (row, col)
-    return _measure(
+    if args.clicks_only:  # random features instead of the encoder: click timings only
+        predictor.set_image(np.zeros((8, 8, 3), np.uint8))
+        embedding = predictor.get_embedding()
+        features = np.random.default_rng(0).standard_normal(embedding.features.shape)
+        predictor.set_embedding(Embedding(
+            features.astype(np.float32), image.shape[:2],
+            preprocess_shape(image.shape[:2], predictor.image_size),
+            predictor.image_size, predictor.model_id,
+        ))
+        return _click_breakdown(predictor, point, args)
+    row = _measure(
         lambda: predictor.set_image(image),
         lambda: predictor.predict(point, np.array([1]), multimask=True),
         args,
     )
+    row.update(_click_breakdown(predictor, point, args))
+    return row
 
 
 def _official(name: str, model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -> dict | None:
@@ -99,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024, help="side of the square RGB test image")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--clicks-only", action="store_true",
+                        help="skip the encoder (random features): click timings only, no official run")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.predict_repeats < 1:
@@ -121,11 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         model = build_model(name)
         row = {"model": name, "ours": _ours(model, image, args)}
+        ours = row["ours"]
+        print(f"{name:8s} ours     click: cold {ours['cold_click_ms']:.1f} ms, warm {ours['warm_click_ms']:.1f} ms"
+              f" = decoder {ours['decoder_ms']:.1f} ms + postprocessing {ours['postprocess_ms']:.1f} ms")
+        if args.clicks_only:
+            results.append(row)
+            continue
         official = _official(name, model, image, args)
         if official is not None:
             row["official"] = official
         results.append(row)
-        ours = row["ours"]
         print(f"{name:8s} ours     set_image {ours['set_image_s']:8.2f} s   predict {ours['predict_ms']:8.1f} ms"
               f"   (CPU time of all threads: {ours['set_image_cpu_s']:.2f} s, {ours['predict_cpu_ms']:.1f} ms)")
         if official is not None:
