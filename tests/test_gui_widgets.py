@@ -186,3 +186,20 @@ def test_alt_click_adds_a_negative_point(viewer, qtbot, monkeypatch):
     widget.points_layer.add([[30.0, 30.0]])
     assert widget.points_layer.features["prompt"].tolist() == ["positive", "negative", "positive"]
     np.testing.assert_allclose(widget.points_layer.face_color[1, :3], [1, 0, 0])  # red
+
+
+def test_automatic_widget_uses_the_models_recommended_thresholds(viewer):
+    from napari_sam._napari.automatic import DEFAULT_PARAMS
+    from napari_sam.models import builtin_available, recommended_amg_params
+
+    assert builtin_available()  # the package ships the built-in model
+    widget = _open(viewer, AUTOMATIC)  # stand-in model: the widget's microscopy defaults
+    assert widget.pred_iou_thresh.value == DEFAULT_PARAMS["pred_iou_thresh"]
+    widget.model_combo.value = "builtin"
+    shipped = recommended_amg_params("builtin")
+    assert shipped["pred_iou_thresh"] < DEFAULT_PARAMS["pred_iou_thresh"]
+    assert widget.pred_iou_thresh.value == pytest.approx(shipped["pred_iou_thresh"])
+    assert widget.stability_score_thresh.value == pytest.approx(shipped["stability_score_thresh"])
+    widget.model_combo.value = "vit_b"  # official models: back to the defaults
+    assert widget.pred_iou_thresh.value == DEFAULT_PARAMS["pred_iou_thresh"]
+    assert recommended_amg_params("vit_b") == {}

@@ -296,12 +296,9 @@ def _overlay(image: np.ndarray, labels: np.ndarray) -> Any:
 def _builtin_amg() -> dict:
     """Recommended AMG parameters shipped with the built-in model (its json's "amg" entry), if any."""
     try:
-        from napari_sam.models import BUILTIN_JSON
+        from napari_sam.models import recommended_amg_params
 
-        import json
-
-        meta = json.loads(Path(BUILTIN_JSON).read_text())
-        return dict(meta.get("amg", {})) if isinstance(meta.get("amg", {}), dict) else {}
+        return recommended_amg_params("builtin")
     except (ImportError, OSError, ValueError):
         return {}
 

@@ -195,6 +195,21 @@ def _builtin_spec() -> ModelSpec:
     )
 
 
+def recommended_amg_params(name: str) -> dict[str, Any]:
+    """Automatic-generation thresholds recommended for a registry model.
+
+    SAM's defaults (``pred_iou_thresh=0.88``, ``stability_score_thresh=0.95``)
+    suit the official models.  The small built-in model predicts lower IoU
+    scores and ships tuned values in its json's ``"amg"`` entry; every other
+    name returns ``{}`` (use the defaults).
+    """
+    if name != "builtin" or not builtin_available():
+        return {}
+    meta = json.loads(BUILTIN_JSON.read_text(encoding="utf-8"))
+    amg = meta.get("amg", {})
+    return dict(amg) if isinstance(amg, dict) else {}
+
+
 def get_spec(name: str) -> ModelSpec:
     """Registry entry for ``name``; ValueError listing the known names otherwise."""
     if name == "builtin":

@@ -28,6 +28,7 @@ from napari_sam._napari.automatic import DEFAULT_PARAMS, THRESHOLDS, AutomaticSe
 from napari_sam._napari.labels import next_free_id
 from napari_sam._napari.predictors import STAND_IN, make_predictor, model_choices
 from napari_sam._qt._workers import Runner
+from napari_sam.models import recommended_amg_params
 
 __all__ = ["AutomaticWidget"]
 
@@ -82,6 +83,8 @@ class AutomaticWidget(Container):
         self.cancel_button.changed.connect(self.runner.cancel)
         for name in THRESHOLDS:
             getattr(self, name).changed.connect(self.refilter)
+        self.model_combo.changed.connect(self._apply_model_defaults)
+        self._apply_model_defaults()
         self._closed = False
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
@@ -94,6 +97,12 @@ class AutomaticWidget(Container):
         self.runner.closed = True
         self.viewer.layers.events.inserted.disconnect(self.reset_choices)
         self.viewer.layers.events.removed.disconnect(self.reset_choices)
+
+    def _apply_model_defaults(self, *_: Any) -> None:
+        """Use the thresholds a model recommends (the built-in model ships its own), else the defaults."""
+        recommended = recommended_amg_params(str(self.model_combo.value))
+        for name in ("pred_iou_thresh", "stability_score_thresh"):
+            getattr(self, name).value = recommended.get(name, DEFAULT_PARAMS[name])
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(lay.name, lay) for lay in self.viewer.layers if isinstance(lay, Image)]
