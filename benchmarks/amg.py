@@ -183,7 +183,12 @@ def _large_child(args: argparse.Namespace) -> None:
         args.child_out, mode="w", shape=image.shape, chunks=(args.tile, args.tile), dtype="uint32"
     )
     torch.manual_seed(0)
-    predictor = Predictor(build_model(args.large_model).eval())
+    if args.large_model == "builtin":  # the shipped weights (a tiny, fast model: memory of the pipeline itself)
+        from napari_sam.models import load_model
+
+        predictor = Predictor(load_model("builtin", device="cpu"))
+    else:
+        predictor = Predictor(build_model(args.large_model).eval())
     tiles = -(-image.shape[0] // args.tile) * -(-image.shape[1] // args.tile)
     t0 = time.perf_counter()
 
