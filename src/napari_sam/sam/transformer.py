@@ -112,17 +112,20 @@ class Attention(nn.Module):
         kh = self.project(k, "k") * d**-0.5  # (B, H, Nk, d)
         vh = self.project(v, "v")
         b, _, nk, _ = kh.shape
-        c = q.shape[-1]
+        nq, c = q.shape[1:]
         wq = self.q_proj.weight.view(heads, d, c)
-        q_to_k = torch.matmul(kh, wq)  # (B, H, Nk, C)
-        bias = torch.matmul(kh, self.q_proj.bias.view(heads, d, 1))  # (B, H, Nk, 1)
-        scores = torch.baddbmm(
-            bias.reshape(b, 1, heads * nk), q, q_to_k.reshape(b, heads * nk, c).transpose(1, 2)
-        )  # (B, Nq, H*Nk)
-        attn = torch.softmax(scores.view(b, -1, heads, nk), dim=-1)
+        q_to_k = torch.matmul(kh, wq).reshape(b, heads * nk, c)
+        bias = torch.matmul(kh, self.q_proj.bias.view(heads, d, 1)).reshape(b, heads * nk, 1)
+        # scores laid out (B, H*Nk, Nq): the softmax then runs over a middle
+        # axis with Nq contiguous values per step (fast), not over Nk = 7 last
+        if q.shape[0] == 1 and b > 1:  # one image for all prompt sets: one product
+            scores = torch.addmm(bias.reshape(-1, 1), q_to_k.reshape(-1, c), q[0].t())
+        else:
+            scores = torch.baddbmm(bias, q_to_k, q.transpose(1, 2))
+        attn = torch.softmax(scores.view(b, heads, nk, nq), dim=2).view(b, heads * nk, nq)
         wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # (H, C_out, d)
         value_out = torch.matmul(vh, wo.transpose(1, 2)).reshape(b, heads * nk, -1)
-        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.reshape(b, -1, heads * nk), value_out)
+        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.transpose(1, 2), value_out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -150,10 +153,10 @@ class TwoWayAttentionBlock(nn.Module):
     def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The projections of the image tokens that do not depend on the prompt.
 
-        They are the keys and values of the token->image attention
-        (``keys + key_pe`` and ``keys``) and the queries of the image->token
-        attention (``keys + key_pe``), valid as long as ``keys`` is the block's
-        input, i.e. in the first block of the transformer.
+        They are the key and value heads of the token->image attention
+        (projections of ``keys + key_pe`` and ``keys``) and ``keys + key_pe``
+        itself (the queries of the image->token attention), valid as long as
+        ``keys`` is the block's input, i.e. in the first block of the transformer.
 
         Parameters
         ----------
@@ -163,13 +166,14 @@ class TwoWayAttentionBlock(nn.Module):
         Returns
         -------
         tuple of torch.Tensor
-            ``(k, v, q_image)`` heads, each ``(B, heads, h*w, d)``.
+            ``(k, v)`` heads ``(B, heads, h*w, d)`` and ``keys + key_pe``
+            ``(B, h*w, C)``.
         """
         k = keys + key_pe
         return (
             self.cross_attn_token_to_image.project(k, "k"),
             self.cross_attn_token_to_image.project(keys, "v"),
-            self.cross_attn_image_to_token.project(k, "q"),
+            k,
         )
 
     def forward(
@@ -203,13 +207,12 @@ class TwoWayAttentionBlock(nn.Module):
             keys = self.norm4(keys + i2t(k, q, queries))
             return queries, keys
 
-        k_heads, v_heads, q_image_heads = image_heads
+        k_heads, v_heads, k = image_heads
         q = t2i.project(queries + query_pe, "q")
         queries = self.norm2(queries + t2i.attend(q, k_heads, v_heads))
         queries = self.norm3(queries + self.mlp(queries))
         q = queries + query_pe
-        attn = i2t.attend(q_image_heads, i2t.project(q, "k"), i2t.project(queries, "v"))
-        keys = self.norm4(keys + attn)
+        keys = self.norm4(keys + i2t(k, q, queries))
         return queries, keys
 
 
