@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam.predictor import Embedding, Predictor
+from napari_sam.predictor import Predictor
 from napari_sam.sam.build import build_model
 
 CONFIG = {
