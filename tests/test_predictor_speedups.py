@@ -20,19 +20,9 @@ import torch.nn.functional as F
 from napari_sam.predictor import Predictor
 from napari_sam.sam.build import build_model
 
-CONFIG = {
-    "image_encoder": {
-        "type": "vit", "embed_dim": 32, "depth": 1, "num_heads": 2, "global_attn_indexes": [0],
-        "window_size": 4, "patch_size": 16, "img_size": 128, "mlp_ratio": 2.0, "out_chans": 32,
-    },
-    "prompt_embed_dim": 32,
-    "image_size": 128,
-    "mask_in_chans": 4,
-    "decoder": {
-        "depth": 2, "mlp_dim": 32, "num_heads": 2, "num_multimask_outputs": 3,
-        "iou_head_depth": 3, "iou_head_hidden_dim": 16,
-    },
-}
+from _tiny_sam import tiny_sam_config
+
+CONFIG = tiny_sam_config(decoder_depth=2, iou_head_depth=3)
 
 
 # ---------------------------------------------------------------- reference
