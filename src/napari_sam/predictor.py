@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from napari_sam._malloc import tune_malloc
 from napari_sam._prompts import check_prompts
 from napari_sam.normalize import to_rgb_uint8
+from napari_sam.upsample import make_plan, threshold_upsampled
 
 __all__ = ["BatchPrediction", "Embedding", "Predictor", "preprocess_shape"]
 
@@ -153,6 +155,8 @@ class Predictor:
             if not hasattr(model, part):
                 raise TypeError(f"model has no {part!r}: pass a Sam model (napari_sam.build_model).")
         self.device = _resolve_device(device)
+        if self.device.type == "cpu":
+            tune_malloc()  # reuse the decoder's large temporaries (see napari_sam._malloc)
         self.model = model.to(self.device).eval()
         encoder_size = getattr(model.image_encoder, "img_size", None)
         self.image_size = int(getattr(model, "image_size", None) or encoder_size)
@@ -169,6 +173,7 @@ class Predictor:
         """Forget the current image and its embedding."""
         self._features: torch.Tensor | None = None
         self._decoder_cache: Any = None  # (features, image_pe, no-mask DecoderImageCache)
+        self._upsample_plan: Any = None  # (key, UpsamplePlan or None) for masks_from_logits
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -401,7 +406,7 @@ class Predictor:
             single=True,
         )
         low_res, scores = self._decode(*prompts, multimask)
-        masks = self.upsample_logits(low_res[0]) > self.mask_threshold
+        masks = self.masks_from_logits(low_res[0])
         return (
             masks.cpu().numpy(),
             scores[0].to("cpu", torch.float32).numpy(),
@@ -458,6 +463,35 @@ class Predictor:
             b, c = low_res.shape[:2]
             mask_logits = self.upsample_logits(low_res.flatten(0, 1)).unflatten(0, (b, c))
         return BatchPrediction(low_res_logits=low_res, scores=scores, mask_logits=mask_logits)
+
+    @torch.inference_mode()
+    def masks_from_logits(self, low_res_logits: Any) -> torch.Tensor:
+        """``upsample_logits(low_res_logits) > mask_threshold``, without the full-size logits.
+
+        Decides most pixels at low resolution (see :mod:`napari_sam.upsample`):
+        equal to the dense result except, at most, for pixels whose upsampled
+        logit is within float rounding of the threshold.
+
+        Parameters
+        ----------
+        low_res_logits : Tensor or array-like, shape (K, m, m)
+
+        Returns
+        -------
+        Tensor, shape (K, H, W), bool, on ``device``
+        """
+        self._require_image()
+        logits = torch.as_tensor(low_res_logits, dtype=torch.float32, device=self.device)
+        if logits.ndim != 3 or logits.shape[1] != logits.shape[2]:
+            raise ValueError(f"low_res_logits must have shape (K, m, m), got {tuple(logits.shape)}.")
+        key = (logits.shape[-1], self.image_size, self.input_size, self.original_size)
+        if self._upsample_plan is None or self._upsample_plan[0] != key:
+            plan = make_plan(*key)
+            self._upsample_plan = (key, None if plan is None else plan.to(self.device))
+        plan = self._upsample_plan[1]
+        if plan is None:
+            return self.upsample_logits(logits) > self.mask_threshold
+        return threshold_upsampled(logits, plan, self.mask_threshold)
 
     @torch.inference_mode()
     def upsample_logits(self, low_res_logits: Any) -> torch.Tensor:

@@ -214,9 +214,12 @@ class MaskDecoder(nn.Module):
         """``output_upscaling`` then the dot product with ``hyper_in``, channels-last.
 
         Each 2x2 stride-2 transposed convolution is one matrix product per input
-        pixel (columns ordered kernel row, kernel col, channel); the mask logits
-        are formed before the pixels are put in raster order, so only the
-        ``M`` mask planes are permuted, not the 32-channel upscaled image.
+        pixel.  The rows of the first one's output are reordered to
+        ``(B, i, a, j, b)`` (pixel ``(2i + a, 2j + b)``, moving blocks of
+        ``2 * C/4`` values), and the second one is split by its kernel row
+        ``c``: the mask logits of output row ``4i + 2a + c`` then come out of
+        the products already in raster order, so no per-pixel permutation of
+        the logits is needed.
 
         Parameters
         ----------
@@ -233,16 +236,27 @@ class MaskDecoder(nn.Module):
         conv1, norm, act1, conv2, act2 = self.output_upscaling
         b, _, c = keys.shape
         c1, c2 = conv1.out_channels, conv2.out_channels
-        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
-        y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * h * w, c), w1)
-        y = F.layer_norm(y.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps)
-        y = act1(y)
-        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-        z = act2(torch.addmm(conv2.bias.repeat(4), y, w2))  # rows (B,i,j,a,b), cols (c,d,ch)
         m = hyper_in.shape[1]
-        # (B, M, pixels): mask planes first, so the raster permute below moves
-        # contiguous pairs of pixels instead of gathering every M-th value
-        logits = torch.bmm(hyper_in, z.view(b, h * w * 16, c2).transpose(1, 2))
-        # pixel (4i + 2a + c, 4j + 2b + d)
-        logits = logits.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-        return logits.reshape(b, m, 4 * h, 4 * w)
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # columns (a, b, channel)
+        y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * h * w, c), w1)
+        y = y.view(b, h, w, 2, 2 * c1).transpose(2, 3).reshape(-1, c1)  # rows (B, i, a, j, b)
+        y = _gelu(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps), act1)
+        w2 = conv2.weight.permute(0, 2, 3, 1)  # (c1, kernel row, kernel col, c2)
+        bias2 = conv2.bias.repeat(2)
+        rows = []
+        for k in range(2):  # kernel row: output row 4i + 2a + k
+            z = _gelu(torch.addmm(bias2, y, w2[:, k].reshape(c1, 2 * c2)), act2)
+            z = z.view(b, -1, c2)  # rows (i, a, j, b, kernel col): raster order of row 4i + 2a + k
+            if b == 1:
+                plane = torch.mm(hyper_in[0], z[0].t())[None]
+            else:
+                plane = torch.bmm(hyper_in, z.transpose(1, 2))
+            rows.append(plane.view(b, m, h, 2, 4 * w))
+        return torch.stack(rows, dim=4).view(b, m, 4 * h, 4 * w)
+
+
+def _gelu(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """``act(x)`` (an ``nn.GELU``), in place when no gradient is needed (saves a large allocation)."""
+    if x.requires_grad or not isinstance(act, nn.GELU):
+        return act(x)
+    return torch._C._nn.gelu_(x, approximate=act.approximate)

@@ -61,8 +61,10 @@ class Attention(nn.Module):
         n = out.shape[2]
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``q`` (B, Nq, C), ``k``/``v`` (B, Nk, C) -> (B, Nq, C) float32.
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``q`` (B, Nq, C), ``k``/``v`` (B, Nk, C) -> (B, Nq, C) float32, plus ``residual`` if given.
 
         Inputs with batch 1 are projected once and broadcast against the others
         (one image shared by many prompt sets).  With few queries (prompt
@@ -71,10 +73,12 @@ class Attention(nn.Module):
         same function, computed in the input space of the many tokens.
         """
         if self.num_heads * q.shape[1] < self.internal_dim and k.shape[1] > self.internal_dim:
-            return self._few_queries(q, k, v)
+            out = self._few_queries(q, k, v)
+            return out if residual is None else residual + out
         if self.num_heads * k.shape[1] < self.internal_dim and q.shape[1] > self.internal_dim:
-            return self._few_keys(q, k, v)
-        return self.attend(self.project(q, "q"), self.project(k, "k"), self.project(v, "v"))
+            return self._few_keys(q, k, v, residual)
+        out = self.attend(self.project(q, "q"), self.project(k, "k"), self.project(v, "v"))
+        return out if residual is None else residual + out
 
     def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention without projecting the ``Nk`` keys and values (``Nq * heads`` small).
@@ -99,14 +103,19 @@ class Attention(nn.Module):
         out = torch.matmul(ctx, wv.transpose(1, 2)) + self.v_proj.bias.view(heads, 1, d)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
 
-    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _few_keys(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attention without projecting the ``Nq`` queries (``Nk * heads`` small).
 
         ``(W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h`` and the
         output projection distributes over heads,
         ``out = sum_h A_h (v_h W_o,h^T) + b_o``, so the two ``(Nq, C) x (C, C')``
         products become products with ``Nk * heads`` columns.  Equal to
-        :meth:`attend` up to float rounding.
+        :meth:`attend` up to float rounding.  As every head's weights sum to 1,
+        ``b_o / heads`` added to each row of ``v_h W_o,h^T`` adds ``b_o``, and
+        the residual is the ``input`` of the same batched product (no separate
+        passes over the ``Nq x C`` output).
         """
         heads, d = self.num_heads, self.internal_dim // self.num_heads
         kh = self.project(k, "k") * d**-0.5  # (B, H, Nk, d)
@@ -125,7 +134,10 @@ class Attention(nn.Module):
         attn = torch.softmax(scores.view(b, heads, nk, nq), dim=2).view(b, heads * nk, nq)
         wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # (H, C_out, d)
         value_out = torch.matmul(vh, wo.transpose(1, 2)).reshape(b, heads * nk, -1)
-        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.transpose(1, 2), value_out)
+        if residual is None:
+            return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.transpose(1, 2), value_out)
+        value_out = value_out + self.out_proj.bias / heads
+        return torch.baddbmm(residual, attn.transpose(1, 2), value_out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -204,7 +216,7 @@ class TwoWayAttentionBlock(nn.Module):
             queries = self.norm2(queries + t2i(q, k, keys))
             queries = self.norm3(queries + self.mlp(queries))
             q = queries + query_pe
-            keys = self.norm4(keys + i2t(k, q, queries))
+            keys = self.norm4(i2t(k, q, queries, residual=keys))
             return queries, keys
 
         k_heads, v_heads, k = image_heads
@@ -212,7 +224,7 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm2(queries + t2i.attend(q, k_heads, v_heads))
         queries = self.norm3(queries + self.mlp(queries))
         q = queries + query_pe
-        keys = self.norm4(keys + i2t(k, q, queries))
+        keys = self.norm4(i2t(k, q, queries, residual=keys))
         return queries, keys
 
 
