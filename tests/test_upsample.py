@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny_sam import tiny_sam_config
 
 from napari_sam.predictor import Predictor, preprocess_shape
 from napari_sam.sam.build import build_model
 from napari_sam.upsample import make_plan, threshold_upsampled
-
-from _tiny_sam import tiny_sam_config
 
 
 def _dense(low, image_size, input_size, original_size):
