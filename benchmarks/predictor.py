@@ -114,8 +114,61 @@ def _ours(model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -
     return row
 
 
+def _torchvision_shim() -> None:
+    """Let ``segment_anything`` import without torchvision (not installable beside CPU torch here).
+
+    The official package uses torchvision only in ``ResizeLongestSide``:
+    ``to_pil_image`` and ``resize`` of a PIL image, which torchvision does with
+    PIL's bilinear resize.  The shim does exactly that; the model code and the
+    rest of ``SamPredictor`` are the official ones (the AMG's ``box_area`` is
+    given, its NMS is not: the AMG is not measured here).  Installed only when
+    torchvision is missing.
+    """
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    from PIL import Image
+
+    def to_pil_image(array):
+        return Image.fromarray(np.asarray(array))
+
+    def resize(image, size, *args, **kwargs):
+        if not isinstance(image, Image.Image):
+            raise NotImplementedError("the benchmark shim only resizes PIL images")
+        return image.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+
+    def box_area(boxes):
+        return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+    def batched_nms(*args, **kwargs):
+        raise NotImplementedError("the benchmark's torchvision shim has no NMS (AMG is not measured here)")
+
+    boxes_mod = types.ModuleType("torchvision.ops.boxes")
+    boxes_mod.box_area, boxes_mod.batched_nms = box_area, batched_nms
+    ops = types.ModuleType("torchvision.ops")
+    ops.boxes = boxes_mod
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.to_pil_image, functional.resize = to_pil_image, resize
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.functional = functional
+    torchvision = types.ModuleType("torchvision")
+    torchvision.transforms, torchvision.ops = transforms, ops
+    sys.modules.update({
+        "torchvision": torchvision, "torchvision.transforms": transforms,
+        "torchvision.ops": ops, "torchvision.ops.boxes": boxes_mod,
+        "torchvision.transforms.functional": functional,
+    })
+
+
 def _official(name: str, model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -> dict | None:
-    """The official SamPredictor with the same weights, or None when not installed."""
+    """The official SamPredictor with the same weights, or None when not installed.
+
+    ``pip install segment-anything`` (pure Python, no dependencies pulled with
+    ``--no-deps``) is enough: torchvision is replaced by :func:`_torchvision_shim`.
+    """
+    _torchvision_shim()
     try:
         if name == "vit_t":
             from mobile_sam import SamPredictor, sam_model_registry

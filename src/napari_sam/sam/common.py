@@ -53,8 +53,18 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(..., embedding_dim)`` to ``(..., embedding_dim)``."""
-        return self.lin2(self.act(self.lin1(x)))
+        """Map ``(..., embedding_dim)`` to ``(..., embedding_dim)``.
+
+        Without autograd a GELU/ReLU runs in place on the hidden activations
+        (for vit_b a 50 MB buffer less per block).
+        """
+        hidden = self.lin1(x)
+        if not hidden.requires_grad:
+            if type(self.act) is nn.GELU:
+                return self.lin2(torch._C._nn.gelu_(hidden, approximate=self.act.approximate))
+            if type(self.act) is nn.ReLU:
+                return self.lin2(torch.relu_(hidden))
+        return self.lin2(self.act(hidden))
 
 
 class MLP(nn.Module):

@@ -121,14 +121,12 @@ class Attention(nn.Module):
         rel_h, rel_w = self._rel_pos_terms(q, h, w)
         rows = max(1, _BIAS_BUDGET // (b * heads * w * n * 4))
         if rows >= h:
-            bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, n, n)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=_bias(rel_h, rel_w))
         out = torch.empty_like(q)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            bias = rel_h[:, :, r0:r1].unsqueeze(-1) + rel_w[:, :, r0:r1].unsqueeze(-2)
             out[:, :, r0 * w : r1 * w] = F.scaled_dot_product_attention(
-                q[:, :, r0 * w : r1 * w], k, v, attn_mask=bias.reshape(b, heads, (r1 - r0) * w, n)
+                q[:, :, r0 * w : r1 * w], k, v, attn_mask=_bias(rel_h[:, :, r0:r1], rel_w[:, :, r0:r1])
             )
         return out
 
@@ -172,6 +170,24 @@ class Attention(nn.Module):
         if hp != h or wp != w:
             out = out[:, :h, :w]
         return self.proj(out)
+
+
+def _bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+    """Relative-position bias ``(B, heads, rows * w, kh * kw)`` from its two terms.
+
+    ``rel_h`` ``(B, heads, rows, w, kh)`` and ``rel_w`` ``(B, heads, rows, w, kw)``
+    (einsum outputs, generally not contiguous).  Without autograd the sum is
+    written straight into a contiguous buffer: a plain broadcast sum would
+    follow the inputs' strides and then be copied once more by the reshape
+    (about 1 s of a vit_b ``set_image``).
+    """
+    b, heads, rows, w, kh = rel_h.shape
+    kw = rel_w.shape[-1]
+    if torch.is_grad_enabled() and (rel_h.requires_grad or rel_w.requires_grad):
+        return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, rows * w, kh * kw)
+    out = torch.empty((b, heads, rows, w, kh, kw), dtype=rel_h.dtype, device=rel_h.device)
+    torch.add(rel_h.unsqueeze(-1), rel_w.unsqueeze(-2), out=out)
+    return out.view(b, heads, rows * w, kh * kw)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -226,13 +242,20 @@ class Block(nn.Module):
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
         self.window_size = window_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+    def forward(self, x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``.
+
+        ``inplace=True`` (no autograd; the encoder's own intermediates) adds the
+        residuals into ``x`` instead of allocating two more token grids.
+        """
         y = self.norm1(x)
         if self.window_size > 0:
             y = self.attn.forward_windows(y, self.window_size)
         else:
             y = self.attn(y)
+        if inplace:
+            x += y
+            return x.add_(self.mlp(self.norm2(x)))
         x = x + y
         return x + self.mlp(self.norm2(x))
 
@@ -297,6 +320,7 @@ class ImageEncoderViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode a normalised, padded batch ``(B, 3, S, S)`` float32."""
         x = self.patch_embed(x) + self.pos_embed
+        inplace = not (torch.is_grad_enabled() and x.requires_grad)  # x is ours from here on
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, inplace=inplace)
         return self.neck(x.permute(0, 3, 1, 2))
