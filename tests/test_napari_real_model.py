@@ -135,3 +135,28 @@ def test_propagation_with_the_real_model_obeys_its_stopping_rule(predictor, rgb)
     session.write_propagation(labels, lref, axis, masks, obj, overwrite=True)
     for z in (0, 2):
         np.testing.assert_array_equal(labels.data[z] == obj, masks.get(z, np.zeros_like(seed)))
+
+
+def test_mask_prompts_follow_the_models_mask_input_size():
+    """Propagation feeds the previous mask back at the model's own mask-input size.
+
+    The built-in model takes (1, m, m) mask prompts with m = 4 x its embedding
+    side, not the official 256; a 256 prompt would be refused by the predictor.
+    """
+    from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
+    from napari_sam.models import load_model
+    from napari_sam.predictor import Predictor
+    from napari_sam.synthetic import make_nuclei_stack
+
+    predictor = Predictor(load_model("builtin", device="cpu"), device="cpu")
+    side = mask_input_side(predictor)
+    assert side == predictor.mask_input_size[0] != 256
+    assert mask_prompt_logits(np.ones((30, 50), bool), size=side).shape == (1, side, side)
+    stack, truth = make_nuclei_stack((5, 128, 128), seed=3)
+    ids, counts = np.unique(truth[2][truth[2] > 0], return_counts=True)
+    seed = truth[2] == ids[np.argmax(counts)]
+    masks = propagate_object(seed, 2, 5, predictor=predictor,
+                             prepare_slice=lambda z: predictor.set_image(stack[z]), iou_threshold=0.1)
+    assert masks, "the largest nucleus was not followed to any neighbouring slice"
+    for z, m in masks.items():
+        assert m.shape == seed.shape and mask_iou(m, truth[z] == ids[np.argmax(counts)]) > 0.3

@@ -22,7 +22,7 @@ import numpy as np
 
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 
-__all__ = ["propagate_object", "mask_iou", "mask_prompt_logits", "innermost_point"]
+__all__ = ["propagate_object", "mask_iou", "mask_prompt_logits", "mask_input_side", "innermost_point"]
 
 LOW_RES = 256
 
@@ -33,22 +33,29 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a & b)) / union if union else 0.0
 
 
-def mask_prompt_logits(mask: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
-    """A ``(1, 256, 256)`` float32 SAM mask prompt from a ``(H, W)`` bool mask.
+def mask_prompt_logits(mask: np.ndarray, *, eps: float = 1e-3, size: int = LOW_RES) -> np.ndarray:
+    """A ``(1, size, size)`` float32 SAM mask prompt from a ``(H, W)`` bool mask.
 
     The mask is resized (area-averaged) into SAM's padded low-resolution frame
-    (longest side -> 256, padding bottom/right) and mapped through the inverse
+    (longest side -> ``size``, padding bottom/right) and mapped through the inverse
     sigmoid of the clipped fraction, so inside ~ +6.9 and outside ~ -6.9.
+    ``size`` is the model's mask-input side (``Predictor.mask_input_size``):
+    256 for the official models, smaller for the built-in one.
     """
     from skimage.transform import resize
 
     h, w = mask.shape
-    scale = LOW_RES / max(h, w)
+    scale = size / max(h, w)
     hh, ww = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     frac = resize(mask.astype(np.float32), (hh, ww), order=1, anti_aliasing=True, preserve_range=True)
-    prob = np.full((LOW_RES, LOW_RES), eps, dtype=np.float64)
+    prob = np.full((size, size), eps, dtype=np.float64)
     prob[:hh, :ww] = np.clip(frac, eps, 1 - eps)
     return np.log(prob / (1 - prob)).astype(np.float32)[None]
+
+
+def mask_input_side(predictor: Any) -> int:
+    """Side of the predictor's low-resolution mask input (256 when it does not say)."""
+    return int(getattr(predictor, "mask_input_size", (LOW_RES, LOW_RES))[0])
 
 
 def innermost_point(mask: np.ndarray) -> np.ndarray:
@@ -131,7 +138,7 @@ def propagate_object(
     report(progress, 0, total, "propagating")
     for direction in targets:
         prev = seed_mask
-        prev_logits = mask_prompt_logits(seed_mask)
+        prev_logits = mask_prompt_logits(seed_mask, size=mask_input_side(predictor))
         for z in direction:
             check_cancelled(cancel)
             prepare_slice(z)

@@ -30,7 +30,7 @@ from napari_sam._napari.layers import (
     points_to_prompts,
     shapes_to_prompts,
 )
-from napari_sam._napari.propagate import mask_prompt_logits, propagate_object
+from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
 from napari_sam.progress import CancelToken, ProgressCallback, report
 
 __all__ = ["ObjectPrediction", "Preview", "Session"]
@@ -295,7 +295,7 @@ class Session:
                                                 res.low_res_logits[b].detach().cpu().numpy()))
             return objects
         for s, (bp, bl) in zip(shapes, per_box):
-            mask_in = None if s["mask"] is None else mask_prompt_logits(s["mask"])
+            mask_in = None if s["mask"] is None else mask_prompt_logits(s["mask"], size=mask_input_side(p))
             masks, scores, logits = p.predict(bp if len(bp) else None, bl if len(bl) else None,
                                               s["box_rc"], mask_in, multimask=False)
             objects.append(ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits)))
