@@ -103,6 +103,32 @@ class Attention(nn.Module):
         out = torch.matmul(ctx, wv.transpose(1, 2)) + self.v_proj.bias.view(heads, 1, d)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
 
+    def projected_queries(
+        self, q_heads: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention of already projected query heads ``(B, H, Nq, d)`` to few keys ``(B, Nk, C)``.
+
+        For image tokens attending to prompt tokens when the image side is
+        prompt-independent (first transformer block): the query projection is
+        cached per image, the scores cost ``Nq * Nk * C'`` and the output is
+        formed as in :meth:`_few_keys`.  Equal to :meth:`attend` up to float rounding.
+        """
+        heads, d = self.num_heads, self.internal_dim // self.num_heads
+        kh = self.project(k, "k") * d**-0.5  # (B, H, Nk, d)
+        vh = self.project(v, "v")
+        b, _, nk, _ = kh.shape
+        nq = q_heads.shape[2]
+        b = max(b, q_heads.shape[0])
+        # scores laid out (B, H, Nk, Nq): softmax over the middle axis (see _few_keys)
+        scores = torch.matmul(kh, q_heads.transpose(-1, -2))
+        attn = torch.softmax(scores, dim=2).expand(b, heads, nk, nq).reshape(b, heads * nk, nq)
+        wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # (H, C_out, d)
+        value_out = torch.matmul(vh, wo.transpose(1, 2)).reshape(vh.shape[0], heads * nk, -1)
+        value_out = value_out.expand(b, -1, -1)
+        if residual is None:
+            return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.transpose(1, 2), value_out)
+        return torch.baddbmm(residual, attn.transpose(1, 2), value_out + self.out_proj.bias / heads)
+
     def _few_keys(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -166,9 +192,10 @@ class TwoWayAttentionBlock(nn.Module):
         """The projections of the image tokens that do not depend on the prompt.
 
         They are the key and value heads of the token->image attention
-        (projections of ``keys + key_pe`` and ``keys``) and ``keys + key_pe``
-        itself (the queries of the image->token attention), valid as long as
-        ``keys`` is the block's input, i.e. in the first block of the transformer.
+        (projections of ``keys + key_pe`` and ``keys``) and the query heads of
+        the image->token attention (projection of ``keys + key_pe``), valid as
+        long as ``keys`` is the block's input, i.e. in the first block of the
+        transformer.
 
         Parameters
         ----------
@@ -178,14 +205,14 @@ class TwoWayAttentionBlock(nn.Module):
         Returns
         -------
         tuple of torch.Tensor
-            ``(k, v)`` heads ``(B, heads, h*w, d)`` and ``keys + key_pe``
-            ``(B, h*w, C)``.
+            ``(k, v)`` heads of the token->image attention and the query heads
+            of the image->token attention, each ``(B, heads, h*w, d)``.
         """
         k = keys + key_pe
         return (
             self.cross_attn_token_to_image.project(k, "k"),
             self.cross_attn_token_to_image.project(keys, "v"),
-            k,
+            self.cross_attn_image_to_token.project(k, "q"),
         )
 
     def forward(
@@ -219,12 +246,12 @@ class TwoWayAttentionBlock(nn.Module):
             keys = self.norm4(i2t(k, q, queries, residual=keys))
             return queries, keys
 
-        k_heads, v_heads, k = image_heads
+        k_heads, v_heads, q_heads = image_heads
         q = t2i.project(queries + query_pe, "q")
         queries = self.norm2(queries + t2i.attend(q, k_heads, v_heads))
         queries = self.norm3(queries + self.mlp(queries))
         q = queries + query_pe
-        keys = self.norm4(i2t(k, q, queries, residual=keys))
+        keys = self.norm4(i2t.projected_queries(q_heads, q, queries, residual=keys))
         return queries, keys
 
 
