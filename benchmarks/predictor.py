@@ -79,9 +79,12 @@ def _click_breakdown(predictor: Predictor, point: np.ndarray, args: argparse.Nam
 
     low_res = decoder().low_res_logits[0]
 
-    def post() -> None:
+    def post() -> None:  # what predict does after the decoder
         with torch.inference_mode():
-            (predictor.upsample_logits(low_res) > predictor.mask_threshold).cpu().numpy()
+            if hasattr(predictor, "masks_from_logits"):
+                predictor.masks_from_logits(low_res).cpu().numpy()
+            else:  # older versions: dense upsampling then threshold
+                (predictor.upsample_logits(low_res) > predictor.mask_threshold).cpu().numpy()
 
     reps = args.predict_repeats
     return {
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed set_image calls (after 1 warm-up)")
     parser.add_argument("--predict-repeats", type=int, default=20, help="timed predict calls")
     parser.add_argument("--size", type=int, default=1024, help="side of the square RGB test image")
+    parser.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="non-square test image instead of --size (e.g. 1500 2000)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--clicks-only", action="store_true",
@@ -207,14 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    image = np.random.default_rng(0).integers(0, 256, size=(args.size, args.size, 3), dtype=np.uint8)
+    shape = tuple(args.shape) if args.shape else (args.size, args.size)
+    image = np.random.default_rng(0).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
     env = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "device": args.device,
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
-        "image": f"{args.size}x{args.size}x3 uint8",
+        "image": f"{shape[0]}x{shape[1]}x3 uint8",
     }
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     results = []

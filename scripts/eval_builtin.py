@@ -253,6 +253,10 @@ def main(argv=None) -> int:
         meta = json.loads(path.read_text())
         meta["metrics"] = {k: results[k] for k in ("nuclei", *(k for k in sets if k != "nuclei"))}
         meta["metrics"]["set_image_seconds_256"] = set_image_s
+        tuned = results.get("amg_tuning", {})
+        if "pred_iou_thresh" in tuned:  # thresholds picked on selection seeds, not the eval set
+            meta["amg"] = {"pred_iou_thresh": tuned["pred_iou_thresh"],
+                           "stability_score_thresh": tuned["stability_score_thresh"]}
         path.write_text(json.dumps(meta, indent=2) + "\n")
     return 0
 

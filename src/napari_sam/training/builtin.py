@@ -1,7 +1,7 @@
 """Configuration, seeds and export of the project's built-in model.
 
-The built-in model is a small SAM ("vit" encoder, 256 x 256 input, 16 px
-patches) trained by ``scripts/train_builtin.py`` on
+The built-in model is a small SAM ("vit" encoder, 256 x 256 input, 8 px
+patches, so 32 x 32 image tokens and 128 x 128 low-resolution masks) trained by ``scripts/train_builtin.py`` on
 :mod:`napari_sam.synthetic` images.  It ships as
 ``napari_sam/data/builtin_model.pt`` (a plain float32 ``state_dict``, strict
 keys) and ``napari_sam/data/builtin_model.json`` (``config`` in the schema of
@@ -43,7 +43,7 @@ BUILTIN_CONFIG: dict[str, Any] = {
         "num_heads": 4,
         "global_attn_indexes": [1, 3],
         "window_size": 8,
-        "patch_size": 16,
+        "patch_size": 8,
         "img_size": 256,
         "mlp_ratio": 4.0,
         "out_chans": 64,
