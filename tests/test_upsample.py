@@ -44,7 +44,8 @@ SIZES = [(1024, 1024), (768, 1024), (300, 200), (3000, 1200), (37, 1000), (64, 6
 @pytest.mark.parametrize("low_res, image_size", [(256, 1024), (128, 256), (64, 256), (32, 128)])
 @pytest.mark.parametrize("original", SIZES)
 @pytest.mark.parametrize("threshold", [0.0, 0.5, -1.0])
-def test_equals_dense_postprocessing(low_res, image_size, original, threshold):
+def test_equals_dense_postprocessing(low_res, image_size, original, threshold, monkeypatch):
+    monkeypatch.setattr("napari_sam.upsample.DENSE_FRACTION", float("inf"))  # always the sparse path
     input_size = preprocess_shape(original, image_size)
     plan = make_plan(low_res, image_size, input_size, original)
     assert plan is not None
@@ -60,7 +61,19 @@ def test_equals_dense_postprocessing(low_res, image_size, original, threshold):
     assert 0 < int(fast.sum()) < fast.numel()
 
 
-def test_constant_and_empty_inputs():
+def test_noise_like_logits_fall_back_to_the_dense_path():
+    plan = make_plan(256, 1024, (1024, 1024), (1024, 1024))
+    noise = torch.randn(3, 256, 256, generator=torch.Generator().manual_seed(0))
+    assert threshold_upsampled(noise, plan, 0.0) is None
+    torch.manual_seed(0)
+    predictor = Predictor(build_model(tiny_sam_config()), device="cpu")
+    predictor.set_image(np.zeros((128, 128, 3), np.uint8))
+    low = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(predictor.masks_from_logits(low), predictor.upsample_logits(low) > 0)
+
+
+def test_constant_and_empty_inputs(monkeypatch):
+    monkeypatch.setattr("napari_sam.upsample.DENSE_FRACTION", float("inf"))
     plan = make_plan(64, 256, (256, 256), (256, 256))
     assert not threshold_upsampled(torch.zeros(2, 64, 64), plan, 0.0).any()  # 0 > 0 is False
     assert threshold_upsampled(torch.full((1, 64, 64), 3.0), plan, 0.0).all()

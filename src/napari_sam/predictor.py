@@ -489,9 +489,10 @@ class Predictor:
             plan = make_plan(*key)
             self._upsample_plan = (key, None if plan is None else plan.to(self.device))
         plan = self._upsample_plan[1]
-        if plan is None:
-            return self.upsample_logits(logits) > self.mask_threshold
-        return threshold_upsampled(logits, plan, self.mask_threshold)
+        masks = None if plan is None else threshold_upsampled(logits, plan, self.mask_threshold)
+        if masks is None:  # no plan, or noise-like logits: the dense path is faster
+            masks = self.upsample_logits(logits) > self.mask_threshold
+        return masks
 
     @torch.inference_mode()
     def upsample_logits(self, low_res_logits: Any) -> torch.Tensor:

@@ -120,8 +120,18 @@ def make_plan(
     return UpsamplePlan(low_res, rows, cols)
 
 
-def threshold_upsampled(low_res_logits: torch.Tensor, plan: UpsamplePlan, threshold: float) -> torch.Tensor:
+#: above this fraction of output pixels near the threshold, the sparse path is slower than the dense one
+DENSE_FRACTION = 0.25
+
+
+def threshold_upsampled(
+    low_res_logits: torch.Tensor, plan: UpsamplePlan, threshold: float
+) -> torch.Tensor | None:
     """``upsample(low_res_logits) > threshold`` as ``(K, H, W)`` bool, computed sparsely.
+
+    Returns None when more than :data:`DENSE_FRACTION` of the output pixels
+    would need the exact value (noise-like logits, e.g. a random-weight
+    model): the dense path is then faster.
 
     Parameters
     ----------
@@ -132,8 +142,8 @@ def threshold_upsampled(low_res_logits: torch.Tensor, plan: UpsamplePlan, thresh
 
     Returns
     -------
-    torch.Tensor
-        ``(K, H, W)`` bool on the logits' device.
+    torch.Tensor or None
+        ``(K, H, W)`` bool on the logits' device; None: use the dense path.
     """
     low = low_res_logits.float()
     k, m = low.shape[0], plan.low_res
@@ -148,8 +158,15 @@ def threshold_upsampled(low_res_logits: torch.Tensor, plan: UpsamplePlan, thresh
     hi, lo = _max3x3(low), -_max3x3(-low)
     sure = lo > threshold + margin  # every tap above: the output is above
     unsure = (hi >= threshold - margin) & ~sure  # else every tap is below: the output is not above
-    mask = _expand(sure, rows, cols)
+    # output pixels to compute exactly: those centred on an unsure low-res pixel
+    per_pixel = (rows.outputs_of >= 0).sum(1, dtype=torch.float32)[:, None] * (
+        (cols.outputs_of >= 0).sum(1, dtype=torch.float32)[None, :])
+    unsure &= per_pixel > 0
+    n_out = rows.center.numel() * cols.center.numel()
+    if float((unsure * per_pixel).sum()) > DENSE_FRACTION * k * n_out:
+        return None
     kk, ii, jj = unsure.nonzero(as_tuple=True)
+    mask = _expand(sure, rows, cols)
     if kk.numel() == 0:
         return mask
     # the 3 x 3 low-res patch around each unsure centre (edge values replicated;
