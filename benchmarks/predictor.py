@@ -86,8 +86,28 @@ def _click_breakdown(predictor: Predictor, point: np.ndarray, args: argparse.Nam
             else:  # older versions: dense upsampling then threshold
                 (predictor.upsample_logits(low_res) > predictor.mask_threshold).cpu().numpy()
 
+    # random weights give noise-like logits (predict then takes the dense path);
+    # a trained model's masks are smooth blobs: time both postprocessings on a blob
+    m = low_res.shape[-1]
+    yy, xx = np.mgrid[:m, :m]
+    blob = torch.as_tensor(np.stack([(m / 5 - np.hypot(yy - m / 2, xx - m / 2 + 10 * i)) / 4 for i in range(3)]),
+                           dtype=torch.float32)
+
+    def post_blob_dense() -> None:
+        with torch.inference_mode():
+            (predictor.upsample_logits(blob) > predictor.mask_threshold).cpu().numpy()
+
+    def post_blob() -> None:
+        with torch.inference_mode():
+            if hasattr(predictor, "masks_from_logits"):
+                predictor.masks_from_logits(blob).cpu().numpy()
+            else:
+                post_blob_dense()
+
     reps = args.predict_repeats
     return {
+        "postprocess_blob_ms": 1000 * _median_time(post_blob, reps, warmup=2)[0],
+        "postprocess_blob_dense_ms": 1000 * _median_time(post_blob_dense, reps, warmup=2)[0],
         "cold_click_ms": 1000 * _median_time(cold, max(3, reps // 4))[0],
         "warm_click_ms": 1000 * _median_time(lambda: predictor.predict(point, label), reps, warmup=2)[0],
         "decoder_ms": 1000 * _median_time(decoder, reps, warmup=2)[0],
@@ -231,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         ours = row["ours"]
         print(f"{name:8s} ours     click: cold {ours['cold_click_ms']:.1f} ms, warm {ours['warm_click_ms']:.1f} ms"
               f" = decoder {ours['decoder_ms']:.1f} ms + postprocessing {ours['postprocess_ms']:.1f} ms")
+        print(f"{name:8s} ours     postprocessing of blob-shaped masks (a trained model's): "
+              f"{ours['postprocess_blob_ms']:.1f} ms (dense upsampling + threshold: "
+              f"{ours['postprocess_blob_dense_ms']:.1f} ms)")
         if args.clicks_only:
             results.append(row)
             continue
