@@ -150,8 +150,8 @@ def _torchvision_shim() -> None:
     import importlib.util
     import types
 
-    if importlib.util.find_spec("torchvision") is not None:
-        return
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+        return  # installed, or the shim is already in place
     from PIL import Image
 
     def to_pil_image(array):
