@@ -33,6 +33,8 @@ from napari_sam.training.builtin import DATA_DIR, VAL_SEED_START, builtin_config
 from napari_sam.training.evaluate import automatic_scores, disk_baseline_ious, object_diameters, prompted_ious
 
 EVAL_SEED_START = VAL_SEED_START + 1000
+#: AMG parameters picked on selection images and shipped in the model's json
+AMG_TUNED = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area")
 TARGETS = {"point_miou": 0.85, "box_miou": 0.90, "amg_f1": 0.80}
 
 
@@ -62,22 +64,28 @@ def tune_amg(predictor, n_images: int, points_per_side: int) -> dict:
     from napari_sam.amg import AutomaticMaskGenerator, masks_to_labels
     from napari_sam.training.evaluate import match_instances
 
-    ious, stabs = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.88), (0.5, 0.7, 0.8, 0.9, 0.95)
+    ious, stabs = (0.2, 0.4, 0.6, 0.8, 0.88), (0.7, 0.8, 0.9, 0.95)
+    nms, areas = (0.7, 0.5, 0.3, 0.2, 0.1), (0, 15, 30)  # SAM's 0.7 keeps many duplicates of small nuclei
     amg = AutomaticMaskGenerator(predictor, points_per_side=points_per_side,
                                  pred_iou_thresh=min(ious), stability_score_thresh=min(stabs),
                                  refilter_margin=0.0)
-    counts = {(a, b): np.zeros(3) for a in ious for b in stabs}
+    grid = [(a, b, c, d) for a in ious for b in stabs for c in nms for d in areas]
+    counts = {key: np.zeros(3) for key in grid}
     for i in range(n_images):
         img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=VAL_SEED_START + i)
         raw = amg.run_expensive(img)
-        for key in counts:
-            rec = amg.filter(raw, pred_iou_thresh=key[0], stability_score_thresh=key[1])
+        for key in grid:
+            rec = amg.filter(raw, pred_iou_thresh=key[0], stability_score_thresh=key[1],
+                             box_nms_thresh=key[2], min_mask_region_area=key[3])
             m = match_instances(masks_to_labels(rec, lab.shape), lab)
             counts[key] += (m["tp"], m["fp"], m["fn"])
     f1 = {k: float(2 * c[0] / max(1.0, 2 * c[0] + c[1] + c[2])) for k, c in counts.items()}
     best = max(f1, key=f1.get)
-    print("amg tuning (pred_iou, stability) -> F1:", {f"{k[0]},{k[1]}": round(v, 3) for k, v in f1.items()})
-    return {"pred_iou_thresh": best[0], "stability_score_thresh": best[1], "tuning_f1": f1[best],
+    top = sorted(f1, key=f1.get, reverse=True)[:8]
+    print("amg tuning (pred_iou, stability, box_nms, min_area) -> F1, best 8:",
+          {",".join(map(str, k)): round(f1[k], 3) for k in top})
+    return {"pred_iou_thresh": best[0], "stability_score_thresh": best[1], "box_nms_thresh": best[2],
+            "min_mask_region_area": best[3], "tuning_f1": f1[best],
             "tuned_on_seeds": [VAL_SEED_START, VAL_SEED_START + n_images]}
 
 
@@ -201,8 +209,7 @@ def main(argv=None) -> int:
         try:
             tuned = tune_amg(predictor, args.tune_amg, args.points_per_side)
             results["amg_tuning"] = tuned
-            amg_params.update(pred_iou_thresh=tuned["pred_iou_thresh"],
-                              stability_score_thresh=tuned["stability_score_thresh"])
+            amg_params.update({k: tuned[k] for k in AMG_TUNED})
         except ImportError as exc:
             results["amg_tuning"] = {"not_measured": str(exc)}
     try:
@@ -255,8 +262,7 @@ def main(argv=None) -> int:
         meta["metrics"]["set_image_seconds_256"] = set_image_s
         tuned = results.get("amg_tuning", {})
         if "pred_iou_thresh" in tuned:  # thresholds picked on selection seeds, not the eval set
-            meta["amg"] = {"pred_iou_thresh": tuned["pred_iou_thresh"],
-                           "stability_score_thresh": tuned["stability_score_thresh"]}
+            meta["amg"] = {k: tuned[k] for k in AMG_TUNED}
         path.write_text(json.dumps(meta, indent=2) + "\n")
     return 0
 

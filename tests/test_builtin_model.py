@@ -82,9 +82,10 @@ def test_corrupted_copy_fails_hash_check(tmp_path, monkeypatch, meta):
 def test_quality_smoke_beats_disk_baseline(model):
     """One click per object beats a disk of the median object radius at the click.
 
-    Checked on objects of at least 20 px diameter: the model's output is a
-    64 x 64 logit map for a 256 x 256 input (4 px per low-res pixel), and below
-    that size the built-in model is not better than the disk (docs/builtin-model.md).
+    Checked on objects of at least 20 px diameter, where the margin over the
+    disk is largest (docs/builtin-model.md: about +0.27 single-click mIoU on
+    the validation set), and on all sizes against a floor well above the
+    disk's 0.55.
     """
     from napari_sam.predictor import Predictor
     from napari_sam.synthetic import make_nuclei_image
@@ -99,10 +100,10 @@ def test_quality_smoke_beats_disk_baseline(model):
     assert ious.size == baseline.size == diam.size
     big = diam >= 20
     assert big.sum() >= 15
-    assert ious[big].mean() > baseline[big].mean() + 0.1, (ious[big].mean(), baseline[big].mean())
-    assert ious.mean() > 0.45  # all sizes: far from a random mask
+    assert ious[big].mean() > baseline[big].mean() + 0.15, (ious[big].mean(), baseline[big].mean())
+    assert ious.mean() > 0.58, ious.mean()  # all sizes: above the disk baseline (~0.55)
     boxes = prompted_ious(predictor, images, labels, prompt="box")
-    assert boxes[big].mean() > 0.6
+    assert boxes[big].mean() > 0.75, boxes[big].mean()
 
 
 def test_set_image_is_fast(model):

@@ -101,7 +101,7 @@ class AutomaticWidget(Container):
     def _apply_model_defaults(self, *_: Any) -> None:
         """Use the thresholds a model recommends (the built-in model ships its own), else the defaults."""
         recommended = recommended_amg_params(str(self.model_combo.value))
-        for name in ("pred_iou_thresh", "stability_score_thresh"):
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"):
             getattr(self, name).value = recommended.get(name, DEFAULT_PARAMS[name])
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
