@@ -7,7 +7,7 @@ Usage (from the repository root)::
 Every picture is a real napari window: the sample data come from the
 plugin's sample-data commands, the widgets are opened from the manifest, and
 prompts are placed the way a user would (points, boxes), with the weight-free
-"stand-in" model so the pictures are reproducible offline.
+built-in model (shipped, offline) so the pictures are reproducible.
 """
 
 from __future__ import annotations
@@ -71,7 +71,10 @@ def main() -> int:
 
     from napari_sam._napari._sample_data import nuclei_2d, nuclei_3d
     from napari_sam._napari.predictors import STAND_IN
+    from napari_sam.models import builtin_available
     from napari_sam.synthetic import make_nuclei_image
+
+    MODEL = "builtin" if builtin_available() else STAND_IN  # noqa: N806
 
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
@@ -82,7 +85,7 @@ def main() -> int:
     viewer.add_image(image, **meta)
     _, truth = make_nuclei_image((256, 256), kind="nuclei", seed=3)  # same seed as the sample
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Interactive segmentation (SAM)")
-    widget.model_combo.value = STAND_IN
+    widget.model_combo.value = MODEL
     widget.start_session()
     _wait(widget, lambda: widget.session is not None)
     areas = np.bincount(truth.ravel())
@@ -161,8 +164,8 @@ def main() -> int:
     viewer.window.remove_dock_widget("all")
     viewer.add_image(image, **meta)
     _, auto = viewer.window.add_plugin_dock_widget("napari-sam", "Automatic segmentation (SAM)")
-    auto.model_combo.value = STAND_IN
-    auto.points_per_side.value = 24
+    auto.model_combo.value = MODEL
+    auto.points_per_side.value = 32
     auto.run()
     _wait(auto, lambda: auto.output is not None)
     viewer.reset_view()
