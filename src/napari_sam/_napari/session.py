@@ -288,10 +288,15 @@ class Session:
         use_batch = hasattr(p, "predict_batch") and all(len(q[0]) == 0 for q in per_box) and \
             all(s["mask"] is None for s in shapes) and len(shapes) > 1
         if use_batch:
-            res = p.predict_batch(boxes_rc=np.stack([s["box_rc"] for s in shapes]), multimask=False)
-            logits_full = res.mask_logits.detach().cpu().numpy()
+            boxes = np.stack([s["box_rc"] for s in shapes])
+            if hasattr(p, "masks_from_logits"):  # masks decided at low resolution (napari_sam.upsample)
+                res = p.predict_batch(boxes_rc=boxes, multimask=False, upsample=False)
+                masks = p.masks_from_logits(res.low_res_logits[:, 0]).cpu().numpy()[:, None]
+            else:
+                res = p.predict_batch(boxes_rc=boxes, multimask=False)
+                masks = res.mask_logits.detach().cpu().numpy() > 0
             for b in range(len(shapes)):
-                objects.append(ObjectPrediction(logits_full[b] > 0, res.scores[b].detach().cpu().numpy(),
+                objects.append(ObjectPrediction(masks[b], res.scores[b].detach().cpu().numpy(),
                                                 res.low_res_logits[b].detach().cpu().numpy()))
             return objects
         for s, (bp, bl) in zip(shapes, per_box):
