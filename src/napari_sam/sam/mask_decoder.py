@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.sam.common import MLP, LayerNorm2d
+from napari_sam.sam.common import MLP, LayerNorm2d, activate
 from napari_sam.sam.transformer import TwoWayTransformer
 
 
@@ -240,12 +240,12 @@ class MaskDecoder(nn.Module):
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # columns (a, b, channel)
         y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * h * w, c), w1)
         y = y.view(b, h, w, 2, 2 * c1).transpose(2, 3).reshape(-1, c1)  # rows (B, i, a, j, b)
-        y = _gelu(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps), act1)
+        y = activate(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps), act1)
         w2 = conv2.weight.permute(0, 2, 3, 1)  # (c1, kernel row, kernel col, c2)
         bias2 = conv2.bias.repeat(2)
         rows = []
         for k in range(2):  # kernel row: output row 4i + 2a + k
-            z = _gelu(torch.addmm(bias2, y, w2[:, k].reshape(c1, 2 * c2)), act2)
+            z = activate(torch.addmm(bias2, y, w2[:, k].reshape(c1, 2 * c2)), act2)
             z = z.view(b, -1, c2)  # rows (i, a, j, b, kernel col): raster order of row 4i + 2a + k
             if b == 1:
                 plane = torch.mm(hyper_in[0], z[0].t())[None]
@@ -253,10 +253,3 @@ class MaskDecoder(nn.Module):
                 plane = torch.bmm(hyper_in, z.transpose(1, 2))
             rows.append(plane.view(b, m, h, 2, 4 * w))
         return torch.stack(rows, dim=4).view(b, m, 4 * h, 4 * w)
-
-
-def _gelu(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    """``act(x)`` (an ``nn.GELU``), in place when no gradient is needed (saves a large allocation)."""
-    if x.requires_grad or not isinstance(act, nn.GELU):
-        return act(x)
-    return torch._C._nn.gelu_(x, approximate=act.approximate)

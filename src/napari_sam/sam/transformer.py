@@ -111,7 +111,7 @@ class Attention(nn.Module):
         For image tokens attending to prompt tokens when the image side is
         prompt-independent (first transformer block): the query projection is
         cached per image, the scores cost ``Nq * Nk * C'`` and the output is
-        formed as in :meth:`_few_keys`.  Equal to :meth:`attend` up to float rounding.
+        :meth:`_mix_values`.  Equal to :meth:`attend` up to float rounding.
         """
         heads, d = self.num_heads, self.internal_dim // self.num_heads
         kh = self.project(k, "k") * d**-0.5  # (B, H, Nk, d)
@@ -122,9 +122,22 @@ class Attention(nn.Module):
         # scores laid out (B, H, Nk, Nq): softmax over the middle axis (see _few_keys)
         scores = torch.matmul(kh, q_heads.transpose(-1, -2))
         attn = torch.softmax(scores, dim=2).expand(b, heads, nk, nq).reshape(b, heads * nk, nq)
+        return self._mix_values(attn, vh, residual)
+
+    def _mix_values(self, attn: torch.Tensor, vh: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """Output ``sum_h A_h (v_h W_o,h^T) + b_o`` (+ ``residual``) for few keys.
+
+        ``attn`` ``(B, H*Nk, Nq)``: each head's weights over its ``Nk`` keys sum
+        to 1; ``vh`` ``(B or 1, H, Nk, d)`` value heads.  The output projection
+        is applied to the ``H*Nk`` values, not to the ``Nq`` outputs; as every
+        head's weights sum to 1, ``b_o / heads`` added to each value row adds
+        ``b_o``, and the residual is the ``input`` of the batched product.
+        """
+        heads, d = self.num_heads, self.internal_dim // self.num_heads
+        nk = vh.shape[2]
         wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # (H, C_out, d)
         value_out = torch.matmul(vh, wo.transpose(1, 2)).reshape(vh.shape[0], heads * nk, -1)
-        value_out = value_out.expand(b, -1, -1)
+        value_out = value_out.expand(attn.shape[0], -1, -1)
         if residual is None:
             return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.transpose(1, 2), value_out)
         return torch.baddbmm(residual, attn.transpose(1, 2), value_out + self.out_proj.bias / heads)
@@ -138,10 +151,7 @@ class Attention(nn.Module):
         output projection distributes over heads,
         ``out = sum_h A_h (v_h W_o,h^T) + b_o``, so the two ``(Nq, C) x (C, C')``
         products become products with ``Nk * heads`` columns.  Equal to
-        :meth:`attend` up to float rounding.  As every head's weights sum to 1,
-        ``b_o / heads`` added to each row of ``v_h W_o,h^T`` adds ``b_o``, and
-        the residual is the ``input`` of the same batched product (no separate
-        passes over the ``Nq x C`` output).
+        :meth:`attend` up to float rounding (output: :meth:`_mix_values`).
         """
         heads, d = self.num_heads, self.internal_dim // self.num_heads
         kh = self.project(k, "k") * d**-0.5  # (B, H, Nk, d)
@@ -158,12 +168,7 @@ class Attention(nn.Module):
         else:
             scores = torch.baddbmm(bias, q_to_k, q.transpose(1, 2))
         attn = torch.softmax(scores.view(b, heads, nk, nq), dim=2).view(b, heads * nk, nq)
-        wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # (H, C_out, d)
-        value_out = torch.matmul(vh, wo.transpose(1, 2)).reshape(b, heads * nk, -1)
-        if residual is None:
-            return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.transpose(1, 2), value_out)
-        value_out = value_out + self.out_proj.bias / heads
-        return torch.baddbmm(residual, attn.transpose(1, 2), value_out)
+        return self._mix_values(attn, vh, residual)
 
 
 class TwoWayAttentionBlock(nn.Module):
