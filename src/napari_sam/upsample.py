@@ -13,8 +13,10 @@ the 3 x 3 neighbourhood of one "centre" pixel (checked when the plan is built).
 (3 x 3 min / max) and computes the exact interpolated value only for output
 pixels near the threshold crossing: the same masks as
 ``upsample(logits) > threshold`` (a pixel can differ only where the logit is
-within float rounding of the threshold), about 5x faster for 1024 x 1024
-images, and no full-size float image is written.
+within float rounding of the threshold) and no full-size float image is
+written.  Measured for three blob-shaped masks on 2 threads: 8 ms instead of
+10 ms at 1024 x 1024, 17-20 ms instead of 39-62 ms at 1500 x 2000 (where the
+dense path runs two full-size interpolations); docs/python-api.md.
 """
 
 from __future__ import annotations
