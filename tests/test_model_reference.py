@@ -209,3 +209,57 @@ def test_global_attention_row_blocks_match_plain_definition(monkeypatch):
         rows = attn(x)
     torch.testing.assert_close(whole, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rows, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_bias_scratch_shares_one_buffer_and_changes_nothing(monkeypatch):
+    """Inside ``bias_scratch`` every bias piece (all row blocks, global and windowed
+    attention) is written into one buffer, released at exit; outputs are identical."""
+    from napari_sam.sam import image_encoder
+
+    torch.manual_seed(1)
+    glob = image_encoder.Attention(16, 2, qkv_bias=True, use_rel_pos=True, input_size=(9, 9))
+    win = image_encoder.Attention(16, 2, qkv_bias=True, use_rel_pos=True, input_size=(4, 4))
+    for attn in (glob, win):
+        with torch.no_grad():
+            attn.rel_pos_h.normal_()
+            attn.rel_pos_w.normal_()
+    x = torch.randn(2, 9, 9, 16)
+    monkeypatch.setattr(image_encoder, "_BIAS_BUDGET", 2 * 2 * 9 * 81 * 4 * 3)  # 3 query rows per piece
+    allocated = []
+    real_empty = torch.empty
+
+    def counting_empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        allocated.append(out.numel())
+        return out
+
+    with torch.inference_mode():
+        fresh = (glob(x), win.forward_windows(x, 4))
+        with image_encoder.bias_scratch():
+            monkeypatch.setattr(image_encoder.torch, "empty", counting_empty)
+            shared = (glob(x), win.forward_windows(x, 4), glob(x))
+            monkeypatch.setattr(image_encoder.torch, "empty", real_empty)
+            buffer = image_encoder._scratch.buffer
+            assert buffer is not None
+        assert image_encoder._scratch.buffer is None  # released with the context
+    for a, b in zip((*fresh, fresh[0]), shared):
+        assert torch.equal(a, b)
+    # one bias allocation in all: 3 row pieces x 2 global calls + 1 windowed call reuse it
+    bias_sized = [n for n in allocated if n >= 2 * 2 * 3 * 9 * 81]
+    assert bias_sized == [buffer.numel()]
+
+
+def test_encoder_token_grid_is_channels_last():
+    """Every block sees a contiguous (B, H, W, C) grid: a channel-major grid (the
+    permuted patch-embedding output) makes every residual add and LayerNorm run on
+    transposed memory."""
+    from napari_sam.sam.build import build_model
+    from napari_sam.training.builtin import builtin_config
+
+    model = build_model(builtin_config()).eval()
+    seen = []
+    for blk in model.image_encoder.blocks:
+        blk.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous()))
+    with torch.inference_mode():
+        model.image_encoder(torch.randn(2, 3, 256, 256))
+    assert seen == [True] * len(model.image_encoder.blocks)

@@ -7,6 +7,10 @@ neck.  Tokens are kept channels-last, ``(B, H, W, C)``, between blocks.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +19,49 @@ from napari_sam.sam.common import LayerNorm2d, MLPBlock
 
 #: bytes of relative-position bias materialised at once by :class:`Attention`
 _BIAS_BUDGET = 128 * 2**20
+
+
+class _Scratch(threading.local):
+    """Per-thread bias buffer shared by all attention calls of one encoder forward."""
+
+    depth = 0
+    buffer: torch.Tensor | None = None
+
+
+_scratch = _Scratch()
+
+
+@contextmanager
+def bias_scratch() -> Iterator[None]:
+    """Reuse one relative-position bias buffer inside this block (one thread).
+
+    Each global-attention block of vit_b materialises 805 MB of bias in
+    ``_BIAS_BUDGET`` pieces; freshly allocated, every piece comes from ``mmap``
+    and is page-faulted in again (about 2.4 GB of page faults and 1 s per
+    ``set_image``).  Inside this context the pieces of all blocks share one
+    buffer, which is released when the outermost context exits.  Safe on one
+    device stream: each SDPA call consumes its bias before the next is written.
+    """
+    _scratch.depth += 1
+    try:
+        yield
+    finally:
+        _scratch.depth -= 1
+        if _scratch.depth == 0:
+            _scratch.buffer = None
+
+
+def _bias_buffer(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A contiguous ``shape`` tensor: a view of the scratch buffer inside :func:`bias_scratch`."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    if _scratch.depth == 0:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    buf = _scratch.buffer
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        buf = _scratch.buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel].view(shape)
 
 
 class PatchEmbed(nn.Module):
@@ -185,7 +232,7 @@ def _bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
     kw = rel_w.shape[-1]
     if torch.is_grad_enabled() and (rel_h.requires_grad or rel_w.requires_grad):
         return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, rows * w, kh * kw)
-    out = torch.empty((b, heads, rows, w, kh, kw), dtype=rel_h.dtype, device=rel_h.device)
+    out = _bias_buffer((b, heads, rows, w, kh, kw), rel_h)
     torch.add(rel_h.unsqueeze(-1), rel_w.unsqueeze(-2), out=out)
     return out.view(b, heads, rows * w, kh * kw)
 
@@ -319,8 +366,13 @@ class ImageEncoderViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode a normalised, padded batch ``(B, 3, S, S)`` float32."""
-        x = self.patch_embed(x) + self.pos_embed
+        # pos_embed first: the sum takes its channels-last layout.  With the permuted
+        # conv output first, the token grid would be stored channel-major, and every
+        # residual add and LayerNorm of every block would run on transposed memory
+        # (about 1.5 s of a vit_b set_image).
+        x = torch.add(self.pos_embed, self.patch_embed(x))
         inplace = not (torch.is_grad_enabled() and x.requires_grad)  # x is ours from here on
-        for blk in self.blocks:
-            x = blk(x, inplace=inplace)
+        with bias_scratch():
+            for blk in self.blocks:
+                x = blk(x, inplace=inplace)
         return self.neck(x.permute(0, 3, 1, 2))
