@@ -18,7 +18,7 @@ from torch import nn
 from napari_sam.sam.common import LayerNorm2d, MLPBlock
 
 #: bytes of relative-position bias materialised at once by :class:`Attention`
-_BIAS_BUDGET = 128 * 2**20
+_BIAS_BUDGET = 256 * 2**20
 
 
 class _Scratch(threading.local):
