@@ -21,6 +21,7 @@ _LAZY = {
     "CheckpointError": "napari_sam.models",
     "resolve_device": "napari_sam.models",
     "Predictor": "napari_sam.predictor",
+    "ZoomPredictor": "napari_sam.zoom",
     "estimate_contrast_limits": "napari_sam.normalize",
     "to_rgb_uint8": "napari_sam.normalize",
     "AutomaticMaskGenerator": "napari_sam.amg",
@@ -52,5 +53,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from napari_sam.models import available_models, load_model
     from napari_sam.predictor import Predictor
+    from napari_sam.zoom import ZoomPredictor
     from napari_sam.sam.build import build_model
     from napari_sam.sam.model import Sam

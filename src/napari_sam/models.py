@@ -210,6 +210,20 @@ def recommended_amg_params(name: str) -> dict[str, Any]:
     return dict(amg) if isinstance(amg, dict) else {}
 
 
+def recommended_zoom(name: str) -> dict[str, Any] | None:
+    """Zoom window for single-object prompts recommended for a registry model, or None.
+
+    The built-in model sees the whole image at 256 x 256 px and segments small
+    objects far better on a window around them (:class:`napari_sam.zoom.ZoomPredictor`);
+    its json's ``"zoom"`` entry holds ``context`` and ``min_side`` picked on
+    selection images.  Official models return None (prompt on the whole image).
+    """
+    if name != "builtin" or not builtin_available():
+        return None
+    zoom = json.loads(BUILTIN_JSON.read_text(encoding="utf-8")).get("zoom")
+    return dict(zoom) if isinstance(zoom, dict) else None
+
+
 def get_spec(name: str) -> ModelSpec:
     """Registry entry for ``name``; ValueError listing the known names otherwise."""
     if name == "builtin":

@@ -43,12 +43,16 @@ def make_predictor(name: str, *, checkpoint: str | Path | None = None, device: s
         from napari_sam._napari._testing import ThresholdPredictor
 
         return ThresholdPredictor()
-    from napari_sam.models import load_model
+    from napari_sam.models import load_model, recommended_zoom
     from napari_sam.predictor import Predictor
+    from napari_sam.zoom import ZoomPredictor
 
     device = None if device in (None, "", "auto") else device
     ckpt = None if checkpoint in (None, "") or not str(checkpoint).strip() or Path(checkpoint).is_dir() else checkpoint
     model = load_model(name, checkpoint=ckpt, device=device)
+    zoom = recommended_zoom(name)  # the built-in model: single-object prompts re-run on a window around the object
+    if zoom is not None:
+        return ZoomPredictor(model, device=device, **zoom)
     return Predictor(model, device=device)
 
 

@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 from napari_sam.synthetic import boxes_from_labels, sample_point_prompts
+from napari_sam.zoom import ZoomPredictor
 
 __all__ = [
     "object_diameters",
@@ -91,6 +92,16 @@ def prompted_ious(
             boxes, ids = boxes_from_labels(lab)
         else:
             raise ValueError(f"prompt must be 'point' or 'box'; got {prompt!r}")
+        if isinstance(predictor, ZoomPredictor):  # its zoom acts in predict(), one object at a time
+            for k, oid in enumerate(ids):
+                if prompt == "point":
+                    masks, scores, _ = predictor.predict(pts[k], plab[k], multimask=True)
+                    m = masks[int(np.argmax(scores))]
+                else:
+                    m = predictor.predict(box_rc=boxes[k], multimask=False)[0][0]
+                out.append(_iou(m, lab == oid))
+            report(progress, i + 1, len(images), f"{prompt} prompts")
+            continue
         for s in range(0, len(ids), batch):
             sl = slice(s, s + batch)
             if prompt == "point":

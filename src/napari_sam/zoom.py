@@ -1,0 +1,253 @@
+"""Zoomed prompting: a second pass on a window around the object.
+
+SAM resizes the whole image so that its longest side is the model's input
+size.  Small objects then cover few encoder tokens, and a small model (the
+built-in one sees 256 x 256 px) segments them poorly: on held-out synthetic
+nuclei its point-prompt IoU is 0.51 below 10 px and 0.80 at 20-40 px.
+:class:`ZoomPredictor` prompts as usual, then encodes a window around the
+object (``context`` times its size, at least ``min_side`` px) and prompts
+again there, so the object is seen at the scale the model handles best.
+
+Only single-object :meth:`ZoomPredictor.predict` calls zoom; ``predict_batch``
+(automatic generation, several boxes at once) and calls with a ``mask_input``
+or after :meth:`~napari_sam.predictor.Predictor.set_embedding` (no pixels to
+crop) behave exactly like :class:`~napari_sam.predictor.Predictor`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from napari_sam.normalize import to_rgb_uint8
+from napari_sam.predictor import Predictor
+
+__all__ = ["ZoomPredictor", "zoom_window"]
+
+#: logit written outside the window in the returned low-res logits
+OUTSIDE_LOGIT = -20.0
+
+
+def zoom_window(
+    extent_rc: Sequence[float],
+    image_shape: Sequence[int],
+    *,
+    context: float = 8.0,
+    min_side: int = 96,
+    min_zoom: float = 1.25,
+) -> tuple[int, int, int, int] | None:
+    """The window to re-encode around an object, or None when zooming gains little.
+
+    Parameters
+    ----------
+    extent_rc : (r0, c0, r1, c1)
+        Bounding box of the object (pixels, ``r1``/``c1`` exclusive or not).
+    image_shape : (H, W)
+    context : float
+        Window side as a multiple of the object's larger side.
+    min_side : int
+        Smallest window side (caps the magnification for tiny objects).
+    min_zoom : float
+        No window (None) when ``max(H, W) / side`` is below this.
+
+    Returns
+    -------
+    (r0, c0, r1, c1) int, inside the image, or None.
+    """
+    h, w = int(image_shape[0]), int(image_shape[1])
+    r0, c0, r1, c1 = (float(v) for v in extent_rc)
+    size = max(r1 - r0, c1 - c0, 1.0)
+    side = max(float(min_side), context * size)
+    if max(h, w) / side < min_zoom:
+        return None
+    side_i = int(math.ceil(side))
+    wh, ww = min(h, side_i), min(w, side_i)
+    top = int(round((r0 + r1) / 2 - wh / 2))
+    left = int(round((c0 + c1) / 2 - ww / 2))
+    top = min(max(top, 0), h - wh)
+    left = min(max(left, 0), w - ww)
+    return top, left, top + wh, left + ww
+
+
+def _clicked_part(mask: np.ndarray, points_rc: Any, point_labels: Any) -> np.ndarray:
+    """The connected parts of ``mask`` under the positive clicks (else the part nearest the first).
+
+    A whole-view mask of a small object often carries far-away fragments; its
+    full bounding box would make the zoom window needlessly large.
+    """
+    if points_rc is None or not mask.any():
+        return mask
+    pos = np.asarray(points_rc, float).reshape(-1, 2)[np.asarray(point_labels).ravel() > 0]
+    if not len(pos):
+        return mask
+    parts, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    h, w = mask.shape
+    rc = np.clip(np.rint(pos).astype(int), 0, [h - 1, w - 1])
+    hit = np.unique(parts[rc[:, 0], rc[:, 1]])
+    hit = hit[hit > 0]
+    if not hit.size:  # the click fell just outside the mask: the nearest part
+        rows, cols = np.nonzero(mask)
+        k = int(np.argmin((rows - pos[0, 0]) ** 2 + (cols - pos[0, 1]) ** 2))
+        hit = np.array([parts[rows[k], cols[k]]])
+    return np.isin(parts, hit)
+
+
+class ZoomPredictor(Predictor):
+    """A :class:`~napari_sam.predictor.Predictor` whose single-object prompts zoom in.
+
+    ``predict`` first prompts on the whole image.  The object's extent (the box
+    prompt, or the bounding box of the best mask together with the positive
+    clicks) gives a window of ``context`` times its size (at least
+    ``min_side`` px); the window is encoded (cached while it stays the same)
+    and prompted again, and its masks are pasted back into the full frame,
+    unless the model rates the whole-view mask higher (``keep_better``).
+
+    Parameters
+    ----------
+    model, device
+        As for :class:`~napari_sam.predictor.Predictor`.
+    context : float
+        Window side over object size (8: the object covers about 1/8 of the
+        window's side, the scale the built-in model was trained at).
+    min_side : int
+        Smallest window side in pixels.
+    min_zoom : float
+        Skip the second pass when the window would magnify less than this.
+    keep_better : bool
+        Keep the whole-view result when its best predicted IoU is higher than
+        the window's (the model's own quality estimate).  On selection images
+        this kept cells with bright membranes, which zooming alone made worse
+        (box mIoU 0.795 -> 0.721), at their whole-view quality.
+
+    Notes
+    -----
+    The returned ``logits`` are the zoomed masks' logits resampled into the
+    full view's low-resolution frame (``OUTSIDE_LOGIT`` outside the window), so
+    they can be fed back as ``mask_input``.  Each zoomed click costs one more
+    encoder pass on the window (0.06 s for the built-in model on this CPU).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: Any = None,
+        context: float = 8.0,
+        min_side: int = 96,
+        min_zoom: float = 1.25,
+        keep_better: bool = True,
+    ) -> None:
+        if context < 1 or min_side < 1 or min_zoom < 1:
+            raise ValueError(
+                f"context, min_side and min_zoom must be >= 1; got {context}, {min_side}, {min_zoom}."
+            )
+        self.context, self.min_side, self.min_zoom = float(context), int(min_side), float(min_zoom)
+        self.keep_better = bool(keep_better)
+        self._rgb: np.ndarray | None = None
+        super().__init__(model, device=device)
+        self._window_predictor = Predictor(self.model, device=self.device)
+        self._window: tuple[int, int, int, int] | None = None
+
+    def reset_image(self) -> None:
+        super().reset_image()
+        self._rgb = None
+        self._window = None
+
+    def set_image(
+        self,
+        image: Any,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: Any = None,
+    ) -> None:
+        rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
+        super().set_image(rgb)
+        self._rgb = rgb  # windows are cut from the same RGB the whole view was encoded from
+
+    set_image.__doc__ = Predictor.set_image.__doc__
+
+    def window_for(self, points_rc: Any, point_labels: Any, box_rc: Any, masks: np.ndarray, scores: np.ndarray):
+        """The zoom window for a prompt and its first-pass result (None: no zoom)."""
+        assert self.original_size is not None
+        if box_rc is not None:
+            r0, c0, r1, c1 = (float(v) for v in np.asarray(box_rc, float).ravel())
+        else:
+            rows, cols = np.nonzero(_clicked_part(masks[int(np.argmax(scores))], points_rc, point_labels))
+            if rows.size == 0:
+                r0 = r1 = c0 = c1 = math.nan
+            else:
+                r0, c0, r1, c1 = rows.min(), cols.min(), rows.max() + 1.0, cols.max() + 1.0
+        if points_rc is not None:
+            pos = np.asarray(points_rc, float).reshape(-1, 2)[np.asarray(point_labels).ravel() > 0]
+            if len(pos):
+                r0, c0 = np.nanmin([r0, pos[:, 0].min()]), np.nanmin([c0, pos[:, 1].min()])
+                r1, c1 = np.nanmax([r1, pos[:, 0].max() + 1]), np.nanmax([c1, pos[:, 1].max() + 1])
+        if math.isnan(r0):
+            return None
+        return zoom_window((r0, c0, r1, c1), self.original_size, context=self.context,
+                           min_side=self.min_side, min_zoom=self.min_zoom)
+
+    def predict(
+        self,
+        points_rc: Any = None,
+        point_labels: Any = None,
+        box_rc: Any = None,
+        mask_input: Any = None,
+        *,
+        multimask: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        masks, scores, logits = super().predict(points_rc, point_labels, box_rc, mask_input, multimask=multimask)
+        if self._rgb is None or mask_input is not None:
+            return masks, scores, logits
+        win = self.window_for(points_rc, point_labels, box_rc, masks, scores)
+        if win is None:
+            return masks, scores, logits
+        r0, c0, r1, c1 = win
+        wp = self._window_predictor
+        if self._window != win:
+            wp.set_image(self._rgb[r0:r1, c0:c1])
+            self._window = win
+        pts = lab = None
+        if points_rc is not None:
+            pts = np.asarray(points_rc, float).reshape(-1, 2) - (r0, c0)
+            lab = np.asarray(point_labels).ravel()
+            inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= r1 - r0) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= c1 - c0)
+            pts, lab = (pts[inside], lab[inside]) if inside.any() else (None, None)
+        box = None
+        if box_rc is not None:
+            box = np.clip(np.asarray(box_rc, float).ravel() - (r0, c0, r0, c0), 0, [r1 - r0, c1 - c0] * 2)
+        if pts is None and box is None:
+            return masks, scores, logits
+        wmasks, wscores, wlogits = wp.predict(pts, lab, box, None, multimask=multimask)
+        if self.keep_better and float(wscores.max()) < float(scores.max()):
+            return masks, scores, logits  # the model rates its whole-view mask higher
+        full = np.zeros((wmasks.shape[0], *self.original_size), bool)
+        full[:, r0:r1, c0:c1] = wmasks
+        return full, wscores, self._window_logits_to_full(wlogits, win)
+
+    def _window_logits_to_full(self, wlogits: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray:
+        """Window low-res logits resampled into the full view's low-res frame."""
+        r0, c0, r1, c1 = win
+        wp = self._window_predictor
+        m = self.mask_input_size[0]
+        down = self.image_size // m  # low-res pixels per encoder-input pixel (4 for SAM)
+        scale = self.input_size[0] / self.original_size[0] / down  # full-image px -> low-res px
+        wscale = wp.input_size[0] / (r1 - r0) / down  # window px -> window low-res px
+        valid = wlogits[:, : math.ceil((r1 - r0) * wscale), : math.ceil((c1 - c0) * wscale)]
+        out = np.full((wlogits.shape[0], *self.mask_input_size), OUTSIDE_LOGIT, np.float32)
+        t, left = int(round(r0 * scale)), int(round(c0 * scale))
+        hh = max(1, min(m - t, int(round((r1 - r0) * scale))))
+        ww = max(1, min(m - left, int(round((c1 - c0) * scale))))
+        resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(valid))[None], size=(hh, ww),
+                                mode="bilinear", align_corners=False, antialias=hh < valid.shape[-2])[0]
+        out[:, t : t + hh, left : left + ww] = resized.numpy()
+        return out

@@ -1,0 +1,141 @@
+"""ZoomPredictor: a second pass on a window around the object (napari_sam.zoom)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam.models import load_model, recommended_zoom
+from napari_sam.predictor import Predictor
+from napari_sam.synthetic import boxes_from_labels, make_nuclei_image, sample_point_prompts
+from napari_sam.zoom import OUTSIDE_LOGIT, ZoomPredictor, zoom_window
+
+EVAL_SEED = 1_001_000  # the evaluation seeds of scripts/eval_builtin.py (never trained on)
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return load_model("builtin", device="cpu")
+
+
+def _iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def test_zoom_window_geometry():
+    # 10 px object, context 4, at least 32 px: a 40 px window centred on it
+    assert zoom_window((50, 60, 60, 70), (256, 256), context=4, min_side=32) == (35, 45, 75, 85)
+    # tiny object: min_side wins
+    assert zoom_window((50, 60, 52, 62), (256, 256), context=4, min_side=32) == (35, 45, 67, 77)
+    # at the image border the window shifts inside, same size
+    assert zoom_window((0, 250, 10, 256), (256, 256), context=4, min_side=32) == (0, 216, 40, 256)
+    # non-square image: the window never exceeds it
+    r0, c0, r1, c1 = zoom_window((5, 5, 15, 100), (40, 400), context=2, min_side=8)
+    assert (r0, r1) == (0, 40) and c1 - c0 == 190 and 0 <= c0 and c1 <= 400
+    # a window nearly as large as the image magnifies too little: None
+    assert zoom_window((0, 0, 100, 100), (256, 256), context=2.2, min_side=32) is None
+    assert zoom_window((0, 0, 100, 100), (256, 256), context=2.2, min_side=32, min_zoom=1.0) is not None
+
+
+def test_builtin_recommends_zoom():
+    zoom = recommended_zoom("builtin")
+    assert zoom is not None and zoom["context"] >= 1 and zoom["min_side"] >= 1
+    assert recommended_zoom("vit_b") is None
+
+
+def test_second_pass_is_a_plain_prompt_on_the_window(builtin):
+    """The zoomed masks are exactly what a plain Predictor gives on the crop, pasted back."""
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED)
+    zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=64, keep_better=False)
+    better = ZoomPredictor(builtin, device="cpu", context=4, min_side=64)  # keep_better=True
+    zp.set_image(img)
+    better.set_image(img)
+    plain, crop = Predictor(builtin, device="cpu"), Predictor(builtin, device="cpu")
+    plain.set_image(img)
+    pts, plab, ids = sample_point_prompts(lab, seed=0)
+    checked = 0
+    for p, pl in zip(pts[:10], plab[:10]):
+        masks, scores, logits = zp.predict(p, pl, multimask=True)
+        m0, s0, _ = plain.predict(p, pl, multimask=True)
+        win = zp.window_for(p, pl, None, m0, s0)
+        if win is None:  # the whole-view mask was large: nothing to zoom, plain result
+            assert np.array_equal(masks, m0)
+            continue
+        r0, c0, r1, c1 = win
+        crop.set_image(zp._rgb[r0:r1, c0:c1])
+        cm, cs, _ = crop.predict(p - (r0, c0), pl, multimask=True)
+        expected = np.zeros_like(masks)
+        expected[:, r0:r1, c0:c1] = cm
+        assert np.array_equal(masks, expected)
+        np.testing.assert_allclose(scores, cs, rtol=1e-6)
+        assert logits.shape == (3, *zp.mask_input_size)
+        assert (logits == OUTSIDE_LOGIT).any()  # outside the window
+        # keep_better: the pass the model rates higher, whole view or window
+        kept = better.predict(p, pl, multimask=True)
+        winner = (masks, scores) if scores.max() >= s0.max() else (m0, s0)
+        assert np.array_equal(kept[0], winner[0]) and np.array_equal(kept[1], winner[1])
+        checked += 1
+    assert checked >= 6
+
+
+def test_zoom_beats_the_whole_view_on_small_nuclei(builtin):
+    """Against the ground truth: on nuclei below 20 px the zoomed click and box IoU
+    are clearly above the whole-view pass (what zooming is for)."""
+    zoom = recommended_zoom("builtin")
+    zp, plain = ZoomPredictor(builtin, device="cpu", **zoom), Predictor(builtin, device="cpu")
+    z_pt, p_pt, z_bx, p_bx = [], [], [], []
+    for seed in (EVAL_SEED + 4, EVAL_SEED + 5):
+        img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=seed)
+        zp.set_image(img)
+        plain.set_image(img)
+        pts, plab, ids = sample_point_prompts(lab, seed=seed)
+        boxes, bids = boxes_from_labels(lab)
+        box_of = dict(zip(bids.tolist(), boxes))
+        for p, pl, oid in zip(pts, plab, ids):
+            gt = lab == oid
+            rows, cols = np.nonzero(gt)
+            if max(np.ptp(rows), np.ptp(cols)) + 1 >= 20:
+                continue
+            for pred, out in ((zp, z_pt), (plain, p_pt)):
+                m, s, _ = pred.predict(p, pl, multimask=True)
+                out.append(_iou(m[int(np.argmax(s))], gt))
+            for pred, out in ((zp, z_bx), (plain, p_bx)):
+                out.append(_iou(pred.predict(box_rc=box_of[int(oid)], multimask=False)[0][0], gt))
+    assert len(z_pt) >= 30
+    assert np.mean(z_pt) > np.mean(p_pt) + 0.05, (np.mean(z_pt), np.mean(p_pt))
+    assert np.mean(z_bx) > np.mean(p_bx) + 0.05, (np.mean(z_bx), np.mean(p_bx))
+
+
+def test_no_zoom_when_it_cannot_help(builtin):
+    """Whole-image windows, mask prompts and stored embeddings: identical to Predictor."""
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 2)
+    plain = Predictor(builtin, device="cpu")
+    plain.set_image(img)
+    p, pl = np.array([[128.0, 128.0]]), np.array([1])
+    box = np.array([10.0, 10.0, 240.0, 240.0])  # large box: no window magnifies 1.25x
+    zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=64)
+    zp.set_image(img)
+    for kw in ({"box_rc": box, "multimask": False},
+               {"points_rc": p, "point_labels": pl, "mask_input": np.zeros((1, *plain.mask_input_size), np.float32)}):
+        for a, b in zip(zp.predict(**kw), plain.predict(**kw)):
+            assert np.array_equal(a, b)
+    zp.set_embedding(plain.get_embedding())  # no pixels to crop: plain behaviour
+    for a, b in zip(zp.predict(p, pl), plain.predict(p, pl)):
+        assert np.array_equal(a, b)
+
+
+def test_returned_logits_work_as_mask_prompt(builtin):
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 3)
+    zp = ZoomPredictor(builtin, device="cpu", **recommended_zoom("builtin"))
+    zp.set_image(img)
+    boxes, _ = boxes_from_labels(lab)
+    masks, _, logits = zp.predict(box_rc=boxes[0], multimask=False)
+    # the logits, read back at full resolution, outline the zoomed mask
+    back = zp.masks_from_logits(__import__("torch").from_numpy(logits)).numpy()[0]
+    assert _iou(back, masks[0]) > 0.6
+    zp.predict(box_rc=boxes[0], mask_input=logits, multimask=False)  # accepted as a mask prompt
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="must be >= 1"):
+        ZoomPredictor(load_model("builtin", device="cpu"), context=0.5)
