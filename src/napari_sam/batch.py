@@ -31,7 +31,7 @@ from napari_sam.io import prepare_labels_array, write_ome_labels_metadata
 from napari_sam.progress import CancelToken, ProgressCallback
 from napari_sam.cache import EmbeddingCache, data_identity, embed_volume, make_key
 
-__all__ = ["segment_volume", "embed_volume", "sam_segment", "default_tiles", "DEFAULT_CHUNK"]
+__all__ = ["segment_volume", "embed_volume", "sam_segment", "model_amg_params", "default_tiles", "DEFAULT_CHUNK"]
 
 #: side of the output chunks (1, chunk, chunk) when no tile shape is given
 DEFAULT_CHUNK = 1024
@@ -106,8 +106,20 @@ def sam_segment(
         predictor.start_slice(slice_index)
     return segment_image(
         image, predictor, channel_axis=channel_axis, contrast_limits=contrast_limits,
-        tile_shape=tile_shape, halo=halo, **(amg_params or {}),
+        tile_shape=tile_shape, halo=halo, **model_amg_params(model, amg_params),
     )
+
+
+def model_amg_params(model: Any, amg_params: dict | None) -> dict:
+    """``amg_params`` over the thresholds the model recommends (the built-in model ships its own).
+
+    SAM's defaults (0.88 / 0.95) suit the official models; the small built-in
+    model rates its masks much lower and would keep almost none with them.
+    """
+    from napari_sam.models import recommended_amg_params
+
+    base = recommended_amg_params(model) if isinstance(model, str) else {}
+    return {**base, **(amg_params or {})}
 
 
 def _prepare_source(source: Any, *, axes: str | None, level: int, channel: int | None,

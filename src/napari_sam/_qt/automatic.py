@@ -101,8 +101,11 @@ class AutomaticWidget(Container):
     def _apply_model_defaults(self, *_: Any) -> None:
         """Use the thresholds a model recommends (the built-in model ships its own), else the defaults."""
         recommended = recommended_amg_params(str(self.model_combo.value))
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"):
+        for name in ("crop_n_layers", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
+                     "min_mask_region_area"):
             getattr(self, name).value = recommended.get(name, DEFAULT_PARAMS[name])
+        # recommended values without a widget (e.g. the NMS between crops) ride along
+        self._hidden_params = {k: v for k, v in recommended.items() if k not in DEFAULT_PARAMS}
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(lay.name, lay) for lay in self.viewer.layers if isinstance(lay, Image)]
@@ -114,7 +117,7 @@ class AutomaticWidget(Container):
     def params(self) -> dict[str, Any]:
         """The AMG parameters currently set in the widget."""
         names = ("points_per_side", "points_per_batch", "crop_n_layers", *THRESHOLDS)
-        return {n: getattr(self, n).value for n in names}
+        return {**getattr(self, "_hidden_params", {}), **{n: getattr(self, n).value for n in names}}
 
     def thresholds(self) -> dict[str, Any]:
         """The cheap-phase parameters currently set in the widget."""
