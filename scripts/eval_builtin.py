@@ -151,9 +151,10 @@ def figure(predictor, images, labels, amg_preds, path: Path) -> None:
         img, lab = images[i], labels[i]
         predictor.set_image(img)
         pts, plab, ids = sample_point_prompts(lab, seed=i)
-        res = predictor.predict_batch(pts, plab, multimask=True)
-        best = res.scores.argmax(dim=1)
-        masks = (res.mask_logits[np.arange(len(best)), best] > 0).numpy()
+        masks = []
+        for p, pl in zip(pts, plab):  # one click at a time, as in the plugin (zoomed if the predictor zooms)
+            m, s, _ = predictor.predict(p, pl, multimask=True)
+            masks.append(m[int(np.argmax(s))])
         pred = np.zeros(lab.shape, np.int32)
         for k, m in enumerate(masks):
             pred[m & (pred == 0)] = k + 1
@@ -290,7 +291,7 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     if args.figures is not None:
         args.figures.mkdir(parents=True, exist_ok=True)
-        figure(predictor, images, labels, preds, args.figures / "builtin_examples.png")
+        figure(prompter, images, labels, preds, args.figures / "builtin_examples.png")
         synthetic_figure(args.figures / "builtin_synthetic.png")
     if args.update_json:
         path = DATA_DIR / "builtin_model.json"

@@ -139,3 +139,55 @@ def test_returned_logits_work_as_mask_prompt(builtin):
 def test_bad_parameters():
     with pytest.raises(ValueError, match="must be >= 1"):
         ZoomPredictor(load_model("builtin", device="cpu"), context=0.5)
+
+
+def test_flips_average_the_four_flipped_window_passes(builtin):
+    """flips=True against an independent computation: a plain Predictor on each flipped
+    crop, logits upsampled to the crop, flipped back, averaged, thresholded."""
+    import torch
+
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 6)
+    zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, keep_better=False, flips=True)
+    zp.set_image(img)
+    plain, crop = Predictor(builtin, device="cpu"), Predictor(builtin, device="cpu")
+    plain.set_image(img)
+    boxes, _ = boxes_from_labels(lab)
+    pts, plab, _ = sample_point_prompts(lab, seed=6)
+    checked = 0
+    for kw in [{"box_rc": b, "multimask": False} for b in boxes[:3]] + \
+              [{"points_rc": p, "point_labels": pl, "multimask": True} for p, pl in zip(pts[:3], plab[:3])]:
+        m0, s0, _ = plain.predict(**kw)
+        win = zp.window_for(kw.get("points_rc"), kw.get("point_labels"), kw.get("box_rc"), m0, s0)
+        if win is None:
+            continue
+        r0, c0, r1, c1 = win
+        h, w = r1 - r0, c1 - c0
+        total, scores = 0.0, 0.0
+        for fr in (False, True):
+            for fc in (False, True):
+                crop.set_image(np.ascontiguousarray(zp._rgb[r0:r1, c0:c1][:: -1 if fr else 1, :: -1 if fc else 1]))
+                q = {"multimask": kw["multimask"]}
+                if "box_rc" in kw:
+                    b = np.asarray(kw["box_rc"], float) - (r0, c0, r0, c0)
+                    if fr:
+                        b[[0, 2]] = h - b[[2, 0]]
+                    if fc:
+                        b[[1, 3]] = w - b[[3, 1]]
+                    q["box_rc"] = b
+                else:
+                    p = np.asarray(kw["points_rc"], float) - (r0, c0)
+                    if fr:
+                        p[:, 0] = h - 1 - p[:, 0]
+                    if fc:
+                        p[:, 1] = w - 1 - p[:, 1]
+                    q.update(points_rc=p, point_labels=kw["point_labels"])
+                _, s, lg = crop.predict(**q)
+                up = crop.upsample_logits(torch.from_numpy(lg)).numpy()[:, :: -1 if fr else 1, :: -1 if fc else 1]
+                total, scores = total + up, scores + s
+        masks, got_scores, _ = zp.predict(**kw)
+        expected = np.zeros_like(masks)
+        expected[:, r0:r1, c0:c1] = total / 4 > 0
+        assert (masks == expected).mean() > 0.999
+        np.testing.assert_allclose(got_scores, scores / 4, rtol=1e-5)
+        checked += 1
+    assert checked >= 4
