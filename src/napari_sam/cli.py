@@ -293,16 +293,6 @@ def _overlay(image: np.ndarray, labels: np.ndarray) -> Any:
     return Image.fromarray((rgb * 255).round().astype(np.uint8))
 
 
-def _builtin_amg() -> dict:
-    """Recommended AMG parameters shipped with the built-in model (its json's "amg" entry), if any."""
-    try:
-        from napari_sam.models import recommended_amg_params
-
-        return recommended_amg_params("builtin")
-    except (ImportError, OSError, ValueError):
-        return {}
-
-
 def _run_demo(out: Path, *, model: str, quiet: bool, amg_overrides: dict | None = None) -> int:
     import json
 
@@ -318,10 +308,8 @@ def _run_demo(out: Path, *, model: str, quiet: bool, amg_overrides: dict | None 
         have_model = model != "builtin" or builtin_available()
     except ImportError:
         have_model = False
-    if have_model:
+    if have_model:  # the model's shipped thresholds are added by the batch runner (model_amg_params)
         model_ref, note = model, f"model: {model}"
-        if model == "builtin":
-            amg.update(_builtin_amg())
     else:
         import torch
 

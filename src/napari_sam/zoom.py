@@ -102,6 +102,29 @@ def _clicked_part(mask: np.ndarray, points_rc: Any, point_labels: Any) -> np.nda
     return np.isin(parts, hit)
 
 
+def _valid_low_res(predictor: Predictor) -> tuple[int, int]:
+    """Rows and columns of the low-res logits that cover the image (the rest is padding)."""
+    down = predictor.image_size // predictor.mask_input_size[0]
+    return math.ceil(predictor.input_size[0] / down), math.ceil(predictor.input_size[1] / down)
+
+
+def _flip_prompts(pts, box, h: int, w: int, flip_rows: bool, flip_cols: bool):
+    """Points ``(N, 2)`` and box ``(4,)`` (either may be None) in an ``h x w`` window flipped as asked."""
+    pts = None if pts is None else pts.copy()
+    box = None if box is None else box.copy()
+    if flip_rows:
+        if pts is not None:
+            pts[:, 0] = h - 1 - pts[:, 0]  # pixel centres
+        if box is not None:
+            box[[0, 2]] = h - box[[2, 0]]  # pixel edges
+    if flip_cols:
+        if pts is not None:
+            pts[:, 1] = w - 1 - pts[:, 1]
+        if box is not None:
+            box[[1, 3]] = w - box[[3, 1]]
+    return pts, box
+
+
 class ZoomPredictor(Predictor):
     """A :class:`~napari_sam.predictor.Predictor` whose single-object prompts zoom in.
 
@@ -257,22 +280,11 @@ class ZoomPredictor(Predictor):
             self._window = win
         if len(flips) == 1:
             return wp.predict(pts, lab, box, None, multimask=multimask)
-        down = self.image_size // self.mask_input_size[0]
-        hv, wv = math.ceil(wp.input_size[0] / down), math.ceil(wp.input_size[1] / down)
+        hv, wv = _valid_low_res(wp)
         total = scores = None
         for (fr, fc), emb in zip(flips, self._window_embeddings):
             wp.set_embedding(emb)
-            fp, fb = None if pts is None else pts.copy(), None if box is None else box.copy()
-            if fr:
-                if fp is not None:
-                    fp[:, 0] = h - 1 - fp[:, 0]
-                if fb is not None:
-                    fb[[0, 2]] = h - fb[[2, 0]]
-            if fc:
-                if fp is not None:
-                    fp[:, 1] = w - 1 - fp[:, 1]
-                if fb is not None:
-                    fb[[1, 3]] = w - fb[[3, 1]]
+            fp, fb = _flip_prompts(pts, box, h, w, fr, fc)
             _, s, lg = wp.predict(fp, lab, fb, None, multimask=multimask)
             valid = lg[:, :hv, :wv][:, :: -1 if fr else 1, :: -1 if fc else 1]
             if total is None:
@@ -290,10 +302,10 @@ class ZoomPredictor(Predictor):
         r0, c0, r1, c1 = win
         wp = self._window_predictor
         m = self.mask_input_size[0]
-        down = self.image_size // m  # low-res pixels per encoder-input pixel (4 for SAM)
+        down = self.image_size // m  # encoder-input pixels per low-res pixel (4 for SAM)
         scale = self.input_size[0] / self.original_size[0] / down  # full-image px -> low-res px
-        wscale = wp.input_size[0] / (r1 - r0) / down  # window px -> window low-res px
-        valid = wlogits[:, : math.ceil((r1 - r0) * wscale), : math.ceil((c1 - c0) * wscale)]
+        hv, wv = _valid_low_res(wp)
+        valid = wlogits[:, :hv, :wv]
         out = np.full((wlogits.shape[0], *self.mask_input_size), OUTSIDE_LOGIT, np.float32)
         t, left = int(round(r0 * scale)), int(round(c0 * scale))
         hh = max(1, min(m - t, int(round((r1 - r0) * scale))))
