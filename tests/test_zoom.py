@@ -191,3 +191,79 @@ def test_flips_average_the_four_flipped_window_passes(builtin):
         np.testing.assert_allclose(got_scores, scores / 4, rtol=1e-5)
         checked += 1
     assert checked >= 4
+
+
+def _inclusive_box_of_clicked_part(mask, point_rc):
+    """Reference for the refinement box: the connected part under the click, first/last row and column."""
+    from scipy import ndimage as ndi
+
+    parts, _ = ndi.label(mask)
+    r, c = (int(round(v)) for v in point_rc)
+    rows, cols = np.nonzero(parts == parts[r, c])
+    return np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)
+
+
+def test_refine_box_prompts_the_click_masks_box_in_the_same_window(builtin):
+    """refine_box=1 against an independent computation: the click's best mask (refine_box=0),
+    the box of its part under the click, prompted alone on the click's window crop."""
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 7)
+    base = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, keep_better=False)
+    refined = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, keep_better=False, refine_box=1)
+    plain, crop = Predictor(builtin, device="cpu"), Predictor(builtin, device="cpu")
+    for p in (base, refined, plain):
+        p.set_image(img)
+    pts, plab, _ = sample_point_prompts(lab, seed=7)
+    checked = 0
+    for p, pl in zip(pts[:8], plab[:8]):
+        m0, s0, _ = base.predict(p, pl, multimask=True)
+        b = int(np.argmax(s0))
+        if not m0[b][int(round(p[0, 0])), int(round(p[0, 1]))]:
+            continue  # click outside its own mask: the reference above needs a part under it
+        win = base.window_for(p, pl, None, *plain.predict(p, pl, multimask=True)[:2])
+        r0, c0, r1, c1 = win
+        box = _inclusive_box_of_clicked_part(m0[b], p[0])
+        if box[0] < r0 or box[1] < c0 or box[2] >= r1 or box[3] >= c1:
+            continue  # a new window would be chosen
+        crop.set_image(np.ascontiguousarray(refined._rgb[r0:r1, c0:c1]))
+        cm, cs, _ = crop.predict(box_rc=box - (r0, c0, r0, c0), multimask=False)
+        masks, scores, _ = refined.predict(p, pl, multimask=True)
+        expected = np.zeros(lab.shape, bool)
+        expected[r0:r1, c0:c1] = cm[0]
+        assert (masks[b] == expected).mean() > 0.999
+        assert scores[b] == pytest.approx(cs[0], rel=1e-5)
+        others = [k for k in range(3) if k != b]  # the other masks are the click's
+        assert np.array_equal(masks[others], m0[others])
+        checked += 1
+    assert checked >= 4
+
+
+def test_refine_box_leaves_corrections_and_boxes_alone(builtin):
+    """Negative clicks (a user correcting) and box prompts are not refined."""
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 8)
+    base = ZoomPredictor(builtin, device="cpu", context=4, min_side=128)
+    refined = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, refine_box=2)
+    base.set_image(img)
+    refined.set_image(img)
+    pts, plab, _ = sample_point_prompts(lab, seed=8)
+    boxes, _ = boxes_from_labels(lab)
+    neg = np.array([[pts[0, 0, 0] + 3, pts[0, 0, 1] + 3]])
+    for kw in ({"points_rc": np.vstack([pts[0], neg]), "point_labels": np.array([1, 0])},
+               {"box_rc": boxes[0], "multimask": False},
+               {"points_rc": pts[1], "point_labels": plab[1], "box_rc": boxes[1]}):
+        for a, b in zip(base.predict(**kw), refined.predict(**kw)):
+            assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="refine_box"):
+        ZoomPredictor(builtin, refine_box=-1)
+
+
+def test_refine_box_improves_clicks_on_held_out_nuclei(builtin):
+    """Quality: box refinement beats the plain zoomed click on unseen images."""
+    from napari_sam.training.evaluate import prompted_ious
+
+    data = [make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 9)]
+    images, labels = [d[0] for d in data], [d[1] for d in data]
+    ious = {}
+    for rounds in (0, 2):
+        zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, refine_box=rounds)
+        ious[rounds] = prompted_ious(zp, images, labels, prompt="point")
+    assert ious[2].mean() > ious[0].mean() + 0.02, {k: v.mean() for k, v in ious.items()}

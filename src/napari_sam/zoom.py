@@ -158,6 +158,15 @@ class ZoomPredictor(Predictor):
         instead of one.  The flipped low-res grids align exactly when the
         window's resized sides are multiples of ``image_size / mask size``
         (square windows), to within one low-res pixel otherwise.
+    refine_box : int
+        Rounds of box refinement for clicks (positive points only, no box):
+        the bounding box of the clicked part of the best mask becomes a box
+        prompt (no points) in the same window, and its mask replaces the best
+        one when the model rates it at least as high.  The built-in model
+        delineates far better from a box than from a click (held-out nuclei
+        box mIoU 0.90 vs point 0.79), so a click's rough mask is a good box.
+        Each round decodes again but needs no new encoder pass while the box
+        stays inside the click's window.
 
     Notes
     -----
@@ -177,6 +186,7 @@ class ZoomPredictor(Predictor):
         min_zoom: float = 1.25,
         keep_better: bool = True,
         flips: bool = False,
+        refine_box: int = 0,
     ) -> None:
         if context < 1 or min_side < 1 or min_zoom < 1:
             raise ValueError(
@@ -185,6 +195,9 @@ class ZoomPredictor(Predictor):
         self.context, self.min_side, self.min_zoom = float(context), int(min_side), float(min_zoom)
         self.keep_better = bool(keep_better)
         self.flips = bool(flips)
+        if int(refine_box) < 0:
+            raise ValueError(f"refine_box must be >= 0 rounds; got {refine_box}.")
+        self.refine_box = int(refine_box)
         self._window_embeddings: list = []
         self._rgb: np.ndarray | None = None
         super().__init__(model, device=device)
@@ -210,13 +223,19 @@ class ZoomPredictor(Predictor):
 
     set_image.__doc__ = Predictor.set_image.__doc__
 
-    def window_for(self, points_rc: Any, point_labels: Any, box_rc: Any, masks: np.ndarray, scores: np.ndarray):
-        """The zoom window for a prompt and its first-pass result (None: no zoom)."""
-        assert self.original_size is not None
+    def object_extent(
+        self, points_rc: Any, point_labels: Any, box_rc: Any, mask: np.ndarray | None
+    ) -> tuple[float, float, float, float] | None:
+        """``(r0, c0, r1, c1)`` (``r1``/``c1`` exclusive) of the prompted object, or None.
+
+        The box prompt if there is one, else the connected parts of ``mask``
+        under the positive clicks; the positive clicks are always inside.
+        """
         if box_rc is not None:
             r0, c0, r1, c1 = (float(v) for v in np.asarray(box_rc, float).ravel())
         else:
-            rows, cols = np.nonzero(_clicked_part(masks[int(np.argmax(scores))], points_rc, point_labels))
+            rows, cols = (np.array([]), np.array([])) if mask is None else np.nonzero(
+                _clicked_part(mask, points_rc, point_labels))
             if rows.size == 0:
                 r0 = r1 = c0 = c1 = math.nan
             else:
@@ -228,7 +247,15 @@ class ZoomPredictor(Predictor):
                 r1, c1 = np.nanmax([r1, pos[:, 0].max() + 1]), np.nanmax([c1, pos[:, 1].max() + 1])
         if math.isnan(r0):
             return None
-        return zoom_window((r0, c0, r1, c1), self.original_size, context=self.context,
+        return float(r0), float(c0), float(r1), float(c1)
+
+    def window_for(self, points_rc: Any, point_labels: Any, box_rc: Any, masks: np.ndarray, scores: np.ndarray):
+        """The zoom window for a prompt and its first-pass result (None: no zoom)."""
+        assert self.original_size is not None
+        extent = self.object_extent(points_rc, point_labels, box_rc, masks[int(np.argmax(scores))])
+        if extent is None:
+            return None
+        return zoom_window(extent, self.original_size, context=self.context,
                            min_side=self.min_side, min_zoom=self.min_zoom)
 
     def predict(
@@ -244,8 +271,19 @@ class ZoomPredictor(Predictor):
         if self._rgb is None or mask_input is not None:
             return masks, scores, logits
         win = self.window_for(points_rc, point_labels, box_rc, masks, scores)
-        if win is None:
-            return masks, scores, logits
+        if win is not None:
+            zoomed = self._predict_in_window(win, points_rc, point_labels, box_rc, multimask)
+            # keep_better: the model may rate its whole-view mask higher
+            if zoomed is not None and not (self.keep_better and float(zoomed[1].max()) < float(scores.max())):
+                masks, scores, logits = zoomed
+        if self.refine_box and box_rc is None and points_rc is not None and np.all(np.asarray(point_labels) > 0):
+            masks, scores, logits = self._refine_with_box(points_rc, point_labels, masks, scores, logits, win)
+        return masks, scores, logits
+
+    predict.__doc__ = Predictor.predict.__doc__
+
+    def _predict_in_window(self, win, points_rc, point_labels, box_rc, multimask):
+        """The prompt re-run on window ``win``, pasted into the full frame (None: no prompt inside)."""
         r0, c0, r1, c1 = win
         pts = lab = None
         if points_rc is not None:
@@ -257,13 +295,40 @@ class ZoomPredictor(Predictor):
         if box_rc is not None:
             box = np.clip(np.asarray(box_rc, float).ravel() - (r0, c0, r0, c0), 0, [r1 - r0, c1 - c0] * 2)
         if pts is None and box is None:
-            return masks, scores, logits
+            return None
         wmasks, wscores, wlogits = self._window_pass(win, pts, lab, box, multimask)
-        if self.keep_better and float(wscores.max()) < float(scores.max()):
-            return masks, scores, logits  # the model rates its whole-view mask higher
         full = np.zeros((wmasks.shape[0], *self.original_size), bool)
         full[:, r0:r1, c0:c1] = wmasks
         return full, wscores, self._window_logits_to_full(wlogits, win)
+
+    def _refine_with_box(self, points_rc, point_labels, masks, scores, logits, win):
+        """``refine_box`` rounds of: the best mask's box (inclusive, as SAM's training boxes) as the prompt.
+
+        The refined mask replaces the best one when the model rates it at
+        least as high (``keep_better``); the window of the click is reused
+        when the box lies inside it (no new encoder pass).
+        """
+        assert self.original_size is not None
+        masks, scores, logits = masks.copy(), scores.copy(), logits.copy()
+        for _ in range(self.refine_box):
+            b = int(np.argmax(scores))
+            extent = self.object_extent(points_rc, point_labels, None, masks[b])
+            if extent is None:
+                break
+            r0, c0, r1, c1 = extent
+            box = np.array([r0, c0, r1 - 1.0, c1 - 1.0])  # first and last row/column, as SAM's boxes
+            rwin = win
+            if rwin is None or r0 < rwin[0] or c0 < rwin[1] or r1 > rwin[2] or c1 > rwin[3]:
+                rwin = zoom_window(extent, self.original_size, context=self.context,
+                                   min_side=self.min_side, min_zoom=self.min_zoom)
+            if rwin is None:
+                refined = Predictor.predict(self, box_rc=box, multimask=False)
+            else:
+                refined = self._predict_in_window(rwin, None, None, box, False)
+            if refined is None or (self.keep_better and float(refined[1][0]) < float(scores[b])):
+                break
+            masks[b], scores[b], logits[b] = refined[0][0], refined[1][0], refined[2][0]
+        return masks, scores, logits
 
     def _window_pass(self, win, pts, lab, box, multimask):
         """Prompt the window (with ``flips``: the mean low-res logits of its four flips)."""
