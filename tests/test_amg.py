@@ -338,3 +338,104 @@ def test_masks_to_labels_overlap_policy_and_ids():
     with pytest.raises(ValueError):
         masks_to_labels(recs, (10, 10), overlap="random")
     assert masks_to_labels([], (3, 4)).sum() == 0
+
+
+# --------------------------------------------------------------------------- mask NMS
+
+
+def _brute_mask_nms(full_masks, scores, thresh):
+    """Greedy mask NMS on full-image masks: intersection over the smaller area."""
+    order = sorted(range(len(full_masks)), key=lambda i: (-scores[i], i))
+    keep = []
+    for i in order:
+        ok = True
+        for j in keep:
+            inter = np.count_nonzero(full_masks[i] & full_masks[j])
+            if inter and inter > thresh * min(full_masks[i].sum(), full_masks[j].sum()):
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return keep
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 25), st.integers(0, 25), st.integers(2, 12), st.integers(2, 12),
+                       st.integers(0, 2**16)), min_size=1, max_size=20),
+    st.floats(0.0, 1.0),
+)
+def test_mask_nms_matches_brute_force(raw, thresh):
+    full, masks, boxes = [], [], []
+    for r, c, h, w, seed in raw:
+        m = np.zeros((40, 40), bool)
+        m[r:r + h, c:c + w] = np.random.default_rng(seed).random((h, w)) < 0.7  # ragged, may have holes
+        if not m.any():
+            m[r, c] = True
+        rr, cc = np.nonzero(m)
+        box = (rr.min(), cc.min(), rr.max() + 1, cc.max() + 1)
+        full.append(m)
+        masks.append(m[box[0]:box[2], box[1]:box[3]])
+        boxes.append(box)
+    scores = np.random.default_rng(len(raw)).integers(0, 4, size=len(raw)).astype(float)  # ties
+    got = U.mask_nms(masks, np.array(boxes), scores, thresh)
+    assert got.tolist() == _brute_mask_nms(full, scores, thresh)
+
+
+def test_mask_nms_keeps_touching_objects_and_drops_fragments():
+    """Two touching disks whose boxes overlap (box NMS at 0.1 drops one) and a fragment inside one."""
+    yy, xx = np.mgrid[:40, :60]
+    a = (yy - 20) ** 2 + (xx - 20) ** 2 <= 100
+    b = ((yy - 24) ** 2 + (xx - 32) ** 2 <= 100) & ~a  # touches a; boxes overlap
+    frag = a & (xx < 20)  # the left half of a
+    full = [a, b, frag]
+    boxes = []
+    for m in full:
+        rr, cc = np.nonzero(m)
+        boxes.append((rr.min(), cc.min(), rr.max() + 1, cc.max() + 1))
+    boxes = np.array(boxes)
+    masks = [m[r0:r1, c0:c1] for m, (r0, c0, r1, c1) in zip(full, boxes)]
+    scores = np.array([0.8, 0.7, 0.9])  # the fragment is rated highest
+    assert U.box_iou(boxes[:1], boxes[1:2])[0, 0] > 0.1
+    assert U.nms(boxes[:2], scores[:2], 0.1).tolist() == [0]  # box NMS loses the neighbour
+    # the fragment wins over a (it is rated higher) ...
+    assert sorted(U.mask_nms(masks, boxes, scores, 0.35).tolist()) == [1, 2]
+    # ... unless the whole object is preferred: a bonus of 0.2 * log(area) gives a (twice the
+    # fragment's area) 0.2 * ln 2 = 0.14 more, above the 0.1 it was rated lower
+    bonus = scores + 0.2 * np.log([m.sum() for m in full])
+    assert sorted(U.mask_nms(masks, boxes, bonus, 0.35).tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="one of each"):
+        U.mask_nms(masks[:2], boxes, scores, 0.5)
+
+
+def test_generator_mask_nms_keeps_no_overlapping_pair(blobs):
+    """filter(mask_nms_thresh=t): no two kept masks overlap by more than t of the smaller; every
+    candidate it dropped overlaps a kept one that way or is a near-duplicate box of one."""
+    image = blobs[0]
+    gen = AutomaticMaskGenerator(StandInPredictor(), points_per_side=20, pred_iou_thresh=0.6,
+                                 stability_score_thresh=0.0, mask_nms_thresh=0.3, nms_area_bonus=0.05)
+    raw = gen.run_expensive(image)
+    kept = gen.filter(raw)
+    boxed = gen.filter(raw, mask_nms_thresh=None)  # SAM's box NMS on the same candidates
+    assert kept and boxed and _as_keys(kept) != _as_keys(boxed)
+
+    def full(rec):
+        m = np.zeros(image.shape, bool)
+        r0, c0, r1, c1 = rec.bbox_rc
+        m[r0:r1, c0:c1] = rec.mask
+        return m
+
+    fk = [full(r) for r in kept]
+    for i, j in itertools.combinations(range(len(fk)), 2):
+        assert (fk[i] & fk[j]).sum() <= 0.3 * min(fk[i].sum(), fk[j].sum())
+    kept_boxes = np.array([r.bbox_rc for r in kept])
+    cands = [AutomaticMaskGenerator._record(raw, i) for i in np.flatnonzero(raw.predicted_iou > 0.6)]
+    for rec in cands:
+        m = full(rec)
+        overlapping = any((m & k).sum() > 0.3 * min(m.sum(), k.sum()) for k in fk)
+        duplicate = U.box_iou(np.array([rec.bbox_rc]), kept_boxes).max() > 0.7
+        assert overlapping or duplicate
+    with pytest.raises(ValueError, match="mask_nms_thresh"):
+        AutomaticMaskGenerator(StandInPredictor(), mask_nms_thresh=1.5)
+    with pytest.raises(ValueError, match="nms_area_bonus"):
+        gen.filter(raw, nms_area_bonus=-1)

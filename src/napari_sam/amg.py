@@ -33,6 +33,19 @@ from napari_sam.stitching import masks_to_labels
 
 __all__ = ["MaskRecord", "RawMasks", "AutomaticMaskGenerator", "masks_to_labels"]
 
+#: box IoU above which the mask NMS drops a candidate before comparing masks (SAM's box_nms_thresh)
+_DUPLICATE_BOX_IOU = 0.7
+_UNSET: Any = object()  # filter(): "use the generator's setting" where None is a value
+
+
+def _check_mask_nms(mask_nms_thresh: float | None, nms_area_bonus: float) -> None:
+    if mask_nms_thresh is not None and not 0.0 <= float(mask_nms_thresh) <= 1.0:
+        raise ValueError(
+            f"mask_nms_thresh must be None (box NMS) or a fraction in [0, 1]; got {mask_nms_thresh}."
+        )
+    if not np.isfinite(nms_area_bonus) or nms_area_bonus < 0:
+        raise ValueError(f"nms_area_bonus must be a finite number >= 0; got {nms_area_bonus}.")
+
 
 @dataclass(frozen=True, eq=False)
 class MaskRecord:
@@ -133,6 +146,20 @@ class AutomaticMaskGenerator:
         Explicit normalised ``(row, col)`` grids in [0, 1], one per layer.
     min_mask_region_area : int
         If > 0, fill holes and remove islands smaller than this (pixels), then NMS again.
+    mask_nms_thresh : float or None
+        None (default): SAM's box NMS (``box_nms_thresh`` in each crop, then
+        ``crop_nms_thresh`` across crops).  A value in [0, 1]: mask NMS
+        instead, over all crops at once (:func:`napari_sam.amg_utils.mask_nms`):
+        a mask is dropped when it overlaps an already kept, better-scored
+        mask by more than this fraction of the smaller of the two.  It keeps
+        touching objects (whose boxes overlap, their masks hardly) and drops
+        fragments inside a kept object.  Near-duplicates (box IoU > 0.7) are
+        dropped first by box NMS, as a speed-up; the small-region cleanup runs
+        before the mask NMS.
+    nms_area_bonus : float
+        NMS visits masks by ``predicted_iou + nms_area_bonus * log(area)``
+        (0, the default, is SAM's order): a positive value prefers a whole
+        object to its parts when the model rates them alike.
     refilter_margin : float
         How far below ``pred_iou_thresh`` / ``stability_score_thresh`` the
         expensive phase keeps candidates, so those thresholds can later be
@@ -160,6 +187,8 @@ class AutomaticMaskGenerator:
         min_mask_region_area: int = 0,
         refilter_margin: float = 0.05,
         upsample_batch: int = 16,
+        mask_nms_thresh: float | None = None,
+        nms_area_bonus: float = 0.0,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -167,6 +196,7 @@ class AutomaticMaskGenerator:
             raise ValueError("points_per_batch and upsample_batch must be at least 1")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+        _check_mask_nms(mask_nms_thresh, nms_area_bonus)
         if points_per_side is not None:
             grids = U.build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
         else:
@@ -186,6 +216,8 @@ class AutomaticMaskGenerator:
         self.min_mask_region_area = int(min_mask_region_area)
         self.refilter_margin = float(refilter_margin)
         self.upsample_batch = int(upsample_batch)
+        self.mask_nms_thresh = None if mask_nms_thresh is None else float(mask_nms_thresh)
+        self.nms_area_bonus = float(nms_area_bonus)
         #: wall and process-CPU seconds spent per phase (accumulated over calls)
         self.timings: dict[str, float] = {
             k: 0.0 for k in ("encoder", "decoder", "postprocess", "encoder_cpu", "decoder_cpu", "postprocess_cpu")
@@ -312,10 +344,13 @@ class AutomaticMaskGenerator:
         box_nms_thresh: float | None = None,
         crop_nms_thresh: float | None = None,
         min_mask_region_area: int | None = None,
+        mask_nms_thresh: Any = _UNSET,
+        nms_area_bonus: float | None = None,
     ) -> list[MaskRecord]:
         """Cheap phase: thresholds, NMS and cleanup on the candidates of ``raw``.
 
-        Every argument defaults to the generator's own setting.  Raising any
+        Every argument defaults to the generator's own setting (for
+        ``mask_nms_thresh``, whose None means box NMS, leave it out).  Raising any
         threshold is always exact; ``pred_iou_thresh`` and
         ``stability_score_thresh`` can be lowered down to
         ``raw.min_pred_iou`` / ``raw.min_stability_score`` (by default the
@@ -337,6 +372,9 @@ class AutomaticMaskGenerator:
         box_t = self.box_nms_thresh if box_nms_thresh is None else float(box_nms_thresh)
         crop_t = self.crop_nms_thresh if crop_nms_thresh is None else float(crop_nms_thresh)
         min_area = self.min_mask_region_area if min_mask_region_area is None else int(min_mask_region_area)
+        mask_t = self.mask_nms_thresh if mask_nms_thresh is _UNSET else mask_nms_thresh
+        bonus = self.nms_area_bonus if nms_area_bonus is None else float(nms_area_bonus)
+        _check_mask_nms(mask_t, bonus)
         for name, value, floor in (
             ("pred_iou_thresh", iou_t, raw.min_pred_iou),
             ("stability_score_thresh", stab_t, raw.min_stability_score),
@@ -353,26 +391,46 @@ class AutomaticMaskGenerator:
         if stab_t > 0:
             keep &= raw.stability_score >= stab_t
         idx = np.flatnonzero(keep)
+        score = raw.predicted_iou[idx].astype(np.float64)
+        if bonus:
+            areas = np.array([max(1, int(np.count_nonzero(raw.masks[i]))) for i in idx], dtype=np.float64)
+            score = score + bonus * np.log(areas)
+        if mask_t is not None:
+            records = self._mask_nms_records(raw, idx, score, mask_t, min_area)
+            self._tick("postprocess", t0, p0)
+            return records
         # box NMS inside each crop, scored by predicted IoU
         kept: list[np.ndarray] = []
         for ci in range(len(raw.crop_boxes_rc)):
-            sel = idx[raw.crop_index[idx] == ci]
+            sel = np.flatnonzero(raw.crop_index[idx] == ci)
             if len(sel):
-                kept.append(sel[U.nms(raw.boxes_rc[sel], raw.predicted_iou[sel], box_t)])
-        idx = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+                kept.append(sel[U.nms(raw.boxes_rc[idx[sel]], score[sel], box_t)])
+        pos = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
         # NMS across crops: the smaller crop wins
-        if len(raw.crop_boxes_rc) > 1 and len(idx):
-            cb = raw.crop_boxes_rc[raw.crop_index[idx]]
+        if len(raw.crop_boxes_rc) > 1 and len(pos):
+            cb = raw.crop_boxes_rc[raw.crop_index[idx[pos]]]
             crop_area = ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).astype(np.float64)
-            order = U.nms(raw.boxes_rc[idx], 1.0 / crop_area, crop_t, tiebreak=raw.predicted_iou[idx])
-            idx = np.sort(idx[order])
-        records = [self._record(raw, int(i)) for i in idx]
+            order = U.nms(raw.boxes_rc[idx[pos]], 1.0 / crop_area, crop_t, tiebreak=score[pos])
+            pos = np.sort(pos[order])
+        records = [self._record(raw, int(i)) for i in idx[pos]]
         if min_area > 0 and records:
             records = U.postprocess_small_regions(records, min_area, box_t)
         self._tick("postprocess", t0, p0)
         return records
 
     # ----------------------------------------------------------------- helpers
+    def _mask_nms_records(
+        self, raw: RawMasks, idx: np.ndarray, score: np.ndarray, thresh: float, min_area: int
+    ) -> list[MaskRecord]:
+        """Near-duplicate box NMS, small-region cleanup, then mask NMS, over all crops."""
+        pos = np.sort(U.nms(raw.boxes_rc[idx], score, _DUPLICATE_BOX_IOU))
+        records = [self._record(raw, int(i)) for i in idx[pos]]
+        if min_area > 0 and records:  # nms_thresh 1: clean up only, drop nothing
+            records = U.postprocess_small_regions(records, min_area, 1.0)
+        boxes = np.array([r.bbox_rc for r in records], dtype=np.int64).reshape(-1, 4)
+        keep = U.mask_nms([r.mask for r in records], boxes, score[pos], thresh)
+        return [records[i] for i in sorted(keep)]
+
     def _tick(self, phase: str, t0: float, p0: float) -> None:
         import time
 

@@ -33,6 +33,7 @@ __all__ = [
     "is_box_near_crop_edge",
     "box_iou",
     "nms",
+    "mask_nms",
     "remove_small_regions",
     "postprocess_small_regions",
     "batch_slices",
@@ -271,6 +272,63 @@ def nms(boxes_rc: np.ndarray, scores: np.ndarray, iou_thresh: float, *, tiebreak
         keep.append(i)
         ious = box_iou(boxes[i : i + 1], boxes)[0]
         suppressed |= ious > iou_thresh
+    return np.asarray(keep, dtype=np.int64)
+
+
+def mask_nms(
+    masks: Sequence[np.ndarray], boxes_rc: np.ndarray, scores: np.ndarray, overlap_thresh: float
+) -> np.ndarray:
+    """Greedy NMS on masks: drop a mask that overlaps a kept one by more than ``overlap_thresh``
+    of the smaller of the two.
+
+    The overlap is the intersection over the smaller area, so a fragment lying
+    inside a kept object is dropped like a duplicate, while touching objects
+    (whose bounding boxes may overlap a lot, the masks hardly) are both kept.
+    Masks are visited by decreasing score (ties by index).
+
+    Parameters
+    ----------
+    masks : sequence of (r1 - r0, c1 - c0) bool ndarrays
+        Bbox-local masks (as :class:`napari_sam.amg.MaskRecord`).
+    boxes_rc : (N, 4) int array
+        Half-open ``(r0, c0, r1, c1)`` of each mask in image coordinates.
+    scores : (N,) array
+    overlap_thresh : float in [0, 1]
+
+    Returns
+    -------
+    keep : (K,) int64 ndarray
+        Indices of kept masks, in decreasing score order.
+    """
+    boxes = np.asarray(boxes_rc, dtype=np.int64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = len(boxes)
+    if len(masks) != n or len(scores) != n:
+        raise ValueError(f"{len(masks)} masks, {n} boxes and {len(scores)} scores: one of each per mask")
+    areas = np.array([int(np.count_nonzero(m)) for m in masks], dtype=np.int64)
+    kept_boxes = np.empty((n, 4), dtype=np.int64)
+    keep: list[int] = []
+    for i in np.lexsort((np.arange(n), -scores)):
+        b = boxes[i]
+        kb = kept_boxes[: len(keep)]
+        r0, c0 = np.maximum(kb[:, 0], b[0]), np.maximum(kb[:, 1], b[1])
+        r1, c1 = np.minimum(kb[:, 2], b[2]), np.minimum(kb[:, 3], b[3])
+        suppressed = False
+        for k in np.flatnonzero((r1 > r0) & (c1 > c0)):  # kept masks whose boxes meet this one's
+            j = keep[k]
+            bj = boxes[j]
+            rows, cols = slice(r0[k], r1[k]), slice(c0[k], c1[k])
+            inter = np.count_nonzero(
+                masks[i][rows.start - b[0] : rows.stop - b[0], cols.start - b[1] : cols.stop - b[1]]
+                & masks[j][rows.start - bj[0] : rows.stop - bj[0], cols.start - bj[1] : cols.stop - bj[1]]
+            )
+            smaller = min(areas[i], areas[j])
+            if inter and inter > overlap_thresh * smaller:
+                suppressed = True
+                break
+        if not suppressed:
+            kept_boxes[len(keep)] = b
+            keep.append(int(i))
     return np.asarray(keep, dtype=np.int64)
 
 
