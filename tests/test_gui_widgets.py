@@ -200,6 +200,11 @@ def test_automatic_widget_uses_the_models_recommended_thresholds(viewer):
     assert shipped["pred_iou_thresh"] < DEFAULT_PARAMS["pred_iou_thresh"]
     assert widget.pred_iou_thresh.value == pytest.approx(shipped["pred_iou_thresh"])
     assert widget.stability_score_thresh.value == pytest.approx(shipped["stability_score_thresh"])
+    # its mask NMS has no widget: it rides along, and the box NMS spin box is off
+    assert widget.params()["mask_nms_thresh"] == shipped["mask_nms_thresh"]
+    assert widget.params()["nms_area_bonus"] == shipped["nms_area_bonus"]
+    assert not widget.box_nms_thresh.enabled and "mask_nms_thresh" in widget.box_nms_thresh.tooltip
     widget.model_combo.value = "vit_b"  # official models: back to the defaults
     assert widget.pred_iou_thresh.value == DEFAULT_PARAMS["pred_iou_thresh"]
+    assert widget.box_nms_thresh.enabled and "mask_nms_thresh" not in widget.params()
     assert recommended_amg_params("vit_b") == {}

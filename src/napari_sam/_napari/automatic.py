@@ -118,7 +118,8 @@ class AutomaticSession:
         """
         params = {**DEFAULT_PARAMS, **(params or {})}
         unknown = set(params) - set(DEFAULT_PARAMS) - {"stability_score_offset", "crop_nms_thresh",
-                                                       "crop_overlap_ratio", "crop_n_points_downscale_factor"}
+                                                       "crop_overlap_ratio", "crop_n_points_downscale_factor",
+                                                       "mask_nms_thresh", "nms_area_bonus"}
         if unknown:
             raise ValueError(f"unknown automatic segmentation parameters: {sorted(unknown)}")
         cl = self._contrast_limits()

@@ -106,6 +106,13 @@ class AutomaticWidget(Container):
             getattr(self, name).value = recommended.get(name, DEFAULT_PARAMS[name])
         # recommended values without a widget (e.g. the NMS between crops) ride along
         self._hidden_params = {k: v for k, v in recommended.items() if k not in DEFAULT_PARAMS}
+        # a model that uses mask NMS (the built-in one) does not use the box NMS threshold
+        mask_nms = self._hidden_params.get("mask_nms_thresh")
+        self.box_nms_thresh.enabled = mask_nms is None
+        self.box_nms_thresh.tooltip = (
+            "IoU of bounding boxes above which the lower-rated mask is dropped" if mask_nms is None else
+            f"not used: this model's masks are de-duplicated by mask overlap (mask_nms_thresh={mask_nms})"
+        )
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(lay.name, lay) for lay in self.viewer.layers if isinstance(lay, Image)]
