@@ -418,6 +418,9 @@ def test_generator_mask_nms_keeps_no_overlapping_pair(blobs):
     kept = gen.filter(raw)
     boxed = gen.filter(raw, mask_nms_thresh=None)  # SAM's box NMS on the same candidates
     assert kept and boxed and _as_keys(kept) != _as_keys(boxed)
+    fresh = AutomaticMaskGenerator(StandInPredictor(), points_per_side=20, pred_iou_thresh=0.6,
+                                   stability_score_thresh=0.0, mask_nms_thresh=0.3, nms_area_bonus=0.05)
+    assert _as_keys(fresh.generate(image)) == _as_keys(kept)  # re-filtering equals a fresh run
 
     def full(rec):
         m = np.zeros(image.shape, bool)
