@@ -198,10 +198,11 @@ class ZoomPredictor(Predictor):
         if int(refine_box) < 0:
             raise ValueError(f"refine_box must be >= 0 rounds; got {refine_box}.")
         self.refine_box = int(refine_box)
-        self._window_embeddings: list = []
         self._rgb: np.ndarray | None = None
         super().__init__(model, device=device)
-        self._window_predictor = Predictor(self.model, device=self.device)
+        # one predictor per flip: each keeps its window embedding and decoder cache
+        self._window_predictors = [Predictor(self.model, device=self.device)
+                                   for _ in range(len(_FLIPS) if self.flips else 1)]
         self._window: tuple[int, int, int, int] | None = None
 
     def reset_image(self) -> None:
@@ -334,23 +335,25 @@ class ZoomPredictor(Predictor):
         """Prompt the window (with ``flips``: the mean low-res logits of its four flips)."""
         r0, c0, r1, c1 = win
         h, w = r1 - r0, c1 - c0
-        wp = self._window_predictor
         flips = _FLIPS if self.flips else _FLIPS[:1]
+        while len(self._window_predictors) < len(flips):  # flips switched on after construction
+            self._window_predictors.append(Predictor(self.model, device=self.device))
+            self._window = None
         if self._window != win:
-            self._window_embeddings = []
-            for fr, fc in flips:
+            self._window = None  # stays None if an encoder pass fails
+            for (fr, fc), wp in zip(flips, self._window_predictors):
                 wp.set_image(np.ascontiguousarray(self._rgb[r0:r1, c0:c1][:: -1 if fr else 1, :: -1 if fc else 1]))
-                if len(flips) > 1:
-                    self._window_embeddings.append(wp.get_embedding())
             self._window = win
         if len(flips) == 1:
-            return wp.predict(pts, lab, box, None, multimask=multimask)
-        hv, wv = _valid_low_res(wp)
+            return self._window_predictors[0].predict(pts, lab, box, None, multimask=multimask)
+        hv, wv = _valid_low_res(self._window_predictors[0])
         total = scores = None
-        for (fr, fc), emb in zip(flips, self._window_embeddings):
-            wp.set_embedding(emb)
+        for (fr, fc), wp in zip(flips, self._window_predictors):
             fp, fb = _flip_prompts(pts, box, h, w, fr, fc)
-            _, s, lg = wp.predict(fp, lab, fb, None, multimask=multimask)
+            res = wp.predict_batch(None if fp is None else fp[None], None if lab is None else lab[None],
+                                   None if fb is None else fb[None], multimask=multimask, upsample=False)
+            lg = res.low_res_logits[0].to("cpu", torch.float32).numpy()
+            s = res.scores[0].to("cpu", torch.float32).numpy()
             valid = lg[:, :hv, :wv][:, :: -1 if fr else 1, :: -1 if fc else 1]
             if total is None:
                 total, scores = lg.copy(), s.astype(np.float64)
@@ -359,13 +362,13 @@ class ZoomPredictor(Predictor):
                 total[:, :hv, :wv] += valid
                 scores += s
         total[:, :hv, :wv] /= len(flips)
-        masks = wp.masks_from_logits(torch.from_numpy(total)).cpu().numpy()
+        masks = self._window_predictors[0].masks_from_logits(torch.from_numpy(total)).cpu().numpy()
         return masks, (scores / len(flips)).astype(np.float32), total
 
     def _window_logits_to_full(self, wlogits: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray:
         """Window low-res logits resampled into the full view's low-res frame."""
         r0, c0, r1, c1 = win
-        wp = self._window_predictor
+        wp = self._window_predictors[0]
         m = self.mask_input_size[0]
         down = self.image_size // m  # encoder-input pixels per low-res pixel (4 for SAM)
         scale = self.input_size[0] / self.original_size[0] / down  # full-image px -> low-res px
