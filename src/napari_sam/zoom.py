@@ -254,8 +254,10 @@ class ZoomPredictor(Predictor):
         """The zoom window for a prompt and its first-pass result (None: no zoom)."""
         assert self.original_size is not None
         extent = self.object_extent(points_rc, point_labels, box_rc, masks[int(np.argmax(scores))])
-        if extent is None:
-            return None
+        return None if extent is None else self._window_around(extent)
+
+    def _window_around(self, extent: tuple[float, float, float, float]) -> tuple[int, int, int, int] | None:
+        assert self.original_size is not None
         return zoom_window(extent, self.original_size, context=self.context,
                            min_side=self.min_side, min_zoom=self.min_zoom)
 
@@ -320,8 +322,7 @@ class ZoomPredictor(Predictor):
             box = np.array([r0, c0, r1 - 1.0, c1 - 1.0])  # first and last row/column, as SAM's boxes
             rwin = win
             if rwin is None or r0 < rwin[0] or c0 < rwin[1] or r1 > rwin[2] or c1 > rwin[3]:
-                rwin = zoom_window(extent, self.original_size, context=self.context,
-                                   min_side=self.min_side, min_zoom=self.min_zoom)
+                rwin = self._window_around(extent)
             if rwin is None:
                 refined = Predictor.predict(self, box_rc=box, multimask=False)
             else:
@@ -344,8 +345,6 @@ class ZoomPredictor(Predictor):
             for (fr, fc), wp in zip(flips, self._window_predictors):
                 wp.set_image(np.ascontiguousarray(self._rgb[r0:r1, c0:c1][:: -1 if fr else 1, :: -1 if fc else 1]))
             self._window = win
-        if len(flips) == 1:
-            return self._window_predictors[0].predict(pts, lab, box, None, multimask=multimask)
         hv, wv = _valid_low_res(self._window_predictors[0])
         total = scores = None
         for (fr, fc), wp in zip(flips, self._window_predictors):
