@@ -20,7 +20,7 @@ from _tiny_sam import tiny_sam_config
 
 from napari_sam.predictor import Predictor, preprocess_shape
 from napari_sam.sam.build import build_model
-from napari_sam.upsample import make_plan, threshold_upsampled
+from napari_sam.upsample import make_plan, threshold_polyphase, threshold_upsampled
 
 
 def _dense(low, image_size, input_size, original_size):
@@ -67,9 +67,65 @@ def test_noise_like_logits_fall_back_to_the_dense_path():
     assert threshold_upsampled(noise, plan, 0.0) is None
     torch.manual_seed(0)
     predictor = Predictor(build_model(tiny_sam_config()), device="cpu")
-    predictor.set_image(np.zeros((128, 128, 3), np.uint8))
+    predictor.set_image(np.zeros((100, 300, 3), np.uint8))  # 300 -> 128 -> 300: no polyphase plan
+    assert not predictor._upsample_plan_for(32).polyphase
     low = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
     assert torch.equal(predictor.masks_from_logits(low), predictor.upsample_logits(low) > 0)
+
+
+@pytest.mark.parametrize("low_res, image_size", [(256, 1024), (64, 256), (32, 128)])
+@pytest.mark.parametrize("original", [(1024, 1024), (768, 1024), (1024, 300), (2048, 2048), (512, 512)])
+@pytest.mark.parametrize("kind", ["noise", "smooth"])
+def test_polyphase_equals_dense_postprocessing(low_res, image_size, original, kind):
+    if image_size != 1024:  # the same kinds of sizes relative to the smaller encoders
+        original = tuple(n * image_size // 1024 for n in original)
+    input_size = preprocess_shape(original, image_size)
+    plan = make_plan(low_res, image_size, input_size, original)
+    assert plan.polyphase
+    g = torch.Generator().manual_seed(sum(original) + low_res)
+    low = torch.randn(3, low_res, low_res, generator=g) if kind == "noise" else _smooth_logits(3, low_res, 7)
+    dense = _dense(low, image_size, input_size, original)
+    for threshold in (0.0, 0.5):
+        fast = threshold_polyphase(low, plan, threshold)
+        assert fast.dtype == torch.bool and fast.shape == dense.shape
+        differ = fast != (dense > threshold)
+        assert torch.all((dense[differ] - threshold).abs() < 1e-5)
+        assert int(differ.sum()) <= max(1, dense.numel() // 100_000)
+        assert 0 < int(fast.sum()) < fast.numel()
+
+
+def test_polyphase_plans_where_expected():
+    """The long side at the encoder size (second resize the identity) or an integer multiple."""
+    for original in [(1024, 1024), (768, 1024), (1024, 300), (2048, 2048), (512, 512)]:
+        plan = make_plan(256, 1024, preprocess_shape(original, 1024), original)
+        assert plan.polyphase
+    assert make_plan(256, 1024, (1024, 1024), (1024, 1024)).factor == 4
+    assert make_plan(256, 1024, (1024, 1024), (2048, 2048)).factor == 8
+    for original in [(300, 200), (3000, 1200), (1500, 2000), (1000, 1000)]:
+        assert not make_plan(256, 1024, preprocess_shape(original, 1024), original).polyphase
+    with pytest.raises(ValueError, match="plain upsampling"):
+        threshold_polyphase(torch.zeros(1, 256, 256), make_plan(256, 1024, (1024, 683), (1500, 1000)), 0.0)
+    plan = make_plan(64, 256, (256, 256), (256, 256))
+    assert threshold_polyphase(torch.zeros(0, 64, 64), plan, 0.0).shape == (0, 256, 256)
+    assert not threshold_polyphase(torch.zeros(2, 64, 64), plan, 0.0).any()
+    with pytest.raises(ValueError, match="must be"):
+        threshold_polyphase(torch.zeros(1, 32, 32), plan, 0.0)
+
+
+@pytest.mark.parametrize("original", [(128, 128), (96, 128), (256, 256)])
+def test_predictor_masks_take_the_polyphase_path(original, monkeypatch):
+    torch.manual_seed(0)
+    predictor = Predictor(build_model(tiny_sam_config()), device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, size=(*original, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    called = []
+    real = threshold_polyphase
+    monkeypatch.setattr("napari_sam.predictor.threshold_polyphase", lambda *a: called.append(1) or real(*a))
+    masks, _, logits = predictor.predict([[20, 30]], [1])
+    assert called
+    dense = predictor.upsample_logits(logits).numpy()
+    near = np.abs(dense) < 1e-5
+    assert np.array_equal(masks[~near], (dense > 0)[~near])
 
 
 def test_constant_and_empty_inputs(monkeypatch):
@@ -105,7 +161,7 @@ def test_plan_centres_hold_all_taps():
 def test_predictor_masks_use_the_sparse_path_and_fallback(monkeypatch):
     torch.manual_seed(0)
     predictor = Predictor(build_model(tiny_sam_config()), device="cpu")
-    image = np.random.default_rng(0).integers(0, 256, size=(50, 80, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(0, 256, size=(50, 80, 3), dtype=np.uint8)  # 80 -> 128 -> 80
     predictor.set_image(image)
     masks, _, logits = predictor.predict([[20, 30]], [1])
     dense = predictor.upsample_logits(logits).numpy()

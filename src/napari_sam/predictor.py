@@ -33,7 +33,7 @@ from PIL import Image
 from napari_sam._malloc import tune_malloc
 from napari_sam._prompts import check_prompts
 from napari_sam.normalize import to_rgb_uint8
-from napari_sam.upsample import make_plan, threshold_upsampled
+from napari_sam.upsample import POLYPHASE_MAX_FACTOR, UpsamplePlan, make_plan, threshold_polyphase, threshold_upsampled
 
 __all__ = ["BatchPrediction", "Embedding", "Predictor", "preprocess_shape"]
 
@@ -468,9 +468,15 @@ class Predictor:
     def masks_from_logits(self, low_res_logits: Any) -> torch.Tensor:
         """``upsample_logits(low_res_logits) > mask_threshold``, without the full-size logits.
 
-        Decides most pixels at low resolution (see :mod:`napari_sam.upsample`):
-        equal to the dense result except, at most, for pixels whose upsampled
-        logit is within float rounding of the threshold.
+        Where the output is a plain upsampling of at most 4x per axis (the
+        image's long side is the encoder size, e.g. 1024 x 1024 or 768 x 1024
+        for the official models) every pixel is computed by phases
+        (:func:`~napari_sam.upsample.threshold_polyphase`); otherwise most
+        pixels are decided at low resolution
+        (:func:`~napari_sam.upsample.threshold_upsampled`), with a dense
+        fallback for noise-like logits.  Equal to the dense result except,
+        at most, for pixels whose upsampled logit is within float rounding of
+        the threshold.
 
         Parameters
         ----------
@@ -484,15 +490,23 @@ class Predictor:
         logits = torch.as_tensor(low_res_logits, dtype=torch.float32, device=self.device)
         if logits.ndim != 3 or logits.shape[1] != logits.shape[2]:
             raise ValueError(f"low_res_logits must have shape (K, m, m), got {tuple(logits.shape)}.")
-        key = (logits.shape[-1], self.image_size, self.input_size, self.original_size)
-        if self._upsample_plan is None or self._upsample_plan[0] != key:
-            plan = make_plan(*key)
-            self._upsample_plan = (key, None if plan is None else plan.to(self.device))
-        plan = self._upsample_plan[1]
+        plan = self._upsample_plan_for(logits.shape[-1])
+        if plan is not None and 0 < plan.factor <= POLYPHASE_MAX_FACTOR:  # e.g. the long side is 1024
+            return threshold_polyphase(logits, plan, self.mask_threshold)
         masks = None if plan is None else threshold_upsampled(logits, plan, self.mask_threshold)
+        if masks is None and plan is not None and plan.polyphase:  # noise-like logits, large factor
+            masks = threshold_polyphase(logits, plan, self.mask_threshold)
         if masks is None:  # no plan, or noise-like logits: the dense path is faster
             masks = self.upsample_logits(logits) > self.mask_threshold
         return masks
+
+    def _upsample_plan_for(self, low_res: int) -> UpsamplePlan | None:
+        """The (cached) :func:`~napari_sam.upsample.make_plan` of the current image."""
+        key = (low_res, self.image_size, self.input_size, self.original_size)
+        if self._upsample_plan is None or self._upsample_plan[0] != key:
+            plan = make_plan(*key)
+            self._upsample_plan = (key, None if plan is None else plan.to(self.device))
+        return self._upsample_plan[1]
 
     @torch.inference_mode()
     def upsample_logits(self, low_res_logits: Any) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["UpsamplePlan", "make_plan", "threshold_upsampled"]
+__all__ = ["UpsamplePlan", "make_plan", "threshold_polyphase", "threshold_upsampled"]
 
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -51,6 +51,7 @@ class _AxisPlan:
     weights: torch.Tensor  # (N, 3) float32
     outputs_of: torch.Tensor  # (m, R) int64: outputs whose centre is each low-res index, -1 padded
     repeat: int  # r > 0 when centre == output // r for every output (a plain repeat)
+    phases: np.ndarray | None = None  # (r, 3) weights of output r*k + j on k-1, k, k+1 (see _phases)
 
 
 def _axis_plan(m: int, image_size: int, crop: int, n_out: int) -> _AxisPlan | None:
@@ -89,7 +90,36 @@ def _axis_plan(m: int, image_size: int, crop: int, n_out: int) -> _AxisPlan | No
         weights=torch.from_numpy(local.astype(np.float32)),
         outputs_of=torch.from_numpy(outputs_of),
         repeat=repeat,
+        phases=_phases(idx, wts, m),
     )
+
+
+def _phases(idx: np.ndarray, wts: np.ndarray, m: int) -> np.ndarray | None:
+    """Per-phase weights when the axis is a plain ``r``-fold upsampling (possibly cropped).
+
+    That is the case when the output size is a multiple of the low-res size
+    along the way, e.g. a 1024 x 1024 or 768 x 1024 image for the official
+    models (second resize the identity) or 2048 x 2048 (8-fold): output
+    ``r*k + j`` is ``w[j] . (x[k-1], x[k], x[k+1])`` with the same ``w[j]`` for
+    every ``k`` once the edges are replicated (SAM's clamped source
+    coordinates).  ``idx``/``wts`` are the exact taps of every output; checked
+    against them, None if they differ anywhere (e.g. a downscaling resize).
+    """
+    n_out = idx.shape[0]
+    exact = np.zeros((n_out, m))
+    np.add.at(exact, (np.repeat(np.arange(n_out), idx.shape[1]), idx.ravel()), wts.ravel())
+    for r in (1, 2, 4, 8, 16, 32):
+        k = np.arange(n_out) // r
+        if k[-1] >= m or n_out < 3 * r or m < 3:
+            continue
+        inner = min(n_out // r - 2, m - 2)  # a block of outputs with no clamping
+        taps = np.clip(k[:, None] + np.arange(-1, 2), 0, m - 1)
+        phases = exact[np.arange(r * inner, r * inner + r)[:, None], inner + np.arange(-1, 2)]
+        approx = np.zeros((n_out, m))
+        np.add.at(approx, (np.repeat(np.arange(n_out), 3), taps.ravel()), phases[np.arange(n_out) % r].ravel())
+        if np.allclose(exact, approx, rtol=0, atol=1e-9):
+            return phases.astype(np.float32)
+    return None
 
 
 @dataclass(frozen=True)
@@ -102,9 +132,25 @@ class UpsamplePlan:
 
     def to(self, device: torch.device) -> UpsamplePlan:
         def move(a: _AxisPlan) -> _AxisPlan:
-            return _AxisPlan(a.center.to(device), a.weights.to(device), a.outputs_of.to(device), a.repeat)
+            return _AxisPlan(a.center.to(device), a.weights.to(device), a.outputs_of.to(device), a.repeat, a.phases)
 
         return UpsamplePlan(self.low_res, move(self.rows), move(self.cols))
+
+    @property
+    def polyphase(self) -> bool:
+        """Both axes are crops of plain upsamplings: :func:`threshold_polyphase` applies."""
+        return self.rows.phases is not None and self.cols.phases is not None
+
+    @property
+    def factor(self) -> int:
+        """The larger upsampling factor of the two axes (0 unless :attr:`polyphase`)."""
+        return max(len(self.rows.phases), len(self.cols.phases)) if self.polyphase else 0
+
+
+#: up to this factor :func:`threshold_polyphase` beats the sparse path even for one
+#: round mask (4x: 4.6 vs 7.6 ms for three masks); at 8x the sparse path is faster
+#: for blob-shaped masks (13 vs 26 ms) and the polyphase path is the fallback
+POLYPHASE_MAX_FACTOR = 4
 
 
 def make_plan(
@@ -188,6 +234,73 @@ def threshold_upsampled(
     valid = (out_r >= 0)[:, :, None] & (out_c >= 0)[:, None, :]
     mask.view(-1)[flat[valid]] = (values > threshold)[valid]
     return mask
+
+
+def threshold_polyphase(low_res_logits: torch.Tensor, plan: UpsamplePlan, threshold: float) -> torch.Tensor:
+    """``upsample(low_res_logits) > threshold`` for a :attr:`UpsamplePlan.polyphase` plan, densely.
+
+    Every output pixel is computed, as in the official postprocessing, but
+    with the upsampling split into its ``r`` phases per axis: each phase is
+    one weighted sum of shifted views of the (edge-replicated) low-res logits,
+    written straight into its strided place in the output.  The columns are
+    upsampled first on the small grid, then the rows (whole output rows per
+    write); on the CPU the threshold runs in NumPy (about twice as fast as
+    torch's comparison here).  For three 256 -> 1024 masks on 2 threads:
+    about 4 ms instead of 10-12 ms for ``F.interpolate`` and the threshold,
+    for noise-like and blob-like logits alike.  Equal to the dense result
+    except where a logit is within float rounding of the threshold.
+
+    Parameters
+    ----------
+    low_res_logits : torch.Tensor
+        ``(K, m, m)`` float32 with ``m = plan.low_res``.
+    plan : UpsamplePlan
+        With ``plan.polyphase`` true.
+    threshold : float
+
+    Returns
+    -------
+    torch.Tensor
+        ``(K, H, W)`` bool on the logits' device.
+    """
+    low = low_res_logits.float()
+    k, m = low.shape[0], plan.low_res
+    if low.shape[1:] != (m, m):
+        raise ValueError(f"low-res logits must be (K, {m}, {m}), got {tuple(low.shape)}.")
+    if not plan.polyphase:
+        raise ValueError("this plan is not a plain upsampling on both axes; use threshold_upsampled.")
+    rows, cols = plan.rows, plan.cols
+    height, width = rows.center.numel(), cols.center.numel()
+    if k == 0:
+        return torch.zeros((0, height, width), dtype=torch.bool, device=low.device)
+    padded = F.pad(low[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]  # (K, m+2, m+2)
+    rc, nc = len(cols.phases), -(-width // len(cols.phases))
+    wide = low.new_empty((k, m + 2, nc, rc))
+    for j, w in enumerate(cols.phases):
+        _combine([padded[:, :, t : t + nc] for t in range(3)], w, wide[..., j])
+    wide = wide.view(k, m + 2, nc * rc)[:, :, :width]
+    rr, nr = len(rows.phases), -(-height // len(rows.phases))
+    full = low.new_empty((k, nr, rr, width))
+    for j, w in enumerate(rows.phases):
+        _combine([wide[:, t : t + nr] for t in range(3)], w, full[:, :, j])
+    full = full.view(k, nr * rr, width)[:, :height]
+    if full.device.type == "cpu":
+        return torch.from_numpy(np.greater(full.numpy(), np.float32(threshold)))
+    return full > threshold
+
+
+def _combine(taps: list[torch.Tensor], weights: np.ndarray, out: torch.Tensor) -> None:
+    """``out = sum(w * t)`` over the taps with non-zero weight, in as few passes as possible."""
+    used = [(t, float(w)) for t, w in zip(taps, weights) if w != 0]
+    if len(used) == 1:
+        out.copy_(used[0][0]).mul_(used[0][1])
+    elif len(used) == 2:  # a convex pair: one lerp
+        (a, wa), (b, wb) = used
+        torch.lerp(a, b, wb / (wa + wb), out=out)
+    else:
+        torch.mul(used[0][0], used[0][1], out=out)
+        for t, w in used[1:]:
+            out.add_(t, alpha=w)
 
 
 def _max3x3(x: torch.Tensor) -> torch.Tensor:
