@@ -33,7 +33,13 @@ from PIL import Image
 from napari_sam._malloc import tune_malloc
 from napari_sam._prompts import check_prompts
 from napari_sam.normalize import to_rgb_uint8
-from napari_sam.upsample import POLYPHASE_MAX_FACTOR, UpsamplePlan, make_plan, threshold_polyphase, threshold_upsampled
+from napari_sam.upsample import (
+    POLYPHASE_MAX_FACTOR,
+    UpsamplePlan,
+    make_plan,
+    threshold_polyphase,
+    threshold_upsampled,
+)
 
 __all__ = ["BatchPrediction", "Embedding", "Predictor", "preprocess_shape"]
 
