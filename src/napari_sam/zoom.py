@@ -91,8 +91,7 @@ def _clicked_part(mask: np.ndarray, points_rc: Any, point_labels: Any) -> np.nda
     parts, n = ndi.label(mask)
     if n <= 1:
         return mask
-    h, w = mask.shape
-    rc = np.clip(np.rint(pos).astype(int), 0, [h - 1, w - 1])
+    rc = _pixels(pos, mask.shape)
     hit = np.unique(parts[rc[:, 0], rc[:, 1]])
     hit = hit[hit > 0]
     if not hit.size:  # the click fell just outside the mask: the nearest part
@@ -100,6 +99,11 @@ def _clicked_part(mask: np.ndarray, points_rc: Any, point_labels: Any) -> np.nda
         k = int(np.argmin((rows - pos[0, 0]) ** 2 + (cols - pos[0, 1]) ** 2))
         hit = np.array([parts[rows[k], cols[k]]])
     return np.isin(parts, hit)
+
+
+def _pixels(points_rc: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``(N, 2)`` int indices of the pixels under ``(N, 2)`` (row, col) points, clipped to ``shape``."""
+    return np.clip(np.rint(points_rc).astype(int), 0, np.array(shape[:2]) - 1)
 
 
 def interior_point(mask: np.ndarray) -> np.ndarray | None:
@@ -184,9 +188,10 @@ class ZoomPredictor(Predictor):
         For a single positive click: run the whole click again from the most
         interior point of the resulting mask's clicked part
         (:func:`interior_point`) and keep that result if its best mask still
-        holds the user's click and the model rates it at least as high.  A click near an object's edge gives the built-in model a
-        worse mask than one at its centre; this makes the result depend less
-        on where exactly the user clicked.  Up to twice the work per click.
+        holds the user's click and the model rates it at least as high.  A
+        click near an object's edge gives the built-in model a worse mask than
+        one at its centre; this makes the result depend less on where exactly
+        the user clicked.  Up to twice the work per click.
 
     Notes
     -----
@@ -303,7 +308,7 @@ class ZoomPredictor(Predictor):
             return masks, scores, logits
         again = self._predict_zoomed(inner[None], np.array([1]), None, None, multimask)
         best = again[0][int(np.argmax(again[1]))]
-        r, c = np.clip(np.rint(click[0]).astype(int), 0, np.array(best.shape) - 1)
+        r, c = _pixels(click, best.shape)[0]
         # the user's click must stay inside; then the model's own quality estimate decides
         if best[r, c] and float(again[1].max()) >= float(scores.max()):
             return again
