@@ -119,3 +119,16 @@ def test_set_image_is_fast(model):
         predictor.set_image(image)
         times.append(time.perf_counter() - t)
     assert np.median(times) < 1.5
+
+
+def test_prompted_ious_threshold_at_the_predictors_mask_threshold(model):
+    """The evaluation's batched path thresholds where the predictor does (it used a fixed 0.0)."""
+    from napari_sam.predictor import Predictor
+    from napari_sam.synthetic import make_nuclei_image
+    from napari_sam.training.evaluate import prompted_ious
+
+    image, lab = make_nuclei_image((256, 256), kind="nuclei", seed=SMOKE_SEEDS[1])
+    predictor = Predictor(model, device="cpu")
+    assert prompted_ious(predictor, [image], [lab], prompt="box").mean() > 0.5
+    predictor.mask_threshold = 1e6  # no logit is that high: every mask empty
+    assert not prompted_ious(predictor, [image], [lab], prompt="box").any()

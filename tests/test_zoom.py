@@ -23,6 +23,17 @@ def _iou(a, b):
     return (a & b).sum() / max(1, (a | b).sum())
 
 
+def _assert_is_the_window_prompt(masks, scores, crop, rgb, win, p, pl):
+    """``masks``/``scores`` are the plain ``crop`` predictor's click on window ``win`` of ``rgb``, pasted back."""
+    r0, c0, r1, c1 = win
+    crop.set_image(rgb[r0:r1, c0:c1])
+    cm, cs, _ = crop.predict(p - (r0, c0), pl, multimask=True)
+    expected = np.zeros_like(masks)
+    expected[:, r0:r1, c0:c1] = cm
+    assert np.array_equal(masks, expected)
+    np.testing.assert_allclose(scores, cs, rtol=1e-6)
+
+
 def test_zoom_window_geometry():
     # 10 px object, context 4, at least 32 px: a 40 px window centred on it
     assert zoom_window((50, 60, 60, 70), (256, 256), context=4, min_side=32) == (35, 45, 75, 85)
@@ -62,13 +73,7 @@ def test_second_pass_is_a_plain_prompt_on_the_window(builtin):
         if win is None:  # the whole-view mask was large: nothing to zoom, plain result
             assert np.array_equal(masks, m0)
             continue
-        r0, c0, r1, c1 = win
-        crop.set_image(zp._rgb[r0:r1, c0:c1])
-        cm, cs, _ = crop.predict(p - (r0, c0), pl, multimask=True)
-        expected = np.zeros_like(masks)
-        expected[:, r0:r1, c0:c1] = cm
-        assert np.array_equal(masks, expected)
-        np.testing.assert_allclose(scores, cs, rtol=1e-6)
+        _assert_is_the_window_prompt(masks, scores, crop, zp._rgb, win, p, pl)
         assert logits.shape == (3, *zp.mask_input_size)
         assert (logits == OUTSIDE_LOGIT).any()  # outside the window
         # keep_better: the pass the model rates higher, whole view or window
@@ -340,3 +345,42 @@ def test_recenter_makes_clicks_depend_less_on_where_they_land(builtin):
     plain, rec = np.array(agree[False]), np.array(agree[True])
     assert rec.mean() > plain.mean() + 0.01, (rec.mean(), plain.mean())
     assert (rec == 1).mean() > (plain == 1).mean() + 0.05  # often the very same result
+
+
+def test_prompt_mask_threshold_thresholds_every_pass_of_predict_only(builtin):
+    """``prompt_mask_threshold``: predict() is a plain prompt on the window crop thresholded
+    there (the window chosen from the whole-view masks at that threshold); predict_batch
+    and automatic generation keep the model's threshold."""
+    thr = 1.0
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 3)
+    zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=64, keep_better=False,
+                       prompt_mask_threshold=thr)
+    at_zero = ZoomPredictor(builtin, device="cpu", context=4, min_side=64, keep_better=False)
+    plain, crop = Predictor(builtin, device="cpu"), Predictor(builtin, device="cpu")
+    plain.mask_threshold = crop.mask_threshold = thr
+    for p in (zp, at_zero, plain):
+        p.set_image(img)
+    assert zp.mask_threshold == builtin.mask_threshold == 0.0
+    pts, plab, _ = sample_point_prompts(lab, seed=3)
+    checked = differs = 0
+    for p, pl in zip(pts[:8], plab[:8]):
+        masks, scores, _ = zp.predict(p, pl, multimask=True)
+        assert zp.mask_threshold == 0.0  # restored after the call
+        m0, s0, _ = plain.predict(p, pl, multimask=True)
+        win = zp.window_for(p, pl, None, m0, s0)
+        if win is None:
+            continue
+        _assert_is_the_window_prompt(masks, scores, crop, zp._rgb, win, p, pl)
+        differs += not np.array_equal(masks, at_zero.predict(p, pl, multimask=True)[0])
+        checked += 1
+    assert checked >= 5 and differs >= 3
+    # the batch path (automatic generation) thresholds at the model's value
+    res = zp.predict_batch(pts[:2], plab[:2], multimask=True)
+    np.testing.assert_array_equal(zp.masks_from_logits(res.low_res_logits[0]).numpy(),
+                                  res.mask_logits[0].numpy() > 0.0)
+    # restored when predict fails, too
+    with pytest.raises(ValueError):
+        zp.predict(np.array([[-50.0, 10.0]]), np.array([1]))
+    assert zp.mask_threshold == 0.0
+    with pytest.raises(ValueError, match="finite"):
+        ZoomPredictor(builtin, prompt_mask_threshold=float("nan"))

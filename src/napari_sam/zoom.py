@@ -192,6 +192,14 @@ class ZoomPredictor(Predictor):
         click near an object's edge gives the built-in model a worse mask than
         one at its centre; this makes the result depend less on where exactly
         the user clicked.  Up to twice the work per click.
+    prompt_mask_threshold : float, optional
+        Logit threshold of the masks :meth:`predict` returns (and of every
+        mask its zoom, refinement and recentring decide from); None: the
+        model's ``mask_threshold`` (SAM's 0.0).  ``predict_batch`` and so
+        automatic generation keep the model's threshold, which their own
+        parameters were tuned with.  (Not shipped for the built-in model: 0.5
+        helps its nuclei below 20 px and hurts larger objects and cells;
+        docs/builtin-model.md.)
 
     Notes
     -----
@@ -213,6 +221,7 @@ class ZoomPredictor(Predictor):
         flips: bool = False,
         refine_box: int = 0,
         recenter: bool = False,
+        prompt_mask_threshold: float | None = None,
     ) -> None:
         if context < 1 or min_side < 1 or min_zoom < 1:
             raise ValueError(
@@ -227,10 +236,17 @@ class ZoomPredictor(Predictor):
         self.recenter = bool(recenter)
         self._rgb: np.ndarray | None = None
         super().__init__(model, device=device)
-        # one predictor per flip: each keeps its window embedding and decoder cache
-        self._window_predictors = [Predictor(self.model, device=self.device)
-                                   for _ in range(len(_FLIPS) if self.flips else 1)]
+        if prompt_mask_threshold is not None and not math.isfinite(float(prompt_mask_threshold)):
+            raise ValueError(f"prompt_mask_threshold must be a finite logit or None; got {prompt_mask_threshold}.")
+        self.prompt_mask_threshold = None if prompt_mask_threshold is None else float(prompt_mask_threshold)
+        self._window_predictors: list[Predictor] = []
+        self._add_window_predictors(len(_FLIPS) if self.flips else 1)
         self._window: tuple[int, int, int, int] | None = None
+
+    def _add_window_predictors(self, n: int) -> None:
+        """Up to ``n`` window predictors, one per flip: each keeps its window embedding and decoder cache."""
+        while len(self._window_predictors) < n:
+            self._window_predictors.append(Predictor(self.model, device=self.device))
 
     def reset_image(self) -> None:
         super().reset_image()
@@ -297,6 +313,18 @@ class ZoomPredictor(Predictor):
         *,
         multimask: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        model_threshold = self.mask_threshold
+        if self.prompt_mask_threshold is not None:
+            self.mask_threshold = self.prompt_mask_threshold  # every pass of this prompt thresholds there
+        try:
+            return self._predict_recentred(points_rc, point_labels, box_rc, mask_input, multimask)
+        finally:
+            self.mask_threshold = model_threshold
+
+    predict.__doc__ = Predictor.predict.__doc__
+
+    def _predict_recentred(self, points_rc, point_labels, box_rc, mask_input, multimask):
+        """:meth:`_predict_zoomed`, run again from the interior point of its mask with ``recenter``."""
         masks, scores, logits = self._predict_zoomed(points_rc, point_labels, box_rc, mask_input, multimask)
         if not self.recenter or box_rc is not None or mask_input is not None or points_rc is None:
             return masks, scores, logits
@@ -313,8 +341,6 @@ class ZoomPredictor(Predictor):
         if best[r, c] and float(again[1].max()) >= float(scores.max()):
             return again
         return masks, scores, logits
-
-    predict.__doc__ = Predictor.predict.__doc__
 
     def _predict_zoomed(self, points_rc, point_labels, box_rc, mask_input, multimask):
         """The whole-view pass, the zoomed pass and the box refinement of one prompt."""
@@ -383,8 +409,8 @@ class ZoomPredictor(Predictor):
         r0, c0, r1, c1 = win
         h, w = r1 - r0, c1 - c0
         flips = _FLIPS if self.flips else _FLIPS[:1]
-        while len(self._window_predictors) < len(flips):  # flips switched on after construction
-            self._window_predictors.append(Predictor(self.model, device=self.device))
+        if len(self._window_predictors) < len(flips):  # flips switched on after construction
+            self._add_window_predictors(len(flips))
             self._window = None
         if self._window != win:
             self._window = None  # stays None if an encoder pass fails
@@ -407,7 +433,9 @@ class ZoomPredictor(Predictor):
                 total[:, :hv, :wv] += valid
                 scores += s
         total[:, :hv, :wv] /= len(flips)
-        masks = self._window_predictors[0].masks_from_logits(torch.from_numpy(total)).cpu().numpy()
+        wp = self._window_predictors[0]
+        wp.mask_threshold = self.mask_threshold  # the window's masks are thresholded like the whole view's
+        masks = wp.masks_from_logits(torch.from_numpy(total)).cpu().numpy()
         return masks, (scores / len(flips)).astype(np.float32), total
 
     def _window_logits_to_full(self, wlogits: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray:

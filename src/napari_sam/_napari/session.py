@@ -294,7 +294,7 @@ class Session:
                 masks = p.masks_from_logits(res.low_res_logits[:, 0]).cpu().numpy()[:, None]
             else:
                 res = p.predict_batch(boxes_rc=boxes, multimask=False)
-                masks = res.mask_logits.detach().cpu().numpy() > 0
+                masks = res.mask_logits.detach().cpu().numpy() > getattr(p, "mask_threshold", 0.0)
             for b in range(len(shapes)):
                 objects.append(ObjectPrediction(masks[b], res.scores[b].detach().cpu().numpy(),
                                                 res.low_res_logits[b].detach().cpu().numpy()))

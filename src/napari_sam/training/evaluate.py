@@ -111,7 +111,7 @@ def prompted_ious(
             else:
                 res = predictor.predict_batch(boxes_rc=boxes[sl], multimask=False)
                 logits = res.mask_logits[:, 0]
-            masks = (logits > 0).cpu().numpy()
+            masks = (logits > getattr(predictor, "mask_threshold", 0.0)).cpu().numpy()
             for m, oid in zip(masks, ids[sl]):
                 out.append(_iou(m, lab == oid))
         report(progress, i + 1, len(images), f"{prompt} prompts")
