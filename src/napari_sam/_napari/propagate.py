@@ -22,7 +22,7 @@ import numpy as np
 
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 
-__all__ = ["propagate_object", "mask_iou", "mask_prompt_logits", "mask_input_side", "innermost_point"]
+__all__ = ["propagate_object", "mask_iou", "mask_prompt_logits", "mask_input_side"]
 
 LOW_RES = 256
 
@@ -56,15 +56,6 @@ def mask_prompt_logits(mask: np.ndarray, *, eps: float = 1e-3, size: int = LOW_R
 def mask_input_side(predictor: Any) -> int:
     """Side of the predictor's low-resolution mask input (256 when it does not say)."""
     return int(getattr(predictor, "mask_input_size", (LOW_RES, LOW_RES))[0])
-
-
-def innermost_point(mask: np.ndarray) -> np.ndarray:
-    """``(row, col)`` (pixel index coordinates) of the pixel farthest from the background."""
-    from scipy import ndimage as ndi
-
-    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return np.array([r, c], dtype=float)
 
 
 def _box(mask: np.ndarray, margin: float) -> np.ndarray:
@@ -120,6 +111,8 @@ def propagate_object(
     dict of int -> numpy.ndarray of bool (H, W)
         The accepted masks of the other slices, keyed by slice index.
     """
+    from napari_sam.zoom import interior_point  # the same point a recentred click uses
+
     seed_mask = np.asarray(seed_mask, dtype=bool)
     if seed_mask.ndim != 2:
         raise ValueError(f"seed_mask must be 2D (H, W), got shape {seed_mask.shape}")
@@ -143,7 +136,7 @@ def propagate_object(
             check_cancelled(cancel)
             prepare_slice(z)
             masks, _scores, logits = predictor.predict(
-                innermost_point(prev)[None], np.array([1]), _box(prev, box_margin),
+                interior_point(prev)[None], np.array([1]), _box(prev, box_margin),
                 prev_logits, multimask=False,
             )
             new = np.asarray(masks[0], dtype=bool)
