@@ -10,6 +10,12 @@ Writes into ``--out``: ``log.csv`` (per-step curves), ``curves.png``,
 ``best.pt`` (best quick validation) and ``summary.json``.  With ``--export``
 the best weights are written to ``src/napari_sam/data/builtin_model.{pt,json}``
 (run ``scripts/eval_builtin.py`` afterwards to add the quality report).
+
+Stage 3 (``--calibrate-iou CHECKPOINT``) re-fits only the IoU head to the
+prompts the plugin's zoom gives (:mod:`napari_sam.training.calibrate`) and
+writes ``calibrated.pt`` and ``calibration.json``; with ``--export`` it
+replaces the shipped weights and records the stage in the shipped json,
+keeping its other entries.
 """
 
 from __future__ import annotations
@@ -122,11 +128,80 @@ def export(checkpoint: Path, summary: dict, args: argparse.Namespace) -> None:
     print(f"exported {pt} and {js}")
 
 
+def load_pool(args: argparse.Namespace, size: tuple[int, int]) -> TrainingPool:
+    """The training pool (seeds from TRAIN_SEED_START), from ``--pool-cache`` when it holds them."""
+    seeds = range(TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size)
+    if args.pool_cache is not None and args.pool_cache.is_file():
+        with np.load(args.pool_cache) as z:
+            pool = TrainingPool(z["images"], z["labels"], z["seeds"])
+        if not np.array_equal(pool.seeds, np.asarray(seeds)):
+            raise ValueError(f"{args.pool_cache} holds other seeds; delete it or pick another path")
+        return pool
+    pool = make_pool(seeds, shape=size)
+    if args.pool_cache is not None:
+        np.savez(args.pool_cache, images=pool.images, labels=pool.labels, seeds=pool.seeds)
+    return pool
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """Stage 3: the IoU head re-fitted on the zoom's prompts; everything else frozen."""
+    from napari_sam.models import recommended_zoom
+    from napari_sam.training.calibrate import collect_iou_samples, fit_iou_head
+
+    t0 = time.monotonic()
+    config = json.loads(args.config.read_text()) if args.config else builtin_config()
+    model = build_model(config)
+    model.load_state_dict(torch.load(args.calibrate_iou, weights_only=True), strict=True)
+    model.eval()
+    pool = load_pool(args, (config["image_size"],) * 2)
+    n = min(args.calibrate_images, len(pool))
+    pool = TrainingPool(pool.images[:n], pool.labels[:n], pool.seeds[:n])
+    zoom = recommended_zoom("builtin")
+    samples = collect_iou_samples(model, pool, objects_per_image=args.objects_per_image,
+                                  context=zoom["context"], min_side=zoom["min_side"], seed=args.seed)
+    collect_s = time.monotonic() - t0
+    print(f"{len(samples)} IoU-head samples in {collect_s:.0f} s", flush=True)
+    fit = fit_iou_head(model, samples, epochs=args.calibrate_epochs, seed=args.seed)
+    summary = {"stage": "iou_head_calibration", "init_from": str(args.calibrate_iou),
+               "seconds": time.monotonic() - t0, "collect_seconds": collect_s,
+               "n_images": len(pool), "n_samples": len(samples), "epochs": args.calibrate_epochs, **fit,
+               "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, args.out / "calibrated.pt")
+    (args.out / "calibration.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    if args.export:
+        export_calibrated(state, summary)
+    return 0
+
+
+def export_calibrated(state: dict, summary: dict) -> None:
+    """Replace the shipped weights with stage 3's; the json keeps its entries and records the stage."""
+    from napari_sam.training.builtin import DATA_DIR, sha256_file
+
+    js = DATA_DIR / "builtin_model.json"
+    meta = json.loads(js.read_text())
+    pt = DATA_DIR / "builtin_model.pt"
+    torch.save({k: v.to(torch.float32).contiguous() for k, v in state.items()}, pt)
+    meta["sha256"] = sha256_file(pt)
+    training = meta["training"]
+    training.pop("stage3", None)
+    training["seconds"] = round(training["seconds"] - training.get("stage3_seconds", 0) + summary["seconds"])
+    training["stage3_seconds"] = round(summary["seconds"])
+    training["stage3"] = {k: summary[k] for k in ("stage", "command", "seconds", "collect_seconds", "n_images",
+                                                   "n_samples", "n_pairs", "epochs", "before", "after")}
+    js.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"exported {pt} and {js} (stage 3: IoU head)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/builtin"))
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--time-limit", type=float, default=5400.0, help="seconds; stops early, keeps last/best")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps; the learning-rate schedule still spans --steps")
     p.add_argument("--pool-size", type=int, default=500, help="synthetic training images (256 x 256)")
     p.add_argument("--val-images", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
@@ -145,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-from", type=Path, default=None,
                    help="only export this checkpoint of a finished run in --out (no training)")
     p.add_argument("--plot-only", type=Path, default=None, help="only draw --out/log.csv into this PNG")
+    p.add_argument("--calibrate-iou", type=Path, default=None,
+                   help="stage 3: re-fit only the IoU head of this state_dict (see napari_sam.training.calibrate)")
+    p.add_argument("--calibrate-epochs", type=int, default=40)
+    p.add_argument("--calibrate-images", type=int, default=120,
+                   help="stage 3 uses the first this many pool images (time: ~1 s each on 2 threads)")
     args = p.parse_args(argv)
     if args.plot_only is not None:
         plot_curves(args.out / "log.csv", args.plot_only)
@@ -155,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
+    if args.calibrate_iou is not None:
+        return calibrate(args)
     config = json.loads(args.config.read_text()) if args.config else builtin_config()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "model_config.json").write_text(json.dumps(config, indent=2))
@@ -163,16 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_from is not None:
         model.load_state_dict(torch.load(args.init_from, weights_only=True), strict=True)
     size = (config["image_size"],) * 2
-    seeds = range(TRAIN_SEED_START, TRAIN_SEED_START + args.pool_size)
-    if args.pool_cache is not None and args.pool_cache.is_file():
-        with np.load(args.pool_cache) as z:
-            pool = TrainingPool(z["images"], z["labels"], z["seeds"])
-        if not np.array_equal(pool.seeds, np.asarray(seeds)):
-            raise ValueError(f"{args.pool_cache} holds other seeds; delete it or pick another path")
-    else:
-        pool = make_pool(seeds, shape=size)
-        if args.pool_cache is not None:
-            np.savez(args.pool_cache, images=pool.images, labels=pool.labels, seeds=pool.seeds)
+    pool = load_pool(args, size)
     val_pool = make_pool(range(VAL_SEED_START, VAL_SEED_START + args.val_images), shape=size)
     val_batch = sample_batch(val_pool, np.random.default_rng(1), n_images=args.val_images, objects_per_image=8)
     pool_seconds = time.monotonic() - t0
@@ -181,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps, lr=args.lr, seed=args.seed, threads=args.threads,
         time_limit_s=args.time_limit - pool_seconds, n_images=args.n_images,
         objects_per_image=args.objects_per_image, n_passes=args.n_passes, val_every=args.val_every,
-        warmup_steps=min(args.warmup, max(1, args.steps // 10)),
+        warmup_steps=min(args.warmup, max(1, args.steps // 10)), stop_after=args.stop_after,
     )
     if args.init_from is not None:  # stage 2: weights already localise; SAM's 20:1 from the start
         cfg.init_gain, cfg.focal_start, cfg.focal_ramp = 0.0, 0.0, 0.0

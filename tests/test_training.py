@@ -188,6 +188,26 @@ def test_train_reproducible_and_writes_outputs(tiny_pool, tmp_path):
     assert any(not torch.equal(states[0][k], other.state_dict()[k]) for k in states[0])
 
 
+def test_stop_after_keeps_the_schedule_of_the_full_run(tiny_pool, tmp_path):
+    from napari_sam.progress import Cancelled
+
+    cfg = TrainConfig(steps=4, n_images=2, objects_per_image=2, n_passes=2, warmup_steps=1, threads=1, seed=3)
+    stopped = _model(1)
+    summary = train(stopped, tiny_pool, TrainConfig(**{**cfg.__dict__, "stop_after": 2}), tmp_path / "a")
+    assert summary["steps_done"] == 2
+    # reference: the 4-step run cancelled once its second step is done
+    done = []
+    reference = _model(1)
+    with pytest.raises(Cancelled):
+        train(reference, tiny_pool, cfg, tmp_path / "b", progress=lambda d, t, s: done.append(d),
+              cancel=lambda: len(done) >= 2)
+    short = _model(1)
+    train(short, tiny_pool, TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path / "c")  # its own schedule
+    ref, got = reference.state_dict(), stopped.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert any(not torch.equal(short.state_dict()[k], got[k]) for k in ref)
+
+
 def test_train_step_rejects_wrong_size(tiny_pool):
     model = _model(0)
     batch = sample_batch(tiny_pool, np.random.default_rng(0), n_images=1, objects_per_image=1)

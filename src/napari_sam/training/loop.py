@@ -49,6 +49,8 @@ class TrainConfig:
     init_gain: float = 3.0
     seed: int = 0
     time_limit_s: float = math.inf
+    #: stop after this many steps, leaving the schedule (set by ``steps``) unchanged; None: run all
+    stop_after: int | None = None
     checkpoint_every_s: float = 180.0
     val_every: int = 100
     threads: int = 2
@@ -270,7 +272,7 @@ def train(
     try:
         for step in range(cfg.steps):
             check_cancelled(cancel)
-            if time.monotonic() - start > cfg.time_limit_s:
+            if time.monotonic() - start > cfg.time_limit_s or (cfg.stop_after is not None and step >= cfg.stop_after):
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
