@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot-only", type=Path, default=None, help="only draw --out/log.csv into this PNG")
     p.add_argument("--calibrate-iou", type=Path, default=None,
                    help="stage 3: re-fit only the IoU head of this state_dict (see napari_sam.training.calibrate)")
-    p.add_argument("--calibrate-epochs", type=int, default=40)
-    p.add_argument("--calibrate-images", type=int, default=120,
+    p.add_argument("--calibrate-epochs", type=int, default=100)
+    p.add_argument("--calibrate-images", type=int, default=300,
                    help="stage 3 uses the first this many pool images (time: ~1 s each on 2 threads)")
     args = p.parse_args(argv)
     if args.plot_only is not None:

@@ -9,6 +9,9 @@ losses
     Focal + dice (20:1) mask loss, IoU-head MSE, minimum over ambiguity outputs.
 loop
     The seeded interactive training loop (checkpoints, CSV log, LR schedule).
+calibrate
+    Optional stage 3: the IoU head re-fitted on the prompts the plugin's zoom
+    gives, everything else frozen (tried, not shipped).
 evaluate
     Prompted mIoU and automatic-segmentation F1 on held-out synthetic images.
 """

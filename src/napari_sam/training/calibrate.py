@@ -1,4 +1,8 @@
-"""Stage 3 of the built-in model: the IoU head re-fitted to the prompts the plugin gives.
+"""An optional stage 3 for the built-in model: the IoU head re-fitted to the prompts the plugin gives.
+
+Tried in session 7 and not shipped: picked on selection images, the re-fitted
+head lost on the held-out ones (nuclei clicks 0.844 -> 0.839, boxes 0.904 ->
+0.898); docs/builtin-model.md has the numbers.
 
 Stages 1 and 2 train the IoU head as SAM does, on prompts against the whole
 image.  The plugin prompts the built-in model through
