@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import TINY
+from test_training import TINY, _one_thread, tiny_pool  # noqa: F401 (fixtures used by pytest)
+from test_training import _model as _training_model
 
 from napari_sam.predictor import Predictor
-from napari_sam.sam.build import build_model
 from napari_sam.training.calibrate import (
     KINDS,
     IouSamples,
@@ -27,22 +27,13 @@ from napari_sam.training.data import make_pool
 HEAD = "mask_decoder.iou_prediction_head."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pool10():
     return make_pool(range(10), shape=(64, 64))
 
 
 def _model(seed=0):
-    torch.manual_seed(seed)
-    return build_model(TINY).eval()
+    return _training_model(seed).eval()
 
 
 def _iou(a, b):
@@ -70,8 +61,8 @@ def test_decode_all_records_the_heads_input_and_the_true_ious(pool10):
     assert not model.mask_decoder.iou_prediction_head._forward_hooks  # the recorder unhooked itself
 
 
-def test_collect_iou_samples_covers_every_kind_and_pairs_view_with_window(pool10):
-    pool = make_pool(range(3), shape=(64, 64))
+def test_collect_iou_samples_covers_every_kind_and_pairs_view_with_window(tiny_pool):  # noqa: F811
+    pool = tiny_pool
     s = collect_iou_samples(_model(), pool, objects_per_image=3, context=4, min_side=16, seed=1)
     assert s.tokens.shape == (len(s), TINY["prompt_embed_dim"]) and s.ious.shape == (len(s), 4)
     assert set(np.unique(s.kinds)) == set(range(len(KINDS)))
