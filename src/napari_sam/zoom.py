@@ -224,7 +224,7 @@ class ZoomPredictor(Predictor):
         again with every mask thresholded at ``logit`` (zoom, refinement and
         recentring included) and that result is returned.  None (default):
         off.  The built-in model's masks of small objects extend past them at
-        SAM's 0.0 (one pixel around a 8 px nucleus costs 0.3 IoU); its json
+        SAM's 0.0 (one pixel around an 8 px nucleus costs 0.3 IoU); its json
         ships the rule picked on selection images (docs/builtin-model.md).
         Up to twice the work for a small object's click.
 
