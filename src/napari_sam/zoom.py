@@ -216,7 +216,8 @@ class ZoomPredictor(Predictor):
         automatic generation keep the model's threshold, which their own
         parameters were tuned with.  (Not shipped for the built-in model: 0.5
         helps its nuclei below 20 px and hurts larger objects and cells;
-        docs/builtin-model.md.)
+        docs/builtin-model.md.  ``small_mask_threshold`` is the size-bound
+        form that is shipped.)
     small_mask_threshold : (float, float), optional
         ``(diameter_px, logit)``: for a prompt of points only (no box, no
         ``mask_input``), when the best mask of the result is smaller than a
