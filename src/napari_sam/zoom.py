@@ -28,12 +28,16 @@ from scipy import ndimage as ndi
 from napari_sam.normalize import to_rgb_uint8
 from napari_sam.predictor import Predictor
 
-__all__ = ["ZoomPredictor", "interior_point", "zoom_window"]
+__all__ = ["ZoomPredictor", "edge_snap_threshold", "interior_point", "zoom_window"]
 
 #: logit written outside the window in the returned low-res logits
 OUTSIDE_LOGIT = -20.0
 #: (flip rows, flip columns) of the window passes with ``flips=True``
 _FLIPS = ((False, False), (True, False), (False, True), (True, True))
+#: spacing of the logit thresholds ``edge_snap`` tries
+EDGE_SNAP_STEP = 0.25
+#: Gaussian sigma (px) of the image gradient ``edge_snap`` follows
+EDGE_SNAP_SIGMA = 1.0
 
 
 def zoom_window(
@@ -117,6 +121,75 @@ def interior_point(mask: np.ndarray) -> np.ndarray | None:
         return None
     depth = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     return np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float)
+
+
+def edge_snap_threshold(
+    logits: np.ndarray,
+    gradient: np.ndarray,
+    lo: float,
+    hi: float,
+    *,
+    step: float = EDGE_SNAP_STEP,
+) -> float:
+    """The logit threshold whose mask boundary follows the image's edges best.
+
+    Of the thresholds ``lo, lo + step, ... <= hi``, the one whose mask
+    ``logits > t`` has the largest mean ``gradient`` over its inner boundary
+    (mask pixels with a 4-neighbour outside the mask or the array); the
+    lowest such threshold on ties.  Thresholds whose mask is empty are not
+    candidates; if every mask is empty, ``lo`` is returned.
+
+    Parameters
+    ----------
+    logits : (H, W) float array
+        Mask logits at image resolution.
+    gradient : (H, W) float array
+        Image gradient magnitude on the same pixels (e.g.
+        ``scipy.ndimage.gaussian_gradient_magnitude``).
+    lo, hi : float
+        Range of thresholds tried (``lo <= hi``).
+    step : float
+        Spacing of the thresholds.
+
+    Returns
+    -------
+    float
+    """
+    logits = np.asarray(logits)
+    gradient = np.asarray(gradient)
+    if logits.shape != gradient.shape or logits.ndim != 2:
+        raise ValueError(f"logits and gradient must be (H, W) arrays of one shape; got {logits.shape} and {gradient.shape}.")
+    base = logits > lo
+    if not base.any():
+        return float(lo)
+    rows, cols = np.nonzero(base)
+    # every mask of a higher threshold lies inside the lowest one: work on its box (+1 px for the erosion)
+    r0, r1 = max(int(rows.min()) - 1, 0), int(rows.max()) + 2
+    c0, c1 = max(int(cols.min()) - 1, 0), int(cols.max()) + 2
+    crop, grad = logits[r0:r1, c0:c1], gradient[r0:r1, c0:c1]
+    best_t, best_score = float(lo), -np.inf
+    for t in np.arange(lo, hi + step * 1e-6, step):
+        mask = crop > t
+        if not mask.any():
+            break
+        boundary = mask & ~ndi.binary_erosion(mask, border_value=0)
+        score = float(grad[boundary].mean())
+        if score > best_score:
+            best_t, best_score = float(t), score
+    return best_t
+
+
+def _check_edge_snap(value: Any) -> tuple[float, float] | None:
+    """``(lo, hi)`` logits as floats, or None; ValueError saying what is wrong."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"edge_snap must be a pair of logits (lo, hi) or None; got {value!r}.") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"edge_snap needs finite logits with lo <= hi; got {value!r}.")
+    return lo, hi
 
 
 def _check_small_mask_threshold(value: Any) -> tuple[float, float] | None:
@@ -228,6 +301,20 @@ class ZoomPredictor(Predictor):
         SAM's 0.0 (one pixel around an 8 px nucleus costs 0.3 IoU); its json
         ships the rule picked on selection images (docs/builtin-model.md).
         Up to twice the work for a small object's click.
+    edge_snap : (float, float), optional
+        ``(lo, hi)``: each mask :meth:`predict` returns is thresholded at the
+        logit in ``lo, lo + 0.25, ..., hi`` whose mask boundary lies on the
+        strongest image edges (:func:`edge_snap_threshold`: the largest mean
+        gradient magnitude of the grey image, Gaussian sigma 1 px, over the
+        mask's inner boundary), instead of at one fixed logit (empty masks
+        stay empty).  Decided after
+        the zoom, refinement and recentring, from the logits at the
+        resolution the mask was made at (the window's for a zoomed mask).
+        None (default): off.  For images whose objects are bounded by
+        intensity edges (the built-in model's fluorescence domain, where its
+        masks reach past small objects and fall short of cells at SAM's 0.0);
+        its json ships ``(-1, 3)`` (docs/builtin-model.md).  Costs one
+        erosion per tried threshold on the mask's box.
 
     Notes
     -----
@@ -251,6 +338,7 @@ class ZoomPredictor(Predictor):
         recenter: bool = False,
         prompt_mask_threshold: float | None = None,
         small_mask_threshold: Sequence[float] | None = None,
+        edge_snap: Sequence[float] | None = None,
     ) -> None:
         if context < 1 or min_side < 1 or min_zoom < 1:
             raise ValueError(
@@ -269,6 +357,7 @@ class ZoomPredictor(Predictor):
             raise ValueError(f"prompt_mask_threshold must be a finite logit or None; got {prompt_mask_threshold}.")
         self.prompt_mask_threshold = None if prompt_mask_threshold is None else float(prompt_mask_threshold)
         self.small_mask_threshold = _check_small_mask_threshold(small_mask_threshold)
+        self.edge_snap = _check_edge_snap(edge_snap)
         self._window_predictors: list[Predictor] = []
         self._add_window_predictors(len(_FLIPS) if self.flips else 1)
         self._window: tuple[int, int, int, int] | None = None
@@ -345,15 +434,61 @@ class ZoomPredictor(Predictor):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         threshold = self.mask_threshold if self.prompt_mask_threshold is None else self.prompt_mask_threshold
         result = self._predict_at(threshold, points_rc, point_labels, box_rc, mask_input, multimask)
-        if self.small_mask_threshold is None or points_rc is None or box_rc is not None or mask_input is not None:
-            return result
-        diameter_px, small_threshold = self.small_mask_threshold
-        area = int(result[0][int(np.argmax(result[1]))].sum())
-        if 0 < area < math.pi * diameter_px**2 / 4:  # smaller than a disk of diameter_px
-            return self._predict_at(small_threshold, points_rc, point_labels, box_rc, mask_input, multimask)
-        return result
+        if self.small_mask_threshold is not None and points_rc is not None and box_rc is None and mask_input is None:
+            diameter_px, small_threshold = self.small_mask_threshold
+            area = int(result[0][int(np.argmax(result[1]))].sum())
+            if 0 < area < math.pi * diameter_px**2 / 4:  # smaller than a disk of diameter_px
+                result = self._predict_at(small_threshold, points_rc, point_labels, box_rc, mask_input, multimask)
+        return self._snapped(*result)
 
     predict.__doc__ = Predictor.predict.__doc__
+
+    def _snapped(self, masks, scores, logits, fine):
+        """``(masks, scores, logits)`` with each mask re-thresholded by :func:`edge_snap_threshold` (``edge_snap``).
+
+        ``fine[c]`` is ``(window, logits at the window's resolution)`` for a
+        mask from a window pass, None for one from the whole view (its logits
+        are then ``logits[c]``, upsampled).
+        """
+        if self.edge_snap is None or self._rgb is None:
+            return masks, scores, logits
+        lo, hi = self.edge_snap
+        masks = masks.copy()
+        for c in range(len(masks)):
+            if not masks[c].any():  # an empty output stays empty
+                continue
+            if fine[c] is None:
+                win = (0, 0, *self.original_size)
+                full = self.upsample_logits(logits[c : c + 1])[0].cpu().numpy()
+            else:
+                win, full = fine[c]
+            inside = full > lo
+            if not inside.any():
+                continue
+            rows, cols = np.nonzero(inside)  # every candidate mask lies in this box
+            r0, r1 = max(int(rows.min()) - 1, 0), min(int(rows.max()) + 2, full.shape[0])
+            c0, c1 = max(int(cols.min()) - 1, 0), min(int(cols.max()) + 2, full.shape[1])
+            wr, wc = win[0], win[1]
+            crop = full[r0:r1, c0:c1]
+            t = edge_snap_threshold(crop, self._gradient(wr + r0, wc + c0, wr + r1, wc + c1), lo, hi)
+            masks[c] = False
+            masks[c, wr + r0 : wr + r1, wc + c0 : wc + c1] = crop > t
+        return masks, scores, logits
+
+    def _gradient(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
+        """Gradient magnitude (Gaussian, ``EDGE_SNAP_SIGMA``) of the grey image on rows r0:r1, columns c0:c1.
+
+        Computed on the crop plus a margin of the filter's radius, so it
+        equals the whole image's gradient there (``mode="nearest"`` at the
+        image's own edges).
+        """
+        assert self._rgb is not None
+        m = int(4.0 * EDGE_SNAP_SIGMA + 0.5) + 1
+        h, w = self._rgb.shape[:2]
+        a0, b0, a1, b1 = max(r0 - m, 0), max(c0 - m, 0), min(r1 + m, h), min(c1 + m, w)
+        grey = self._rgb[a0:a1, b0:b1].astype(np.float32).mean(axis=-1)
+        grad = ndi.gaussian_gradient_magnitude(grey, EDGE_SNAP_SIGMA, mode="nearest")
+        return grad[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
 
     def _predict_at(self, threshold, points_rc, point_labels, box_rc, mask_input, multimask):
         """:meth:`_predict_recentred` with every mask of the prompt thresholded at ``threshold``."""
@@ -366,37 +501,42 @@ class ZoomPredictor(Predictor):
 
     def _predict_recentred(self, points_rc, point_labels, box_rc, mask_input, multimask):
         """:meth:`_predict_zoomed`, run again from the interior point of its mask with ``recenter``."""
-        masks, scores, logits = self._predict_zoomed(points_rc, point_labels, box_rc, mask_input, multimask)
+        result = self._predict_zoomed(points_rc, point_labels, box_rc, mask_input, multimask)
         if not self.recenter or box_rc is not None or mask_input is not None or points_rc is None:
-            return masks, scores, logits
+            return result
+        masks, scores = result[0], result[1]
         click = np.asarray(points_rc, float).reshape(-1, 2)
         if len(click) != 1 or np.asarray(point_labels).ravel()[0] <= 0:
-            return masks, scores, logits
+            return result
         inner = interior_point(_clicked_part(masks[int(np.argmax(scores))], click, [1]))
         if inner is None or np.hypot(*(inner - click[0])) < 1.5:
-            return masks, scores, logits
+            return result
         again = self._predict_zoomed(inner[None], np.array([1]), None, None, multimask)
         best = again[0][int(np.argmax(again[1]))]
         r, c = _pixels(click, best.shape)[0]
         # the user's click must stay inside; then the model's own quality estimate decides
         if best[r, c] and float(again[1].max()) >= float(scores.max()):
             return again
-        return masks, scores, logits
+        return result
 
     def _predict_zoomed(self, points_rc, point_labels, box_rc, mask_input, multimask):
-        """The whole-view pass, the zoomed pass and the box refinement of one prompt."""
+        """The whole-view pass, the zoomed pass and the box refinement of one prompt.
+
+        Returns ``(masks, scores, logits, fine)``, ``fine`` as for :meth:`_snapped`.
+        """
         masks, scores, logits = super().predict(points_rc, point_labels, box_rc, mask_input, multimask=multimask)
+        fine: list = [None] * len(masks)
         if self._rgb is None or mask_input is not None:
-            return masks, scores, logits
+            return masks, scores, logits, fine
         win = self.window_for(points_rc, point_labels, box_rc, masks, scores)
         if win is not None:
             zoomed = self._predict_in_window(win, points_rc, point_labels, box_rc, multimask)
             # keep_better: the model may rate its whole-view mask higher
             if zoomed is not None and not (self.keep_better and float(zoomed[1].max()) < float(scores.max())):
-                masks, scores, logits = zoomed
+                masks, scores, logits, fine = zoomed
         if self.refine_box and box_rc is None and points_rc is not None and np.all(np.asarray(point_labels) > 0):
-            masks, scores, logits = self._refine_with_box(points_rc, point_labels, masks, scores, logits, win)
-        return masks, scores, logits
+            masks, scores, logits, fine = self._refine_with_box(points_rc, point_labels, masks, scores, logits, fine, win)
+        return masks, scores, logits, fine
 
     def _predict_in_window(self, win, points_rc, point_labels, box_rc, multimask):
         """The prompt re-run on window ``win``, pasted into the full frame (None: no prompt inside)."""
@@ -415,9 +555,13 @@ class ZoomPredictor(Predictor):
         wmasks, wscores, wlogits = self._window_pass(win, pts, lab, box, multimask)
         full = np.zeros((wmasks.shape[0], *self.original_size), bool)
         full[:, r0:r1, c0:c1] = wmasks
-        return full, wscores, self._window_logits_to_full(wlogits, win)
+        fine: list = [None] * len(wmasks)
+        if self.edge_snap is not None:  # the window's logits at its own resolution, for _snapped
+            up = self._window_predictors[0].upsample_logits(torch.from_numpy(wlogits)).cpu().numpy()
+            fine = [(win, u) for u in up]
+        return full, wscores, self._window_logits_to_full(wlogits, win), fine
 
-    def _refine_with_box(self, points_rc, point_labels, masks, scores, logits, win):
+    def _refine_with_box(self, points_rc, point_labels, masks, scores, logits, fine, win):
         """``refine_box`` rounds of: the best mask's box (inclusive, as SAM's training boxes) as the prompt.
 
         The refined mask replaces the best one when the model rates it at
@@ -425,7 +569,7 @@ class ZoomPredictor(Predictor):
         when the box lies inside it (no new encoder pass).
         """
         assert self.original_size is not None
-        masks, scores, logits = masks.copy(), scores.copy(), logits.copy()
+        masks, scores, logits, fine = masks.copy(), scores.copy(), logits.copy(), list(fine)
         for _ in range(self.refine_box):
             b = int(np.argmax(scores))
             extent = self.object_extent(points_rc, point_labels, None, masks[b])
@@ -437,13 +581,13 @@ class ZoomPredictor(Predictor):
             if rwin is None or r0 < rwin[0] or c0 < rwin[1] or r1 > rwin[2] or c1 > rwin[3]:
                 rwin = self._window_around(extent)
             if rwin is None:
-                refined = Predictor.predict(self, box_rc=box, multimask=False)
+                refined = (*Predictor.predict(self, box_rc=box, multimask=False), [None])
             else:
                 refined = self._predict_in_window(rwin, None, None, box, False)
             if refined is None or (self.keep_better and float(refined[1][0]) < float(scores[b])):
                 break
-            masks[b], scores[b], logits[b] = refined[0][0], refined[1][0], refined[2][0]
-        return masks, scores, logits
+            masks[b], scores[b], logits[b], fine[b] = refined[0][0], refined[1][0], refined[2][0], refined[3][0]
+        return masks, scores, logits, fine
 
     def _window_pass(self, win, pts, lab, box, multimask):
         """Prompt the window (with ``flips``: the mean low-res logits of its four flips)."""
