@@ -12,7 +12,12 @@ from napari_sam.models import load_model, recommended_zoom
 from napari_sam.normalize import to_rgb_uint8
 from napari_sam.predictor import Predictor
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
-from napari_sam.zoom import EDGE_SNAP_SIGMA, EDGE_SNAP_STEP, ZoomPredictor, edge_snap_threshold
+from napari_sam.zoom import (
+    EDGE_SNAP_SIGMA,
+    EDGE_SNAP_STEP,
+    ZoomPredictor,
+    edge_snap_threshold,
+)
 
 EVAL_SEED = 1_001_000  # the evaluation seeds of scripts/eval_builtin.py (never trained on)
 
@@ -129,7 +134,7 @@ def test_window_masks_are_snapped_at_the_windows_resolution(builtin):
             continue
         r0, c0, r1, c1 = win
         crop.set_image(zp._rgb[r0:r1, c0:c1])
-        cm, cs, cl = crop.predict(box_rc=box - (r0, c0, r0, c0), multimask=False)
+        _, cs, cl = crop.predict(box_rc=box - (r0, c0, r0, c0), multimask=False)
         np.testing.assert_allclose(scores, cs, rtol=1e-6)
         up = crop.upsample_logits(torch.from_numpy(cl)).numpy()[0]
         t = _brute_force_threshold(up, gradient[r0:r1, c0:c1], -1, 3)

@@ -158,7 +158,9 @@ def edge_snap_threshold(
     logits = np.asarray(logits)
     gradient = np.asarray(gradient)
     if logits.shape != gradient.shape or logits.ndim != 2:
-        raise ValueError(f"logits and gradient must be (H, W) arrays of one shape; got {logits.shape} and {gradient.shape}.")
+        raise ValueError(
+            f"logits and gradient must be (H, W) arrays of one shape; got {logits.shape} and {gradient.shape}."
+        )
     base = logits > lo
     if not base.any():
         return float(lo)
@@ -307,9 +309,9 @@ class ZoomPredictor(Predictor):
         strongest image edges (:func:`edge_snap_threshold`: the largest mean
         gradient magnitude of the grey image, Gaussian sigma 1 px, over the
         mask's inner boundary), instead of at one fixed logit (empty masks
-        stay empty).  Decided after
-        the zoom, refinement and recentring, from the logits at the
-        resolution the mask was made at (the window's for a zoomed mask).
+        stay empty).  Decided after the zoom, refinement and recentring,
+        from the logits at the resolution the mask was made at (the
+        window's for a zoomed mask).
         None (default): off.  For images whose objects are bounded by
         intensity edges (the built-in model's fluorescence domain, where its
         masks reach past small objects and fall short of cells at SAM's 0.0);
