@@ -153,17 +153,21 @@ def test_bad_values_are_refused(builtin, bad):
 
 def test_snapping_improves_clicks_on_unseen_images(builtin):
     """Quality, against the ground truth: the shipped zoom with and without its edge snapping,
-    one click per object on an unseen nuclei image and an unseen cells image."""
+    one click per object on an unseen nuclei image (60 objects) and an unseen cells image
+    (all 24). Measured: +0.013 and +0.011 (selection images: +0.014 to +0.02)."""
     from napari_sam.training.evaluate import prompted_ious
 
     zoom = recommended_zoom("builtin")
     assert zoom["edge_snap"] is not None
     off = {**zoom, "edge_snap": None}
-    gains = {}
+    gains, pooled = {}, {"off": [], "on": []}
     for kind, seed in (("nuclei", EVAL_SEED + 11), ("cells", EVAL_SEED + 20_011)):
         img, lab = make_nuclei_image((256, 256), kind=kind, seed=seed)
-        lab = np.where(np.isin(lab, np.unique(lab)[1:31]), lab, 0)  # 30 objects keep the test short
+        lab = np.where(np.isin(lab, np.unique(lab)[1:61]), lab, 0)  # at most 60 objects keep the test short
         ious = {name: prompted_ious(ZoomPredictor(builtin, device="cpu", **kw), [img], [lab], prompt="point")
                 for name, kw in (("off", off), ("on", zoom))}
         gains[kind] = ious["on"].mean() - ious["off"].mean()
-    assert gains["nuclei"] > 0.01 and gains["cells"] > 0.01, gains
+        for name in ious:
+            pooled[name].extend(ious[name])
+    assert gains["nuclei"] > 0.005 and gains["cells"] > 0.005, gains
+    assert np.mean(pooled["on"]) > np.mean(pooled["off"]) + 0.008, gains
