@@ -167,7 +167,7 @@ def test_snapping_improves_clicks_on_unseen_images(builtin):
         ious = {name: prompted_ious(ZoomPredictor(builtin, device="cpu", **kw), [img], [lab], prompt="point")
                 for name, kw in (("off", off), ("on", zoom))}
         gains[kind] = ious["on"].mean() - ious["off"].mean()
-        for name in ious:
-            pooled[name].extend(ious[name])
+        for name, values in ious.items():
+            pooled[name].extend(values)
     assert gains["nuclei"] > 0.005 and gains["cells"] > 0.005, gains
     assert np.mean(pooled["on"]) > np.mean(pooled["off"]) + 0.008, gains
