@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage as ndi
+from test_zoom import EVAL_SEED, _iou, builtin  # noqa: F401 (builtin: a fixture used by pytest)
 
-from napari_sam.models import load_model, recommended_zoom
+from napari_sam.models import recommended_zoom
 from napari_sam.normalize import to_rgb_uint8
 from napari_sam.predictor import Predictor
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
@@ -18,17 +19,6 @@ from napari_sam.zoom import (
     ZoomPredictor,
     edge_snap_threshold,
 )
-
-EVAL_SEED = 1_001_000  # the evaluation seeds of scripts/eval_builtin.py (never trained on)
-
-
-@pytest.fixture(scope="module")
-def builtin():
-    return load_model("builtin", device="cpu")
-
-
-def _iou(a, b):
-    return (a & b).sum() / max(1, (a | b).sum())
 
 
 def _brute_force_threshold(logits, gradient, lo, hi, step=EDGE_SNAP_STEP):
