@@ -24,11 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
 
 from napari_sam.normalize import to_rgb_uint8
 from napari_sam.predictor import Predictor
 
-__all__ = ["ZoomPredictor", "edge_snap_threshold", "interior_point", "zoom_window"]
+__all__ = ["ZoomPredictor", "edge_snap_threshold", "interior_point", "split_touching", "zoom_window"]
 
 #: logit written outside the window in the returned low-res logits
 OUTSIDE_LOGIT = -20.0
@@ -38,6 +40,10 @@ _FLIPS = ((False, False), (True, False), (False, True), (True, True))
 EDGE_SNAP_STEP = 0.25
 #: Gaussian sigma (px) of the image gradient ``edge_snap`` follows
 EDGE_SNAP_SIGMA = 1.0
+#: Gaussian sigma (px) of the intensity :func:`split_touching` reads
+SPLIT_SIGMA = 1.0
+#: weight of the mask's normalised distance transform in :func:`split_touching`'s relief
+SPLIT_DISTANCE_WEIGHT = 2.0
 
 
 def zoom_window(
@@ -181,6 +187,100 @@ def edge_snap_threshold(
     return best_t
 
 
+def split_touching(
+    mask: np.ndarray,
+    grey: np.ndarray,
+    points_rc: Any,
+    *,
+    h: float = 0.2,
+    distance_weight: float = SPLIT_DISTANCE_WEIGHT,
+    sigma: float = SPLIT_SIGMA,
+) -> np.ndarray:
+    """The part of ``mask`` under the clicks, when the mask spans touching objects.
+
+    A click on one of several touching nuclei often gets a mask that covers
+    its neighbour too.  This cuts such a mask along the valley between the
+    objects and keeps the parts that hold a click:
+
+    1. relief = the image's intensity (Gaussian, ``sigma``), scaled so that
+       the band just outside the mask is 0 and the mask's mean is 1 (bright
+       or dark objects alike), plus ``distance_weight`` times the mask's
+       distance transform over its maximum (necks between round objects);
+    2. one marker per regional maximum of the relief at least ``h`` high
+       (:func:`skimage.morphology.h_maxima`); with one marker, no cut;
+    3. a watershed of the inverted relief from the markers inside the mask;
+       the regions under ``points_rc`` are returned.
+
+    Only masks of filled objects are cut: the mask's core (deeper than half
+    its maximal depth) must differ from the background band at least as
+    much as its rim (depth <= 1.5 px) does, and in the same direction.  A
+    cell with a bright membrane (rim brighter than core and background) is
+    returned as it is.
+
+    Parameters
+    ----------
+    mask : (H, W) bool array
+    grey : (H, W) float array
+        The image (one channel) on the same pixels.
+    points_rc : (N, 2) array-like
+        The positive clicks (row, col).  Clicks outside the mask are ignored;
+        if none is inside, ``mask`` is returned unchanged.
+    h : float
+        Least height of a marker, in units of the object's contrast (> 0).
+    distance_weight : float
+        Weight of the distance term (>= 0).
+    sigma : float
+        Smoothing of ``grey`` in pixels (>= 0).
+
+    Returns
+    -------
+    (H, W) bool array (a new array).
+    """
+    mask = np.asarray(mask, bool)
+    grey = np.asarray(grey, np.float32)
+    if mask.ndim != 2 or grey.shape != mask.shape:
+        raise ValueError(f"mask and grey must be (H, W) arrays of one shape; got {mask.shape} and {grey.shape}.")
+    if not (h > 0 and distance_weight >= 0 and sigma >= 0):
+        raise ValueError(f"split_touching needs h > 0, distance_weight >= 0 and sigma >= 0; got {h}, {distance_weight}, {sigma}.")
+    out = mask.copy()
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return out
+    pts = _pixels(np.asarray(points_rc, float).reshape(-1, 2), mask.shape)
+    pts = pts[mask[pts[:, 0], pts[:, 1]]]
+    if not len(pts):
+        return out
+    # the mask's box, 3 px wider for the background band, and the filter's margin for the smoothing
+    r0, r1 = max(int(rows.min()) - 3, 0), min(int(rows.max()) + 4, mask.shape[0])
+    c0, c1 = max(int(cols.min()) - 3, 0), min(int(cols.max()) + 4, mask.shape[1])
+    m = int(4.0 * sigma + 0.5) + 1
+    a0, b0, a1, b1 = max(r0 - m, 0), max(c0 - m, 0), min(r1 + m, mask.shape[0]), min(c1 + m, mask.shape[1])
+    smooth = ndi.gaussian_filter(grey[a0:a1, b0:b1], sigma, mode="nearest") if sigma > 0 else grey[a0:a1, b0:b1]
+    g = smooth[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
+    mc = mask[r0:r1, c0:c1]
+    depth = ndi.distance_transform_edt(np.pad(mc, 1))[1:-1, 1:-1]
+    band = ndi.binary_dilation(mc, iterations=2) & ~mc
+    background = float(g[band].mean()) if band.any() else float(g[~mc].mean()) if (~mc).any() else 0.0
+    core = float(g[mc & (depth > depth.max() / 2)].mean())
+    rim = float(g[mc & (depth <= 1.5)].mean())
+    if core == rim or (core - rim) * (rim - background) < 0:  # not a filled object (e.g. a membrane)
+        return out
+    contrast = float(g[mc].mean()) - background
+    relief = (g - background) / max(abs(contrast), 1e-3) * (1.0 if contrast >= 0 else -1.0)
+    relief = relief + distance_weight * depth / depth.max()
+    relief = np.where(mc, relief, relief[mc].min() - 1.0)
+    markers, n = ndi.label(h_maxima(relief, h).astype(bool) & mc)
+    if n <= 1:
+        return out
+    regions = watershed(-relief, markers, mask=mc)
+    keep = np.unique(regions[pts[:, 0] - r0, pts[:, 1] - c0])
+    keep = keep[keep > 0]
+    if not keep.size:
+        return out
+    out[r0:r1, c0:c1] = np.isin(regions, keep)
+    return out
+
+
 def _check_edge_snap(value: Any) -> tuple[float, float] | None:
     """``(lo, hi)`` logits as floats, or None; ValueError saying what is wrong."""
     if value is None:
@@ -192,6 +292,19 @@ def _check_edge_snap(value: Any) -> tuple[float, float] | None:
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
         raise ValueError(f"edge_snap needs finite logits with lo <= hi; got {value!r}.")
     return lo, hi
+
+
+def _check_split_touching(value: Any) -> float | None:
+    """The marker height as a float, or None; ValueError saying what is wrong."""
+    if value is None:
+        return None
+    try:
+        h = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"split_touching must be a marker height (a number > 0) or None; got {value!r}.") from None
+    if not (math.isfinite(h) and h > 0):
+        raise ValueError(f"split_touching must be a finite marker height > 0; got {value!r}.")
+    return h
 
 
 def _check_small_mask_threshold(value: Any) -> tuple[float, float] | None:
@@ -317,6 +430,17 @@ class ZoomPredictor(Predictor):
         masks reach past small objects and fall short of cells at SAM's 0.0);
         its json ships ``(-1, 3)`` (docs/builtin-model.md).  Costs one
         erosion per tried threshold on the mask's box.
+    split_touching : float, optional
+        For a prompt of positive clicks only (no box, no ``mask_input``):
+        each returned mask that spans touching filled objects is cut along
+        the valley between them and only the parts under the clicks are
+        kept (:func:`split_touching` with this marker height ``h``), after
+        ``edge_snap``.  None (default): off.  The built-in model's click
+        masks of small touching nuclei often take in a neighbour (more than
+        half of one in 27 % of the clicks on nuclei below 8 px); its json
+        ships 0.2 (docs/builtin-model.md).  Masks whose rim is brighter
+        than both their core and their surroundings (cells with bright
+        membranes) are never cut.
 
     Notes
     -----
@@ -341,6 +465,7 @@ class ZoomPredictor(Predictor):
         prompt_mask_threshold: float | None = None,
         small_mask_threshold: Sequence[float] | None = None,
         edge_snap: Sequence[float] | None = None,
+        split_touching: float | None = None,
     ) -> None:
         if context < 1 or min_side < 1 or min_zoom < 1:
             raise ValueError(
@@ -360,6 +485,7 @@ class ZoomPredictor(Predictor):
         self.prompt_mask_threshold = None if prompt_mask_threshold is None else float(prompt_mask_threshold)
         self.small_mask_threshold = _check_small_mask_threshold(small_mask_threshold)
         self.edge_snap = _check_edge_snap(edge_snap)
+        self.split_touching = _check_split_touching(split_touching)
         self._window_predictors: list[Predictor] = []
         self._add_window_predictors(len(_FLIPS) if self.flips else 1)
         self._window: tuple[int, int, int, int] | None = None
@@ -441,7 +567,10 @@ class ZoomPredictor(Predictor):
             area = int(result[0][int(np.argmax(result[1]))].sum())
             if 0 < area < math.pi * diameter_px**2 / 4:  # smaller than a disk of diameter_px
                 result = self._predict_at(small_threshold, points_rc, point_labels, box_rc, mask_input, multimask)
-        return self._snapped(*result)
+        masks, scores, logits = self._snapped(*result)
+        if self.split_touching is not None and points_rc is not None and box_rc is None and mask_input is None:
+            masks = self._split(masks, points_rc, point_labels)
+        return masks, scores, logits
 
     predict.__doc__ = Predictor.predict.__doc__
 
@@ -476,6 +605,25 @@ class ZoomPredictor(Predictor):
             masks[c] = False
             masks[c, wr + r0 : wr + r1, wc + c0 : wc + c1] = crop > t
         return masks, scores, logits
+
+    def _split(self, masks: np.ndarray, points_rc: Any, point_labels: Any) -> np.ndarray:
+        """``masks`` cut by :func:`split_touching` at the positive clicks (``split_touching``)."""
+        pts = np.asarray(points_rc, float).reshape(-1, 2)
+        pts = pts[np.asarray(point_labels).ravel() > 0]
+        if self._rgb is None or not len(pts):
+            return masks
+        margin = 4 + int(4.0 * SPLIT_SIGMA + 0.5)  # split_touching's band and filter margin
+        h, w = self._rgb.shape[:2]
+        masks = masks.copy()
+        for c in range(len(masks)):
+            rows, cols = np.nonzero(masks[c])
+            if not rows.size:
+                continue
+            r0, r1 = max(int(rows.min()) - margin, 0), min(int(rows.max()) + 1 + margin, h)
+            c0, c1 = max(int(cols.min()) - margin, 0), min(int(cols.max()) + 1 + margin, w)
+            grey = self._rgb[r0:r1, c0:c1].astype(np.float32).mean(axis=-1)
+            masks[c, r0:r1, c0:c1] = split_touching(masks[c, r0:r1, c0:c1], grey, pts - (r0, c0), h=self.split_touching)
+        return masks
 
     def _gradient(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
         """Gradient magnitude (Gaussian, ``EDGE_SNAP_SIGMA``) of the grey image on rows r0:r1, columns c0:c1.

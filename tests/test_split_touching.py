@@ -1,0 +1,141 @@
+"""Cutting a click's mask that spans touching objects (napari_sam.zoom.split_touching and
+ZoomPredictor(split_touching=...))."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from test_zoom import EVAL_SEED, _iou, builtin  # noqa: F401 (builtin: a fixture used by pytest)
+
+from napari_sam.models import recommended_zoom
+from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
+from napari_sam.zoom import ZoomPredictor, split_touching
+
+CENTRES = ((30.0, 26.0), (31.0, 40.5))  # two nuclei of radius 8, 14.5 px apart: they overlap
+
+
+def _two_objects(kind="nuclei", bright=True, radius=8.0, seed=0):
+    """A blurred, noisy image of two touching objects, their true masks and the union (the bad mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :72]
+    canvas = np.zeros(yy.shape)
+    truths = []
+    for (r, c), brightness in zip(CENTRES, (1.0, 0.8)):
+        dist = np.hypot(yy - r, xx - c)
+        inside = dist <= radius
+        depth = np.clip(1 - dist / radius, 0, 1)
+        if kind == "nuclei":  # brighter towards the centre, as the generator's nuclei
+            value = 0.7 + 0.3 * np.sqrt(depth)
+        else:  # a cell: bright 2 px membrane, dim interior
+            value = np.where(dist > radius - 2, 1.0, 0.25)
+        canvas += np.where(inside, value * brightness, 0.0)
+        truths.append(inside)
+    truths[0] &= ~truths[1]  # the second lies on top, as the generator paints
+    image = ndi.gaussian_filter(canvas, 1.0) + 0.05 + rng.normal(0, 0.02, canvas.shape)
+    if not bright:
+        image = 1.2 - image
+    return (image * 200).astype(np.float32), truths, truths[0] | truths[1]
+
+
+@pytest.mark.parametrize("bright", [True, False])
+def test_cuts_two_touching_nuclei_at_the_click(bright):
+    """The union of two touching nuclei, clicked in either: the clicked nucleus comes back
+    (bright on dark or dark on bright)."""
+    image, truths, union = _two_objects(bright=bright)
+    for truth, click in zip(truths, CENTRES):
+        assert _iou(union, truth) < 0.6
+        out = split_touching(union, image, [click])
+        assert _iou(out, truth) > 0.85, (bright, click, _iou(out, truth))
+        assert not (out & ~union).any()  # only ever removes pixels
+    # clicks in both: both parts kept
+    np.testing.assert_array_equal(split_touching(union, image, list(CENTRES)), union)
+
+
+def test_single_objects_are_not_cut():
+    """One nucleus (round, or an ellipse twice as long as wide) with the generator's texture:
+    its own mask comes back unchanged."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :64]
+    for ry, rx in ((9.0, 9.0), (7.0, 14.0)):
+        dist = np.hypot((yy - 32) / ry, (xx - 31) / rx)
+        inside = dist <= 1
+        texture = ndi.gaussian_filter(rng.normal(size=yy.shape), 2.0)
+        value = (0.7 + 0.3 * np.sqrt(np.clip(1 - dist, 0, 1))) * (1 + 0.15 * texture / texture.std())
+        image = ndi.gaussian_filter(np.where(inside, value, 0.0), 1.0) + 0.05 + rng.normal(0, 0.02, yy.shape)
+        np.testing.assert_array_equal(split_touching(inside, image * 200, [(32, 31)]), inside)
+
+
+def test_cells_with_bright_membranes_are_not_cut():
+    """Two touching cells (bright rim, dim interior): a mask over both is left alone."""
+    image, _, union = _two_objects(kind="cells", radius=12.0)
+    for click in CENTRES:
+        np.testing.assert_array_equal(split_touching(union, image, [click]), union)
+
+
+def test_degenerate_and_bad_inputs():
+    image, _, union = _two_objects()
+    empty = np.zeros_like(union)
+    assert not split_touching(empty, image, [CENTRES[0]]).any()
+    # a click outside the mask: unchanged
+    np.testing.assert_array_equal(split_touching(union, image, [(2, 2)]), union)
+    with pytest.raises(ValueError, match="one shape"):
+        split_touching(union, image[:, :10], [CENTRES[0]])
+    with pytest.raises(ValueError, match="h > 0"):
+        split_touching(union, image, [CENTRES[0]], h=0)
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, float("nan"), float("inf"), "ab", (1, 2)])
+def test_bad_values_are_refused(builtin, bad):
+    with pytest.raises(ValueError, match="split_touching"):
+        ZoomPredictor(builtin, split_touching=bad)
+
+
+def test_predictor_cuts_as_the_function_does_on_the_whole_frame(builtin):
+    """ZoomPredictor(split_touching=h): every returned mask of a click equals split_touching of
+    the same predictor's uncut mask on the whole image's grey (checks its crop margins); box
+    prompts are never cut; at least one click on these dense small nuclei is cut."""
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 30_004)
+    zoom = {**recommended_zoom("builtin"), "split_touching": None}
+    plain = ZoomPredictor(builtin, device="cpu", **zoom)
+    cut = ZoomPredictor(builtin, device="cpu", **{**zoom, "split_touching": 0.2})
+    plain.set_image(img)
+    cut.set_image(img)
+    grey = cut._rgb.astype(np.float32).mean(axis=-1)
+    pts, plab, ids = sample_point_prompts(lab, seed=2)
+    changed = 0
+    for p, pl in zip(pts[:25], plab[:25]):
+        m0, s0, l0 = plain.predict(p, pl, multimask=True)
+        m1, s1, l1 = cut.predict(p, pl, multimask=True)
+        np.testing.assert_array_equal(s1, s0)
+        np.testing.assert_array_equal(l1, l0)
+        for c in range(len(m0)):
+            np.testing.assert_array_equal(m1[c], split_touching(m0[c], grey, p, h=0.2))
+            changed += not np.array_equal(m1[c], m0[c])
+    assert changed >= 1
+    rows, cols = np.nonzero(lab == ids[0])
+    box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)
+    np.testing.assert_array_equal(cut.predict(box_rc=box, multimask=False)[0],
+                                  plain.predict(box_rc=box, multimask=False)[0])
+
+
+def test_cutting_improves_clicks_on_dense_small_nuclei(builtin):
+    """Quality, against the ground truth: one click on each of the first 100 nuclei of an unseen
+    image of dense small nuclei (the first evaluation-range seed past the other tests' with a
+    median nucleus below 9 px: 385 nuclei, median 8.4 px), the shipped zoom's best mask before
+    and after split_touching (the predictor's own cut equals the function's: test above).
+    Measured: 0.626 -> 0.642 (+0.016; selection images: +0.016)."""
+    zoom = {**recommended_zoom("builtin"), "split_touching": None}
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 30_010)
+    zp = ZoomPredictor(builtin, device="cpu", **zoom)
+    zp.set_image(img)
+    grey = zp._rgb.astype(np.float32).mean(axis=-1)
+    pts, plab, ids = sample_point_prompts(lab, seed=0)
+    before, after = [], []
+    for p, pl, oid in zip(pts[:100], plab[:100], ids[:100]):
+        masks, scores, _ = zp.predict(p, pl, multimask=True)
+        best = masks[int(np.argmax(scores))]
+        before.append(_iou(best, lab == oid))
+        after.append(_iou(split_touching(best, grey, p, h=0.2), lab == oid))
+    before, after = np.array(before), np.array(after)
+    assert after.mean() > before.mean() + 0.008, (before.mean(), after.mean())
