@@ -23,14 +23,11 @@ import matplotlib.pyplot as plt
 
 from napari_sam.models import load_model, recommended_zoom
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
+from napari_sam.training.evaluate import _iou
 from napari_sam.zoom import ZoomPredictor, split_touching
 
 SEED = 1_031_004  # an evaluation-range seed no script or test tunes on (median nucleus 11 px)
 N_SHOWN = 8
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def main(out: Path) -> None:

@@ -187,6 +187,15 @@ def edge_snap_threshold(
     return best_t
 
 
+def _filter_margin(sigma: float) -> int:
+    """Pixels a Gaussian filter of ``sigma`` reads beyond a crop (scipy's default truncation, + 1)."""
+    return int(4.0 * sigma + 0.5) + 1
+
+
+#: pixels around a mask's box that :func:`split_touching` reads (its background band, + 1)
+_SPLIT_BAND_PX = 3
+
+
 def split_touching(
     mask: np.ndarray,
     grey: np.ndarray,
@@ -251,9 +260,10 @@ def split_touching(
     if not len(pts):
         return out
     # the mask's box, 3 px wider for the background band, and the filter's margin for the smoothing
-    r0, r1 = max(int(rows.min()) - 3, 0), min(int(rows.max()) + 4, mask.shape[0])
-    c0, c1 = max(int(cols.min()) - 3, 0), min(int(cols.max()) + 4, mask.shape[1])
-    m = int(4.0 * sigma + 0.5) + 1
+    b = _SPLIT_BAND_PX
+    r0, r1 = max(int(rows.min()) - b, 0), min(int(rows.max()) + 1 + b, mask.shape[0])
+    c0, c1 = max(int(cols.min()) - b, 0), min(int(cols.max()) + 1 + b, mask.shape[1])
+    m = _filter_margin(sigma)
     a0, b0, a1, b1 = max(r0 - m, 0), max(c0 - m, 0), min(r1 + m, mask.shape[0]), min(c1 + m, mask.shape[1])
     smooth = ndi.gaussian_filter(grey[a0:a1, b0:b1], sigma, mode="nearest") if sigma > 0 else grey[a0:a1, b0:b1]
     g = smooth[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
@@ -612,18 +622,24 @@ class ZoomPredictor(Predictor):
         pts = pts[np.asarray(point_labels).ravel() > 0]
         if self._rgb is None or not len(pts):
             return masks
-        margin = 4 + int(4.0 * SPLIT_SIGMA + 0.5)  # split_touching's band and filter margin
-        h, w = self._rgb.shape[:2]
         masks = masks.copy()
         for c in range(len(masks)):
             rows, cols = np.nonzero(masks[c])
             if not rows.size:
                 continue
-            r0, r1 = max(int(rows.min()) - margin, 0), min(int(rows.max()) + 1 + margin, h)
-            c0, c1 = max(int(cols.min()) - margin, 0), min(int(cols.max()) + 1 + margin, w)
-            grey = self._rgb[r0:r1, c0:c1].astype(np.float32).mean(axis=-1)
+            # all that split_touching reads: the mask's box, its band and the smoothing's margin
+            (r0, c0, r1, c1), grey = self._grey_around(int(rows.min()), int(cols.min()), int(rows.max()) + 1,
+                                                      int(cols.max()) + 1, _SPLIT_BAND_PX + _filter_margin(SPLIT_SIGMA))
             masks[c, r0:r1, c0:c1] = split_touching(masks[c, r0:r1, c0:c1], grey, pts - (r0, c0), h=self.split_touching)
         return masks
+
+    def _grey_around(self, r0: int, c0: int, r1: int, c1: int, margin: int):
+        """``((a0, b0, a1, b1), grey)``: rows r0:r1, columns c0:c1 grown by ``margin`` (clipped to the
+        image) and the grey image (channel mean of the RGB the view was encoded from) there."""
+        assert self._rgb is not None
+        h, w = self._rgb.shape[:2]
+        a0, b0, a1, b1 = max(r0 - margin, 0), max(c0 - margin, 0), min(r1 + margin, h), min(c1 + margin, w)
+        return (a0, b0, a1, b1), self._rgb[a0:a1, b0:b1].astype(np.float32).mean(axis=-1)
 
     def _gradient(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
         """Gradient magnitude (Gaussian, ``EDGE_SNAP_SIGMA``) of the grey image on rows r0:r1, columns c0:c1.
@@ -632,11 +648,7 @@ class ZoomPredictor(Predictor):
         equals the whole image's gradient there (``mode="nearest"`` at the
         image's own edges).
         """
-        assert self._rgb is not None
-        m = int(4.0 * EDGE_SNAP_SIGMA + 0.5) + 1
-        h, w = self._rgb.shape[:2]
-        a0, b0, a1, b1 = max(r0 - m, 0), max(c0 - m, 0), min(r1 + m, h), min(c1 + m, w)
-        grey = self._rgb[a0:a1, b0:b1].astype(np.float32).mean(axis=-1)
+        (a0, b0, _, _), grey = self._grey_around(r0, c0, r1, c1, _filter_margin(EDGE_SNAP_SIGMA))
         grad = ndi.gaussian_gradient_magnitude(grey, EDGE_SNAP_SIGMA, mode="nearest")
         return grad[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
 
