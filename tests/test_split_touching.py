@@ -135,13 +135,13 @@ def test_the_zoom_decides_from_the_cut_mask(builtin):
     image, truths, union = _two_objects()
     big = np.zeros((256, 256), bool)
     big[100:164, 90:162] = union  # the two nuclei somewhere in a 256 x 256 view
-    grey = np.zeros((256, 256, 3), np.uint8)
-    grey[100:164, 90:162] = np.clip(image, 0, 255).astype(np.uint8)[..., None]
+    rgb = np.zeros((256, 256, 3), np.uint8)
+    rgb[100:164, 90:162] = np.clip(image, 0, 255).astype(np.uint8)[..., None]
     zoom = {**recommended_zoom("builtin"), "split_touching": 0.2}
     cut = ZoomPredictor(builtin, device="cpu", **zoom)
     plain = ZoomPredictor(builtin, device="cpu", **{**zoom, "split_touching": None})
     for zp in (cut, plain):
-        zp.set_image(grey)
+        zp.set_image(rgb)
     for truth, (r, c) in zip(truths, CENTRES):
         click = np.array([[r + 100, c + 90]])
         rows, cols = np.nonzero(truth)
