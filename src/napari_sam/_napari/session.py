@@ -32,6 +32,7 @@ from napari_sam._napari.layers import (
 )
 from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
 from napari_sam.progress import CancelToken, ProgressCallback, report
+from napari_sam.zoom import ZoomPredictor
 
 __all__ = ["ObjectPrediction", "Preview", "Session"]
 
@@ -285,8 +286,10 @@ class Session:
                                      int(np.argmax(scores)))]
         objects = []
         per_box = [self._points_in_box(pts, lab, s["box_rc"], len(shapes)) for s in shapes]
-        use_batch = hasattr(p, "predict_batch") and all(len(q[0]) == 0 for q in per_box) and \
-            all(s["mask"] is None for s in shapes) and len(shapes) > 1
+        # several plain boxes decode in one batched call, unless the predictor zooms: a ZoomPredictor's
+        # zoom, refinement and cut act in predict() only (built-in model: box mIoU 0.909 vs 0.757 batched)
+        use_batch = hasattr(p, "predict_batch") and not isinstance(p, ZoomPredictor) and \
+            all(len(q[0]) == 0 for q in per_box) and all(s["mask"] is None for s in shapes) and len(shapes) > 1
         if use_batch:
             boxes = np.stack([s["box_rc"] for s in shapes])
             if hasattr(p, "masks_from_logits"):  # masks decided at low resolution (napari_sam.upsample)
