@@ -9,10 +9,11 @@ from scipy import ndimage as ndi
 from test_zoom import EVAL_SEED, _iou, builtin  # noqa: F401 (builtin: a fixture used by pytest)
 
 from napari_sam.models import recommended_zoom
-from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
+from napari_sam.synthetic import boxes_from_labels, make_nuclei_image, sample_point_prompts
 from napari_sam.zoom import ZoomPredictor, split_touching
 
 CENTRES = ((30.0, 26.0), (31.0, 40.5))  # two nuclei of radius 8, 14.5 px apart: they overlap
+BOXES_CHECKED = slice(58, 72)  # boxes of the test image checked against the function (61, 68, 70 are cut)
 
 
 def _two_objects(kind="nuclei", bright=True, radius=8.0, seed=0):
@@ -52,6 +53,24 @@ def test_cuts_two_touching_nuclei_at_the_click(bright):
     np.testing.assert_array_equal(split_touching(union, image, list(CENTRES)), union)
 
 
+@pytest.mark.parametrize("bright", [True, False])
+def test_a_box_keeps_the_parts_mostly_inside_it(bright):
+    """The union of two touching nuclei from a box prompt: a box on either nucleus (its first
+    and last rows and columns, or 3 px looser) gives that nucleus back; a box around both
+    keeps both."""
+    image, truths, union = _two_objects(bright=bright)
+    for truth in truths:
+        rows, cols = np.nonzero(truth)
+        for pad in (0, 3):
+            box = (rows.min() - pad, cols.min() - pad, rows.max() + pad, cols.max() + pad)
+            out = split_touching(union, image, box_rc=box)
+            assert _iou(out, truth) > 0.85, (bright, box, _iou(out, truth))
+            assert not (out & ~union).any()
+    rows, cols = np.nonzero(union)
+    both = (rows.min(), cols.min(), rows.max(), cols.max())
+    np.testing.assert_array_equal(split_touching(union, image, box_rc=both), union)
+
+
 def test_single_objects_are_not_cut():
     """One nucleus (round, or an ellipse twice as long as wide) with the generator's texture:
     its own mask comes back unchanged."""
@@ -83,6 +102,12 @@ def test_degenerate_and_bad_inputs():
         split_touching(union, image[:, :10], [CENTRES[0]])
     with pytest.raises(ValueError, match="h > 0"):
         split_touching(union, image, [CENTRES[0]], h=0)
+    with pytest.raises(ValueError, match="either points_rc"):
+        split_touching(union, image, [CENTRES[0]], box_rc=(0, 0, 10, 10))
+    with pytest.raises(ValueError, match="either points_rc"):
+        split_touching(union, image)
+    with pytest.raises(ValueError, match="box_rc must be 4"):
+        split_touching(union, image, box_rc=(0, 0, 10))
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, float("nan"), float("inf"), "ab", (1, 2)])
@@ -94,8 +119,9 @@ def test_bad_values_are_refused(builtin, bad):
 def test_predictor_cuts_as_the_function_does_on_the_whole_frame(builtin):
     """ZoomPredictor(split_touching=h): every returned mask of a click equals split_touching of
     the same predictor's uncut final mask (the output of edge snapping) on the whole image's
-    grey (checks its crop margins); scores and logits are not changed by the cut; box prompts
-    are never cut; at least one click on these dense small nuclei is cut."""
+    grey (checks its crop margins), and so does the mask of a box prompt (``box_rc``); scores
+    and logits are not changed by the cut; at least one click and one box on these dense small
+    nuclei are cut."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 30_004)
     zoom = {**recommended_zoom("builtin"), "split_touching": 0.2}
     plain = ZoomPredictor(builtin, device="cpu", **{**zoom, "split_touching": None})
@@ -122,10 +148,20 @@ def test_predictor_cuts_as_the_function_does_on_the_whole_frame(builtin):
             np.testing.assert_array_equal(m1[c], split_touching(m0[c], grey, p, h=0.2))
             changed += not np.array_equal(m1[c], m0[c])
     assert changed >= 1
-    rows, cols = np.nonzero(lab == ids[0])
-    box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)
-    np.testing.assert_array_equal(cut.predict(box_rc=box, multimask=False)[0],
-                                  plain.predict(box_rc=box, multimask=False)[0])
+    changed = 0
+    for oid in ids[BOXES_CHECKED]:
+        rows, cols = np.nonzero(lab == oid)
+        box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)
+        m1, s1, l1 = cut.predict(box_rc=box, multimask=False)
+        m0, s0, l0 = seen[-1]
+        np.testing.assert_array_equal(s1, s0)
+        np.testing.assert_array_equal(l1, l0)
+        np.testing.assert_array_equal(m1[0], split_touching(m0[0], grey, box_rc=box, h=0.2))
+        changed += not np.array_equal(m1[0], m0[0])
+    assert changed >= 1
+    # points and a box together (a correction inside a box) are not cut
+    m1 = cut.predict(pts[0], plab[0], box_rc=box, multimask=False)[0]
+    np.testing.assert_array_equal(m1, seen[-1][0])
 
 
 def test_the_zoom_decides_from_the_cut_mask(builtin):
@@ -173,3 +209,22 @@ def test_cutting_improves_clicks_on_dense_small_nuclei(builtin):
         miou[h] = float(np.mean(ious))
     # above the final cut alone (+0.016): fails if the zoom stops deciding from the cut mask
     assert miou[0.2] > miou[None] + 0.025, miou
+
+
+def test_cutting_improves_boxes_on_dense_small_nuclei(builtin):
+    """Quality, against the ground truth: the tight box of each of the first 100 nuclei of the
+    dense image above, the shipped zoom with and without split_touching (box masks keep the
+    parts at least half inside the box). Measured: 11 masks cut, all 11 better (mean +0.045
+    on them), mIoU 0.758 -> 0.763 (all 385 nuclei: 0.762 -> 0.768)."""
+    zoom = recommended_zoom("builtin")
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 30_010)
+    boxes, ids = boxes_from_labels(lab)
+    ious = {}
+    for h in (None, 0.2):
+        zp = ZoomPredictor(builtin, device="cpu", **{**zoom, "split_touching": h})
+        zp.set_image(img)
+        ious[h] = np.array([_iou(zp.predict(box_rc=b, multimask=False)[0][0], lab == oid)
+                            for b, oid in zip(boxes[:100], ids[:100])])
+    gain = ious[0.2] - ious[None]
+    assert (gain > 0).sum() >= 8 and (gain < 0).sum() <= 1, gain[gain != 0]
+    assert gain.mean() > 0.003, gain.mean()

@@ -199,8 +199,9 @@ _SPLIT_BAND_PX = 3
 def split_touching(
     mask: np.ndarray,
     grey: np.ndarray,
-    points_rc: Any,
+    points_rc: Any = None,
     *,
+    box_rc: Any = None,
     h: float = 0.2,
     distance_weight: float = SPLIT_DISTANCE_WEIGHT,
     sigma: float = SPLIT_SIGMA,
@@ -218,7 +219,8 @@ def split_touching(
     2. one marker per regional maximum of the relief at least ``h`` high
        (:func:`skimage.morphology.h_maxima`); with one marker, no cut;
     3. a watershed of the inverted relief from the markers inside the mask;
-       the regions under ``points_rc`` are returned.
+       the regions under ``points_rc`` are returned (for a box prompt,
+       ``box_rc``: the regions at least half inside the box).
 
     Only masks of filled objects are cut: the mask's core (deeper than half
     its maximal depth) must differ from the background band at least as
@@ -231,9 +233,14 @@ def split_touching(
     mask : (H, W) bool array
     grey : (H, W) float array
         The image (one channel) on the same pixels.
-    points_rc : (N, 2) array-like
+    points_rc : (N, 2) array-like, optional
         The positive clicks (row, col).  Clicks outside the mask are ignored;
         if none is inside, ``mask`` is returned unchanged.
+    box_rc : (4,) array-like, optional
+        Instead of clicks, the box prompt ``(r0, c0, r1, c1)`` (first and last
+        row and column, inclusive): the regions with at least half their
+        pixels inside it are kept (all of ``mask`` if none is).  Give
+        exactly one of ``points_rc`` and ``box_rc``.
     h : float
         Least height of a marker, in units of the object's contrast (> 0).
     distance_weight : float
@@ -251,14 +258,21 @@ def split_touching(
         raise ValueError(f"mask and grey must be (H, W) arrays of one shape; got {mask.shape} and {grey.shape}.")
     if not (h > 0 and distance_weight >= 0 and sigma >= 0):
         raise ValueError(f"split_touching needs h > 0, distance_weight >= 0 and sigma >= 0; got {h}, {distance_weight}, {sigma}.")
+    if (points_rc is None) == (box_rc is None):
+        raise ValueError("split_touching needs either points_rc (clicks) or box_rc (a box prompt), not both or neither.")
     out = mask.copy()
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return out
-    pts = _pixels(np.asarray(points_rc, float).reshape(-1, 2), mask.shape)
-    pts = pts[mask[pts[:, 0], pts[:, 1]]]
-    if not len(pts):
-        return out
+    if points_rc is not None:
+        pts = _pixels(np.asarray(points_rc, float).reshape(-1, 2), mask.shape)
+        pts = pts[mask[pts[:, 0], pts[:, 1]]]
+        if not len(pts):
+            return out
+    else:
+        box = np.asarray(box_rc, float).ravel()
+        if box.shape != (4,) or not np.isfinite(box).all():
+            raise ValueError(f"box_rc must be 4 finite numbers (r0, c0, r1, c1); got {box_rc!r}.")
     # the mask's box, 3 px wider for the background band, and the filter's margin for the smoothing
     b = _SPLIT_BAND_PX
     r0, r1 = max(int(rows.min()) - b, 0), min(int(rows.max()) + 1 + b, mask.shape[0])
@@ -283,8 +297,16 @@ def split_touching(
     if n <= 1:
         return out
     regions = watershed(-relief, markers, mask=mc)
-    keep = np.unique(regions[pts[:, 0] - r0, pts[:, 1] - c0])
-    keep = keep[keep > 0]
+    if points_rc is not None:
+        keep = np.unique(regions[pts[:, 0] - r0, pts[:, 1] - c0])
+        keep = keep[keep > 0]
+    else:  # regions at least half inside the box (pixel centres within it)
+        rr, cc = np.arange(r0, r1)[:, None], np.arange(c0, c1)[None, :]
+        inside = (rr >= box[0]) & (rr <= box[2]) & (cc >= box[1]) & (cc <= box[3])
+        total = np.bincount(regions.ravel(), minlength=n + 1)
+        within = np.bincount(regions[inside], minlength=n + 1)
+        keep = np.nonzero((within * 2 >= total) & (total > 0))[0]
+        keep = keep[keep > 0]
     if not keep.size:
         return out
     out[r0:r1, c0:c1] = np.isin(regions, keep)
@@ -448,9 +470,13 @@ class ZoomPredictor(Predictor):
         ``edge_snap``.  The zoom decides from the cut mask too: the window,
         the refinement box and the recentring point come from the clicked
         object's part of the mask (:meth:`object_extent`), not from a mask
-        over it and its neighbours.  None (default): off.  The built-in model's click
+        over it and its neighbours.  For a box prompt alone (no points, no
+        ``mask_input``) the returned mask is cut the same way and the parts
+        with at least half their pixels inside the box are kept.  None
+        (default): off.  The built-in model's click
         masks of small touching nuclei often take in a neighbour (more than
-        half of one in 27 % of the clicks on nuclei below 8 px); its json
+        half of one in 27 % of the clicks on nuclei below 8 px), and so do
+        its box masks, less often; its json
         ships 0.2 (docs/builtin-model.md).  Masks whose rim is brighter
         than both their core and their surroundings (cells with bright
         membranes) are never cut.
@@ -589,8 +615,11 @@ class ZoomPredictor(Predictor):
             if 0 < area < math.pi * diameter_px**2 / 4:  # smaller than a disk of diameter_px
                 result = self._predict_at(small_threshold, points_rc, point_labels, box_rc, mask_input, multimask)
         masks, scores, logits = self._snapped(*result)
-        if self.split_touching is not None and points_rc is not None and box_rc is None and mask_input is None:
-            masks = self._split(masks, points_rc, point_labels)
+        if self.split_touching is not None and mask_input is None:
+            if points_rc is not None and box_rc is None:
+                masks = self._split(masks, points_rc, point_labels)
+            elif box_rc is not None and points_rc is None:
+                masks = self._split(masks, None, None, box_rc)
         return masks, scores, logits
 
     predict.__doc__ = Predictor.predict.__doc__
@@ -627,11 +656,18 @@ class ZoomPredictor(Predictor):
             masks[c, wr + r0 : wr + r1, wc + c0 : wc + c1] = crop > t
         return masks, scores, logits
 
-    def _split(self, masks: np.ndarray, points_rc: Any, point_labels: Any) -> np.ndarray:
-        """``masks`` cut by :func:`split_touching` at the positive clicks (``split_touching``)."""
-        pts = np.asarray(points_rc, float).reshape(-1, 2)
-        pts = pts[np.asarray(point_labels).ravel() > 0]
-        if self._rgb is None or not len(pts):
+    def _split(self, masks: np.ndarray, points_rc: Any, point_labels: Any, box_rc: Any = None) -> np.ndarray:
+        """``masks`` cut by :func:`split_touching` (``split_touching``): the parts at the positive
+        clicks, or with ``box_rc`` (and no clicks) the parts at least half inside the box."""
+        pts = box = None
+        if box_rc is not None:
+            box = np.asarray(box_rc, float).ravel()
+        else:
+            pts = np.asarray(points_rc, float).reshape(-1, 2)
+            pts = pts[np.asarray(point_labels).ravel() > 0]
+            if not len(pts):
+                return masks
+        if self._rgb is None:
             return masks
         masks = masks.copy()
         for c in range(len(masks)):
@@ -641,7 +677,11 @@ class ZoomPredictor(Predictor):
             # all that split_touching reads: the mask's box, its band and the smoothing's margin
             (r0, c0, r1, c1), grey = self._grey_around(int(rows.min()), int(cols.min()), int(rows.max()) + 1,
                                                       int(cols.max()) + 1, _SPLIT_BAND_PX + _filter_margin(SPLIT_SIGMA))
-            masks[c, r0:r1, c0:c1] = split_touching(masks[c, r0:r1, c0:c1], grey, pts - (r0, c0), h=self.split_touching)
+            if box is None:
+                cut = split_touching(masks[c, r0:r1, c0:c1], grey, pts - (r0, c0), h=self.split_touching)
+            else:
+                cut = split_touching(masks[c, r0:r1, c0:c1], grey, box_rc=box - (r0, c0, r0, c0), h=self.split_touching)
+            masks[c, r0:r1, c0:c1] = cut
         return masks
 
     def _grey_around(self, r0: int, c0: int, r1: int, c1: int, margin: int):
