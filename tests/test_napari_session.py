@@ -337,3 +337,91 @@ def test_several_boxes_each_get_the_zoom_of_a_zoom_predictor():
         np.testing.assert_array_equal(obj.mask, masks[0])
     # and the window pass ran: the zoom's window predictor holds a window embedding
     assert predictor._window is not None
+
+
+def _builtin_session(image, *, zoom=False):
+    from napari_sam.models import load_model, recommended_zoom
+    from napari_sam.predictor import Predictor
+    from napari_sam.zoom import ZoomPredictor
+
+    viewer = ViewerModel()
+    img = viewer.add_image(image)
+    model = load_model("builtin", device="cpu")
+    predictor = ZoomPredictor(model, device="cpu", **recommended_zoom("builtin")) if zoom else \
+        Predictor(model, device="cpu")
+    return viewer, Session(predictor, img)
+
+
+def test_a_point_added_to_the_preview_corrects_the_mask_shown():
+    """A point added to a points-only preview prompts all points with the shown candidate's
+    logits as mask_input and one output (SAM's interactive recipe, the built-in model's
+    training); a new object, or points that do not extend the preview's, do not; nor does a
+    ZoomPredictor (its zoom takes no mask prompt)."""
+    from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
+
+    image, lab = make_nuclei_image((256, 256), kind="nuclei", seed=1_001_004)  # evaluation seed
+    pts, _, _ = sample_point_prompts(lab, seed=0)
+    extra = np.array([[pts[0][0, 0] + 3, pts[0][0, 1]]])
+    for zoom in (False, True):
+        viewer, session = _builtin_session(image, zoom=zoom)
+        calls = []
+        original = session.predictor.predict
+        session.predictor.predict = lambda *a, _o=original, _c=calls, **k: _c.append((a, k)) or _o(*a, **k)
+        first = session.predict(viewer.dims, points_layer=_points(viewer, pts[0], ndim=2))
+        assert len(first.objects[0].masks) == 3 and calls[-1][0][3] is None
+        session.cycle()  # the user shows another candidate: that one is corrected
+        shown = first.objects[0].logits[first.objects[0].choice]
+        both = _points(viewer, np.vstack([pts[0], extra]), ndim=2, polarity=["positive", "negative"])
+        second = session.predict(viewer.dims, points_layer=both)
+        (_, lab_, _, mask_input), kwargs = calls[-1]
+        np.testing.assert_array_equal(lab_, [1, 0])
+        if zoom:
+            assert mask_input is None and kwargs == {"multimask": True}
+            continue
+        np.testing.assert_array_equal(mask_input, shown[None])
+        assert kwargs == {"multimask": False} and len(second.objects[0].masks) == 1
+        # the same points again do not extend the preview's: a fresh prompt
+        session.predict(viewer.dims, points_layer=both)
+        assert calls[-1][0][3] is None and calls[-1][1] == {"multimask": True}
+        # another object after a commit: fresh too
+        labels = viewer.add_labels(np.zeros((256, 256), np.uint32))
+        session.commit(labels, viewer.dims)
+        session.predict(viewer.dims, points_layer=_points(viewer, np.vstack([pts[1], pts[2]]), ndim=2))
+        assert calls[-1][0][3] is None
+
+
+def test_corrections_improve_poor_masks_of_cells():
+    """Quality, against the ground truth: on an unseen cells image, every object whose first
+    click (the built-in model through a plain Predictor, best mask) has IoU < 0.8 gets a
+    second click at the point deepest in its larger error region (positive if missed,
+    negative if extra: SAM's protocol), through the session.  As a correction of the shown
+    mask it beats the same two points prompted afresh (three candidates, best score), the
+    plugin's behaviour before session 12.  Measured: 25 such cells, first click 0.606,
+    afresh 0.630, corrected 0.727."""
+    from scipy import ndimage as ndi
+
+    from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
+    from napari_sam.training.evaluate import _iou
+
+    image, lab = make_nuclei_image((256, 256), kind="cells", seed=1_021_002)  # evaluation seed
+    pts, _, ids = sample_point_prompts(lab, seed=0)
+    viewer, session = _builtin_session(image)
+    first, corrected, afresh = [], [], []
+    for p, oid in zip(pts, ids):
+        gt = lab == oid
+        session.preview = None
+        m1 = session.predict(viewer.dims, points_layer=_points(viewer, p, ndim=2)).objects[0].mask
+        if _iou(m1, gt) >= 0.8:
+            continue
+        missed, extra = gt & ~m1, m1 & ~gt
+        err, polarity = (missed, "positive") if missed.sum() >= extra.sum() else (extra, "negative")
+        depth = ndi.distance_transform_edt(np.pad(err, 1))[1:-1, 1:-1]
+        q = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float)
+        both = _points(viewer, np.vstack([p, q]), ndim=2, polarity=["positive", polarity])
+        first.append(_iou(m1, gt))
+        corrected.append(_iou(session.predict(viewer.dims, points_layer=both).objects[0].mask, gt))
+        session.preview = None
+        afresh.append(_iou(session.predict(viewer.dims, points_layer=both).objects[0].mask, gt))
+    assert len(first) >= 8, len(first)
+    assert np.mean(corrected) > np.mean(first) + 0.05, (np.mean(first), np.mean(corrected))
+    assert np.mean(corrected) > np.mean(afresh) + 0.03, (np.mean(afresh), np.mean(corrected))
