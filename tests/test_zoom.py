@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 from scipy import ndimage as ndi
 
@@ -447,3 +448,34 @@ def test_small_mask_threshold_improves_small_nuclei_clicks(builtin):
     assert changed.sum() >= 10, changed.sum()  # the rule re-ran (and changed) many small clicks
     assert ious["rule"][changed].mean() > ious["usual"][changed].mean() + 0.03, ious
     assert ious["rule"].mean() > ious["usual"].mean() + 0.01
+
+
+def test_a_correction_is_zoomed_with_its_mask_prompt_resampled(builtin):
+    """Points with a mask_input (a correction) are zoomed too: the window pass gets the mask
+    prompt resampled into the window's low-res frame, covering the same image pixels as the
+    full view's (checked at image resolution, independently of the resampling code); the
+    result is the window's single output. A mask prompt with a box (propagation, polygons)
+    or alone is not zoomed."""
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 4)
+    zp = ZoomPredictor(builtin, device="cpu", **{**recommended_zoom("builtin"), "flips": False})
+    zp.set_image(img)
+    rows, cols = np.nonzero(lab == 5)
+    click = np.array([[rows.mean(), cols.mean()]])
+    _, scores, logits = zp.predict(click, [1])
+    prompt = logits[int(np.argmax(scores))][None]
+    seen = []
+    wp = zp._window_predictors[0]
+    original = wp.predict_batch
+    wp.predict_batch = lambda *a, **k: seen.append(a) or original(*a, **k)
+    corrected = zp.predict(np.vstack([click, click + [2, 0]]), [1, 0], mask_input=prompt, multimask=False)
+    assert len(seen) == 1 and seen[0][3] is not None and corrected[0].shape == (1, 256, 256)
+    r0, c0, r1, c1 = zp._window
+    full_px = zp.upsample_logits(torch.from_numpy(prompt))[0].numpy()[r0:r1, c0:c1] > 0
+    window_px = wp.upsample_logits(torch.as_tensor(seen[0][3])[0])[0].numpy() > 0
+    assert full_px.any() and _iou(full_px, window_px) > 0.9, _iou(full_px, window_px)
+    # a box with the mask prompt, or the mask prompt alone: the whole view only
+    seen.clear()
+    box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)
+    zp.predict(click, [1], box_rc=box, mask_input=prompt, multimask=False)
+    zp.predict(mask_input=prompt, multimask=False)
+    assert not seen

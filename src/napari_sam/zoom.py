@@ -9,9 +9,12 @@ object (``context`` times its size, at least ``min_side`` px) and prompts
 again there, so the object is seen at the scale the model handles best.
 
 Only single-object :meth:`ZoomPredictor.predict` calls zoom; ``predict_batch``
-(automatic generation, several boxes at once) and calls with a ``mask_input``
-or after :meth:`~napari_sam.predictor.Predictor.set_embedding` (no pixels to
-crop) behave exactly like :class:`~napari_sam.predictor.Predictor`.
+(automatic generation), calls with a ``mask_input`` and a box or without
+points (propagation, polygon prompts) and calls after
+:meth:`~napari_sam.predictor.Predictor.set_embedding` (no pixels to crop)
+behave exactly like :class:`~napari_sam.predictor.Predictor`.  Points with a
+``mask_input`` (a correction of a previous result) are zoomed, the mask
+prompt resampled into the window.
 """
 
 from __future__ import annotations
@@ -739,20 +742,24 @@ class ZoomPredictor(Predictor):
         """
         masks, scores, logits = super().predict(points_rc, point_labels, box_rc, mask_input, multimask=multimask)
         fine: list = [None] * len(masks)
-        if self._rgb is None or mask_input is not None:
+        # a mask prompt is zoomed only with points alone (a correction); with a box or alone it is not
+        if self._rgb is None or (mask_input is not None and (points_rc is None or box_rc is not None)):
             return masks, scores, logits, fine
         win = self.window_for(points_rc, point_labels, box_rc, masks, scores)
         if win is not None:
-            zoomed = self._predict_in_window(win, points_rc, point_labels, box_rc, multimask)
+            zoomed = self._predict_in_window(win, points_rc, point_labels, box_rc, multimask, mask_input)
             # keep_better: the model may rate its whole-view mask higher
             if zoomed is not None and not (self.keep_better and float(zoomed[1].max()) < float(scores.max())):
                 masks, scores, logits, fine = zoomed
-        if self.refine_box and box_rc is None and points_rc is not None and np.all(np.asarray(point_labels) > 0):
+        if self.refine_box and box_rc is None and mask_input is None and points_rc is not None \
+                and np.all(np.asarray(point_labels) > 0):
             masks, scores, logits, fine = self._refine_with_box(points_rc, point_labels, masks, scores, logits, fine, win)
         return masks, scores, logits, fine
 
-    def _predict_in_window(self, win, points_rc, point_labels, box_rc, multimask):
-        """The prompt re-run on window ``win``, pasted into the full frame (None: no prompt inside)."""
+    def _predict_in_window(self, win, points_rc, point_labels, box_rc, multimask, mask_input=None):
+        """The prompt re-run on window ``win``, pasted into the full frame (None: no prompt inside).
+
+        A ``mask_input`` (full view's low-res frame) is resampled into the window's."""
         r0, c0, r1, c1 = win
         pts = lab = None
         if points_rc is not None:
@@ -765,7 +772,7 @@ class ZoomPredictor(Predictor):
             box = np.clip(np.asarray(box_rc, float).ravel() - (r0, c0, r0, c0), 0, [r1 - r0, c1 - c0] * 2)
         if pts is None and box is None:
             return None
-        wmasks, wscores, wlogits = self._window_pass(win, pts, lab, box, multimask)
+        wmasks, wscores, wlogits = self._window_pass(win, pts, lab, box, multimask, mask_input)
         full = np.zeros((wmasks.shape[0], *self.original_size), bool)
         full[:, r0:r1, c0:c1] = wmasks
         fine: list = [None] * len(wmasks)
@@ -802,7 +809,7 @@ class ZoomPredictor(Predictor):
             masks[b], scores[b], logits[b], fine[b] = refined[0][0], refined[1][0], refined[2][0], refined[3][0]
         return masks, scores, logits, fine
 
-    def _window_pass(self, win, pts, lab, box, multimask):
+    def _window_pass(self, win, pts, lab, box, multimask, mask_input=None):
         """Prompt the window (with ``flips``: the mean low-res logits of its four flips)."""
         r0, c0, r1, c1 = win
         h, w = r1 - r0, c1 - c0
@@ -816,11 +823,17 @@ class ZoomPredictor(Predictor):
                 wp.set_image(np.ascontiguousarray(self._rgb[r0:r1, c0:c1][:: -1 if fr else 1, :: -1 if fc else 1]))
             self._window = win
         hv, wv = _valid_low_res(self._window_predictors[0])
+        wmask = None if mask_input is None else self._full_logits_to_window(mask_input, win)
         total = scores = None
         for (fr, fc), wp in zip(flips, self._window_predictors):
             fp, fb = _flip_prompts(pts, box, h, w, fr, fc)
+            fm = None
+            if wmask is not None:  # the mask prompt flipped as the window
+                fm = wmask.copy()
+                fm[:hv, :wv] = wmask[:hv, :wv][:: -1 if fr else 1, :: -1 if fc else 1]
+                fm = fm[None, None]
             res = wp.predict_batch(None if fp is None else fp[None], None if lab is None else lab[None],
-                                   None if fb is None else fb[None], multimask=multimask, upsample=False)
+                                   None if fb is None else fb[None], fm, multimask=multimask, upsample=False)
             lg = res.low_res_logits[0].to("cpu", torch.float32).numpy()
             s = res.scores[0].to("cpu", torch.float32).numpy()
             valid = lg[:, :hv, :wv][:, :: -1 if fr else 1, :: -1 if fc else 1]
@@ -835,6 +848,20 @@ class ZoomPredictor(Predictor):
         wp.mask_threshold = self.mask_threshold  # the window's masks are thresholded like the whole view's
         masks = wp.masks_from_logits(torch.from_numpy(total)).cpu().numpy()
         return masks, (scores / len(flips)).astype(np.float32), total
+
+    def _full_logits_to_window(self, mask_input: Any, win: tuple[int, int, int, int]) -> np.ndarray:
+        """``(m, m)`` logits of the full view's low-res frame resampled into window ``win``'s
+        (``OUTSIDE_LOGIT`` on the window's padding): upsampled to image pixels as SAM does, the
+        window cut out exactly, resized to the window's low-res grid."""
+        r0, c0, r1, c1 = win
+        full = torch.as_tensor(np.asarray(mask_input, np.float32).reshape(1, *self.mask_input_size))
+        crop = self.upsample_logits(full)[:, r0:r1, c0:c1].to("cpu", torch.float32)[None]
+        wp = self._window_predictors[0]
+        hv, wv = _valid_low_res(wp)
+        out = np.full(tuple(wp.mask_input_size), OUTSIDE_LOGIT, np.float32)
+        out[:hv, :wv] = F.interpolate(crop, size=(hv, wv), mode="bilinear", align_corners=False,
+                                      antialias=hv < r1 - r0)[0, 0].numpy()
+        return out
 
     def _window_logits_to_full(self, wlogits: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray:
         """Window low-res logits resampled into the full view's low-res frame."""

@@ -275,16 +275,11 @@ class Session:
         A point added to a points-only object on the same plane is a correction
         of the mask on screen: SAM's interactive recipe (and the built-in
         model's training) prompts all points together with that mask's logits
-        as ``mask_input`` and a single output.  Otherwise (a new object,
-        points moved or removed, boxes, a :class:`~napari_sam.zoom.ZoomPredictor`):
-        None.
+        as ``mask_input`` and a single output (a
+        :class:`~napari_sam.zoom.ZoomPredictor` zooms it too).  Otherwise (a new
+        object, points moved or removed, boxes): None.
         """
         prev = self.preview
-        if isinstance(self.predictor, ZoomPredictor):
-            # its zoom does not take a mask prompt yet, and the whole view cannot resolve small
-            # objects: the built-in model's corrections of nuclei below 10 px fell from 0.58 to
-            # 0.45 with the mask prompt, against 0.63 prompted afresh (docs/plugin.md)
-            return None
         if prev is None or prev.ref != ref or prev.points_rc is None or len(prev.objects) != 1:
             return None
         k = len(prev.points_rc)
