@@ -314,23 +314,20 @@ def test_propagation_stops_on_low_overlap_and_can_be_cancelled():
 def test_several_boxes_each_get_the_zoom_of_a_zoom_predictor():
     """A ZoomPredictor zooms in predict() only, so several boxes go one at a time through it,
     not through the batched whole-view call (the built-in model's box masks of small nuclei)."""
-    from napari_sam.models import load_model, recommended_zoom
     from napari_sam.synthetic import boxes_from_labels, make_nuclei_image
-    from napari_sam.zoom import ZoomPredictor
 
     image, lab = make_nuclei_image((256, 256), kind="nuclei", seed=1_001_004)  # evaluation seed
     boxes = boxes_from_labels(lab)[0][:3]
-    viewer = ViewerModel()
-    img = viewer.add_image(image)
+    viewer, session = _builtin_session(image, zoom=True)
     # napari rectangles whose edges lie half a pixel outside the first and last rows and columns
     drawn = boxes + [-0.5, -0.5, 0.5, 0.5]
     shapes = viewer.add_shapes([b.reshape(2, 2) for b in drawn], shape_type="rectangle")
-    predictor = ZoomPredictor(load_model("builtin", device="cpu"), device="cpu", **recommended_zoom("builtin"))
+    predictor = session.predictor
     single, batched = [], []
     original = predictor.predict
     predictor.predict = lambda *a, **k: single.append((a, original(*a, **k))) or single[-1][1]
     predictor.predict_batch = lambda *a, **k: batched.append(a)
-    preview = Session(predictor, img).predict(viewer.dims, shapes_layer=shapes)
+    preview = session.predict(viewer.dims, shapes_layer=shapes)
     assert not batched and len(single) == len(preview.objects) == 3
     for obj, box, (args, (masks, _, _)) in zip(preview.objects, drawn, single):
         np.testing.assert_allclose(args[2], box)  # predict(points, labels, box_rc, mask_input)

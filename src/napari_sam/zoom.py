@@ -416,7 +416,8 @@ class ZoomPredictor(Predictor):
         window's resized sides are multiples of ``image_size / mask size``
         (square windows), to within one low-res pixel otherwise.
     refine_box : int
-        Rounds of box refinement for clicks (positive points only, no box):
+        Rounds of box refinement for clicks (positive points only, no box, no
+        ``mask_input``):
         the bounding box of the clicked part of the best mask becomes a box
         prompt (no points) in the same window, and its mask replaces the best
         one when the model rates it at least as high.  The built-in model
