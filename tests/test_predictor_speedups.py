@@ -188,3 +188,93 @@ def test_batch_with_cache_equals_single_clicks():
         np.testing.assert_allclose(out.scores[b].numpy(), scores, atol=1e-5, rtol=0)
         agree = np.mean((out.mask_logits[b] > 0).numpy() == masks)
         assert agree >= 0.999
+
+
+# ------------------------------------------- first upscaling product, low rank
+def _wide_decoder_model(depth, seed=0):
+    """vit_b's decoder width (256 channels, 8 heads) on a tiny encoder with a 16 x 16 embedding."""
+    config = tiny_sam_config(decoder_depth=depth, iou_head_depth=3)
+    config["image_encoder"].update(img_size=256, out_chans=256)
+    config.update(prompt_embed_dim=256, image_size=256)
+    config["decoder"].update(num_heads=8, mlp_dim=64)
+    torch.manual_seed(seed)
+    model = build_model(config).eval()
+    with torch.no_grad():  # trained-like norms: not all ones and zeros
+        for layer in model.mask_decoder.transformer.layers:
+            layer.norm4.weight.uniform_(0.5, 1.5)
+            layer.norm4.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_low_rank_first_upscaling_equals_direct_product(depth, monkeypatch):
+    """The folded rank-(heads x tokens) form of ``keys @ W`` gives the official decoder's logits.
+
+    Depth 2 is SAM's; 1 and 3 check the unrolling over blocks (the limit is
+    lifted so that depth 3 uses it too).  Batch 1 and 4, one to three points
+    (two to four with the padding point), one and three outputs.
+    """
+    from napari_sam.sam import mask_decoder as md
+
+    monkeypatch.setattr(md, "LOW_RANK_LIMIT", 1.0)
+    model = _wide_decoder_model(depth)
+    dec = model.mask_decoder
+    used = []
+    original = md.MaskDecoder._first_upscaling_low_rank
+
+    def spy(self, cache, record, batch):
+        out = original(self, cache, record, batch)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(md.MaskDecoder, "_first_upscaling_low_rank", spy)
+    torch.manual_seed(5)
+    features = torch.randn(1, 256, 16, 16)
+    pe = model.prompt_encoder.get_dense_pe()
+    for n_points in (1, 3):
+        coords = torch.rand(4, n_points, 2) * 256
+        labels = torch.randint(0, 2, (4, n_points), dtype=torch.int)
+        with torch.inference_mode():
+            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            cache = dec.prepare_image(features, pe, dense[:1])
+            assert cache.upscale_image is not None
+            for batch in (1, 4):
+                for multimask in (True, False):
+                    low, iou = dec(None, None, sparse[:batch], None, multimask, image_cache=cache)
+                    ref_low, ref_iou = _reference_decoder(
+                        model, features, sparse[:batch], dense[:batch], multimask
+                    )
+                    torch.testing.assert_close(low, ref_low, atol=2e-5, rtol=0)
+                    torch.testing.assert_close(iou, ref_iou, atol=2e-5, rtol=0)
+    assert used and all(used)
+
+
+def test_low_rank_first_upscaling_only_where_it_is_cheaper():
+    """Used for a click on a 256-channel decoder (rank 116); not for four points (rank 164
+    > 0.6 x 256), not when gradients are recorded (training)."""
+    model = _wide_decoder_model(2)
+    dec = model.mask_decoder
+    features = torch.randn(1, 256, 16, 16)
+    pe = model.prompt_encoder.get_dense_pe()
+    conv1 = dec.output_upscaling[0]
+    for n_points, rank in ((1, 116), (4, 164)):
+        coords = torch.rand(1, n_points, 2) * 256
+        labels = torch.ones(1, n_points, dtype=torch.int)
+        with torch.inference_mode():
+            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            cache = dec.prepare_image(features, pe, dense)
+            record = []
+            _, keys = dec.transformer.forward_prepared(cache.prepared, _tokens(dec, sparse), record)
+            assert sum(r[0].shape[1] + 2 for r in record) == rank
+            got = dec._first_upscaling_low_rank(cache, record, 1)
+            direct = torch.addmm(conv1.bias.repeat(4), keys[0], conv1.weight.permute(0, 2, 3, 1).reshape(256, -1))
+        if n_points == 1:
+            torch.testing.assert_close(got, direct, atol=2e-5, rtol=0)
+        else:
+            assert got is None
+    assert dec.prepare_image(features, pe, dense).upscale_image is None  # gradients on: not prepared
+
+
+def _tokens(dec, sparse):
+    output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    return torch.cat([output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)

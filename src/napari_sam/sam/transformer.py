@@ -62,7 +62,12 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        record: list | None = None,
     ) -> torch.Tensor:
         """``q`` (B, Nq, C), ``k``/``v`` (B, Nk, C) -> (B, Nq, C) float32, plus ``residual`` if given.
 
@@ -71,12 +76,14 @@ class Attention(nn.Module):
         tokens attending to image tokens) :meth:`_few_queries` is used, with few
         keys (image tokens attending to prompt tokens) :meth:`_few_keys`: the
         same function, computed in the input space of the many tokens.
+        ``record`` (a list) receives the low-rank form of the update where
+        :meth:`_few_keys` computes it (see :meth:`_mix_values`).
         """
         if self.num_heads * q.shape[1] < self.internal_dim and k.shape[1] > self.internal_dim:
             out = self._few_queries(q, k, v)
             return out if residual is None else residual + out
         if self.num_heads * k.shape[1] < self.internal_dim and q.shape[1] > self.internal_dim:
-            return self._few_keys(q, k, v, residual)
+            return self._few_keys(q, k, v, residual, record)
         out = self.attend(self.project(q, "q"), self.project(k, "k"), self.project(v, "v"))
         return out if residual is None else residual + out
 
@@ -104,7 +111,12 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
 
     def projected_queries(
-        self, q_heads: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+        self,
+        q_heads: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        record: list | None = None,
     ) -> torch.Tensor:
         """Attention of already projected query heads ``(B, H, Nq, d)`` to few keys ``(B, Nk, C)``.
 
@@ -122,9 +134,11 @@ class Attention(nn.Module):
         # scores laid out (B, H, Nk, Nq): softmax over the middle axis (see _few_keys)
         scores = torch.matmul(kh, q_heads.transpose(-1, -2))
         attn = torch.softmax(scores, dim=2).expand(b, heads, nk, nq).reshape(b, heads * nk, nq)
-        return self._mix_values(attn, vh, residual)
+        return self._mix_values(attn, vh, residual, record)
 
-    def _mix_values(self, attn: torch.Tensor, vh: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    def _mix_values(
+        self, attn: torch.Tensor, vh: torch.Tensor, residual: torch.Tensor | None, record: list | None = None
+    ) -> torch.Tensor:
         """Output ``sum_h A_h (v_h W_o,h^T) + b_o`` (+ ``residual``) for few keys.
 
         ``attn`` ``(B, H*Nk, Nq)``: each head's weights over its ``Nk`` keys sum
@@ -132,6 +146,10 @@ class Attention(nn.Module):
         is applied to the ``H*Nk`` values, not to the ``Nq`` outputs; as every
         head's weights sum to 1, ``b_o / heads`` added to each value row adds
         ``b_o``, and the residual is the ``input`` of the batched product.
+
+        With a ``residual``, the output is ``residual + attn^T @ values``, a
+        rank-``H*Nk`` update of the residual; ``record`` (a list), if given,
+        receives ``(attn, values)`` (see :class:`KeysRecord`).
         """
         heads, d = self.num_heads, self.internal_dim // self.num_heads
         nk = vh.shape[2]
@@ -140,10 +158,18 @@ class Attention(nn.Module):
         value_out = value_out.expand(attn.shape[0], -1, -1)
         if residual is None:
             return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn.transpose(1, 2), value_out)
-        return torch.baddbmm(residual, attn.transpose(1, 2), value_out + self.out_proj.bias / heads)
+        values = value_out + self.out_proj.bias / heads
+        if record is not None:
+            record.append((attn, values))
+        return torch.baddbmm(residual, attn.transpose(1, 2), values)
 
     def _few_keys(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        record: list | None = None,
     ) -> torch.Tensor:
         """Attention without projecting the ``Nq`` queries (``Nk * heads`` small).
 
@@ -168,7 +194,7 @@ class Attention(nn.Module):
         else:
             scores = torch.baddbmm(bias, q_to_k, q.transpose(1, 2))
         attn = torch.softmax(scores.view(b, heads, nk, nq), dim=2).view(b, heads * nk, nq)
-        return self._mix_values(attn, vh, residual)
+        return self._mix_values(attn, vh, residual, record)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -228,11 +254,17 @@ class TwoWayAttentionBlock(nn.Module):
         key_pe: torch.Tensor,
         *,
         image_heads: tuple[torch.Tensor, ...] | None = None,
+        record: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Update ``queries`` (B, Nq, C) and ``keys`` (B, Nk, C).
 
         ``image_heads``, the result of :meth:`project_image` for these ``keys``
         and ``key_pe``, skips recomputing the prompt-independent projections.
+        ``record`` (a list), if given, receives this block's image-token update
+        in low-rank form: ``(attn, values, mean, rstd)`` with the new keys equal
+        to ``layer_norm(keys + attn^T @ values)`` and ``mean``/``rstd`` the
+        statistics of that layer norm, or None where the attention took a path
+        that does not produce it.
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -248,7 +280,8 @@ class TwoWayAttentionBlock(nn.Module):
             queries = self.norm2(queries + t2i(q, k, keys))
             queries = self.norm3(queries + self.mlp(queries))
             q = queries + query_pe
-            keys = self.norm4(i2t(k, q, queries, residual=keys))
+            low_rank = [] if record is not None else None
+            keys = self._norm_keys(i2t(k, q, queries, residual=keys, record=low_rank), low_rank, record)
             return queries, keys
 
         k_heads, v_heads, q_heads = image_heads
@@ -256,8 +289,18 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm2(queries + t2i.attend(q, k_heads, v_heads))
         queries = self.norm3(queries + self.mlp(queries))
         q = queries + query_pe
-        keys = self.norm4(i2t.projected_queries(q_heads, q, queries, residual=keys))
-        return queries, keys
+        low_rank = [] if record is not None else None
+        updated = i2t.projected_queries(q_heads, q, queries, residual=keys, record=low_rank)
+        return queries, self._norm_keys(updated, low_rank, record)
+
+    def _norm_keys(self, keys: torch.Tensor, low_rank: list | None, record: list | None) -> torch.Tensor:
+        """``norm4(keys)``; with a ``record``, append the update's low-rank form and the norm's statistics."""
+        if record is None:
+            return self.norm4(keys)
+        norm = self.norm4
+        out, mean, rstd = torch.native_layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        record.append((*low_rank[0], mean, rstd) if low_rank else None)
+        return out
 
 
 class TwoWayTransformer(nn.Module):
@@ -321,14 +364,19 @@ class TwoWayTransformer(nn.Module):
         return {"keys": keys, "key_pe": key_pe, "first": first}
 
     def forward_prepared(
-        self, prepared: dict, point_embedding: torch.Tensor
+        self, prepared: dict, point_embedding: torch.Tensor, record: list | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` with the image part from :meth:`prepare_image` (reusable across prompts)."""
+        """:meth:`forward` with the image part from :meth:`prepare_image` (reusable across prompts).
+
+        ``record`` (a list), if given, receives one entry per block (see
+        :meth:`TwoWayAttentionBlock.forward`): the returned keys in low-rank
+        form relative to ``prepared["keys"]``.
+        """
         keys, key_pe = prepared["keys"], prepared["key_pe"]
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             heads = prepared["first"] if i == 0 else None
-            queries, keys = layer(queries, keys, point_embedding, key_pe, image_heads=heads)
+            queries, keys = layer(queries, keys, point_embedding, key_pe, image_heads=heads, record=record)
         q = queries + point_embedding
         k = keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
