@@ -115,6 +115,35 @@ def _click_breakdown(predictor: Predictor, point: np.ndarray, args: argparse.Nam
     }
 
 
+def _paired_clicks(ours: Callable[[], Any], official: Callable[[], Any], rounds: int, per_round: int = 5) -> dict:
+    """Click latency of both codes in alternating rounds: the ratio per round, then its median.
+
+    This shared machine's speed drifts by +-30 % within a minute; timing one
+    code after the other compares two different machines.  Each round times
+    ``per_round`` clicks of one code then of the other (the order alternates),
+    so each ratio compares neighbouring moments.
+    """
+    ratios, ours_ms, official_ms = [], [], []
+    for i in range(rounds):
+        pair = {}
+        for key, fn in (("ours", ours), ("official", official)) if i % 2 == 0 else (
+            ("official", official), ("ours", ours)
+        ):
+            pair[key] = _median_time(fn, per_round, warmup=1)[0]
+        ratios.append(pair["ours"] / pair["official"])
+        ours_ms.append(1000 * pair["ours"])
+        official_ms.append(1000 * pair["official"])
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return {
+        "rounds": rounds,
+        "clicks_per_round": per_round,
+        "ratio_median": float(np.median(ratios)),
+        "ratio_quartiles": [float(q1), float(q3)],
+        "ours_ms_median": float(np.median(ours_ms)),
+        "official_ms_median": float(np.median(official_ms)),
+    }
+
+
 def _ours(model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -> dict:
     predictor = Predictor(model, device=args.device)
     point = np.array([[image.shape[0] / 2, image.shape[1] / 2]])  # (row, col)
@@ -128,12 +157,10 @@ def _ours(model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -
             predictor.image_size, predictor.model_id,
         ))
         return _click_breakdown(predictor, point, args)
-    row = _measure(
-        lambda: predictor.set_image(image),
-        lambda: predictor.predict(point, np.array([1]), multimask=True),
-        args,
-    )
+    click = lambda: predictor.predict(point, np.array([1]), multimask=True)  # noqa: E731
+    row = _measure(lambda: predictor.set_image(image), click, args)
     row.update(_click_breakdown(predictor, point, args))
+    row["click"] = click  # for the paired comparison; dropped before writing JSON
     return row
 
 
@@ -209,7 +236,10 @@ def _official(name: str, model: torch.nn.Module, image: np.ndarray, args: argpar
         with torch.inference_mode():
             predictor.set_image(image)
 
-    return _measure(set_image, lambda: predictor.predict(point_xy, np.array([1]), multimask_output=True), args)
+    click = lambda: predictor.predict(point_xy, np.array([1]), multimask_output=True)  # noqa: E731
+    row = _measure(set_image, click, args)
+    row["click"] = click
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--clicks-only", action="store_true",
                         help="skip the encoder (random features): click timings only, no official run")
+    parser.add_argument("--paired-rounds", type=int, default=15,
+                        help="alternating rounds of 5 clicks, ours then official (0: skip)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.predict_repeats < 1:
@@ -272,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({ours['set_image_cpu_s'] / official['set_image_cpu_s']:.2f}), predict "
                   f"{ours['predict_ms'] / official['predict_ms']:.2f} "
                   f"({ours['predict_cpu_ms'] / official['predict_cpu_ms']:.2f})")
+            if args.paired_rounds > 0:
+                paired = row["paired_clicks"] = _paired_clicks(ours["click"], official["click"], args.paired_rounds)
+                print(f"{name:8s} paired clicks ({paired['rounds']} alternating rounds of "
+                      f"{paired['clicks_per_round']}): ours/official median {paired['ratio_median']:.2f} "
+                      f"(quartiles {paired['ratio_quartiles'][0]:.2f}-{paired['ratio_quartiles'][1]:.2f}); "
+                      f"ours {paired['ours_ms_median']:.1f} ms, official {paired['official_ms_median']:.1f} ms")
         elif name == ISSUE_REFERENCE["model"]:
             ref = ISSUE_REFERENCE
             print(f"{name:8s} official package not installed; figures quoted in the issue "
@@ -280,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:8s} ratio ours/issue figures (not comparable runs): set_image "
                   f"{ours['set_image_s'] / ref['set_image_s']:.2f}, "
                   f"predict {ours['predict_ms'] / ref['predict_ms']:.2f}")
+    for row in results:
+        for side in ("ours", "official"):
+            row.get(side, {}).pop("click", None)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"environment": env, "issue_reference": ISSUE_REFERENCE, "results": results}, f, indent=2)
