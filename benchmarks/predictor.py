@@ -157,7 +157,7 @@ def _ours(model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -
             predictor.image_size, predictor.model_id,
         ))
         return _click_breakdown(predictor, point, args)
-    click = lambda: predictor.predict(point, np.array([1]), multimask=True)  # noqa: E731
+    click = lambda: predictor.predict(point, np.array([1]), multimask=True)
     row = _measure(lambda: predictor.set_image(image), click, args)
     row.update(_click_breakdown(predictor, point, args))
     row["click"] = click  # for the paired comparison; dropped before writing JSON
@@ -236,7 +236,7 @@ def _official(name: str, model: torch.nn.Module, image: np.ndarray, args: argpar
         with torch.inference_mode():
             predictor.set_image(image)
 
-    click = lambda: predictor.predict(point_xy, np.array([1]), multimask_output=True)  # noqa: E731
+    click = lambda: predictor.predict(point_xy, np.array([1]), multimask_output=True)
     row = _measure(set_image, click, args)
     row["click"] = click
     return row
