@@ -479,3 +479,41 @@ def test_a_correction_is_zoomed_with_its_mask_prompt_resampled(builtin):
     zp.predict(click, [1], box_rc=box, mask_input=prompt, multimask=False)
     zp.predict(mask_input=prompt, multimask=False)
     assert not seen
+
+
+def test_a_correction_prompts_the_window_with_the_shown_masks_own_window_logits(builtin):
+    """A correction of the mask just returned (its logits passed back as mask_input, as the
+    plugin does) prompts the window with that mask's logits at the first window's pixels,
+    not with the full view's low-res frame (4 image pixels per logit here): at image
+    resolution, the window's mask prompt then matches the mask shown (the first window's
+    logits > 0) better, on small nuclei. Any other mask_input (edited, or from another
+    prompt) takes the full-view path, unchanged."""
+    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 10)  # small nuclei
+    zp = ZoomPredictor(builtin, device="cpu", **{**recommended_zoom("builtin"), "flips": False})
+    zp.set_image(img)
+    wp = zp._window_predictors[0]
+    own, coarse = [], []
+    for oid in np.unique(lab)[1:13]:
+        rows, cols = np.nonzero(lab == oid)
+        click = np.array([[rows.mean(), cols.mean()]])
+        _, scores, logits = zp.predict(click, [1])
+        best = int(np.argmax(scores))
+        fine = zp._returned[1][best]
+        if fine is None:  # the whole view's mask was kept: nothing finer to use
+            continue
+        (a0, b0, a1, b1), fine_logits = fine
+        shown_px = fine_logits > 0
+        prompt = logits[best][None]
+        win = r0, c0, r1, c1 = a0, b0, a1, b1  # a correction near the click zooms on this window again
+        got = wp.upsample_logits(torch.from_numpy(zp._full_logits_to_window(prompt, win))[None])[0].numpy() > 0
+        saved, zp._returned = zp._returned, None
+        old = wp.upsample_logits(torch.from_numpy(zp._full_logits_to_window(prompt, win))[None])[0].numpy() > 0
+        zp._returned = saved
+        edited = wp.upsample_logits(torch.from_numpy(zp._full_logits_to_window(prompt + 0.5, win))[None])[0].numpy() > 0
+        edited_old = zp.upsample_logits(torch.from_numpy(prompt + 0.5))[0].numpy()[r0:r1, c0:c1] > 0
+        assert _iou(edited, edited_old) > 0.8  # not the last result: the full view's frame
+        own.append(_iou(got, shown_px))
+        coarse.append(_iou(old, shown_px))
+    assert len(own) >= 8, len(own)
+    assert np.mean(own) > 0.95, own
+    assert np.mean(own) > np.mean(coarse) + 0.05, (np.mean(own), np.mean(coarse))

@@ -532,6 +532,8 @@ class ZoomPredictor(Predictor):
         self._window_predictors: list[Predictor] = []
         self._add_window_predictors(len(_FLIPS) if self.flips else 1)
         self._window: tuple[int, int, int, int] | None = None
+        # the last predict's logits and, per output, (window, its logits at the window's pixels)
+        self._returned: tuple[np.ndarray, list] | None = None
 
     def _add_window_predictors(self, n: int) -> None:
         """Up to ``n`` window predictors, one per flip: each keeps its window embedding and decoder cache."""
@@ -542,6 +544,7 @@ class ZoomPredictor(Predictor):
         super().reset_image()
         self._rgb = None
         self._window = None
+        self._returned = None
 
     def set_image(
         self,
@@ -618,6 +621,7 @@ class ZoomPredictor(Predictor):
             area = int(result[0][int(np.argmax(result[1]))].sum())
             if 0 < area < math.pi * diameter_px**2 / 4:  # smaller than a disk of diameter_px
                 result = self._predict_at(small_threshold, points_rc, point_labels, box_rc, mask_input, multimask)
+        self._returned = (result[2], result[3])
         masks, scores, logits = self._snapped(*result)
         if self.split_touching is not None and mask_input is None:
             if points_rc is not None and box_rc is None:
@@ -776,10 +780,9 @@ class ZoomPredictor(Predictor):
         wmasks, wscores, wlogits = self._window_pass(win, pts, lab, box, multimask, mask_input)
         full = np.zeros((wmasks.shape[0], *self.original_size), bool)
         full[:, r0:r1, c0:c1] = wmasks
-        fine: list = [None] * len(wmasks)
-        if self.edge_snap is not None:  # the window's logits at its own resolution, for _snapped
-            up = self._window_predictors[0].upsample_logits(torch.from_numpy(wlogits)).cpu().numpy()
-            fine = [(win, u) for u in up]
+        # the window's logits at its own resolution: for _snapped, and for a later correction
+        up = self._window_predictors[0].upsample_logits(torch.from_numpy(wlogits)).cpu().numpy()
+        fine = [(win, u) for u in up]
         return full, wscores, self._window_logits_to_full(wlogits, win), fine
 
     def _refine_with_box(self, points_rc, point_labels, masks, scores, logits, fine, win):
@@ -853,16 +856,42 @@ class ZoomPredictor(Predictor):
     def _full_logits_to_window(self, mask_input: Any, win: tuple[int, int, int, int]) -> np.ndarray:
         """``(m, m)`` logits of the full view's low-res frame resampled into window ``win``'s
         (``OUTSIDE_LOGIT`` on the window's padding): upsampled to image pixels as SAM does, the
-        window cut out exactly, resized to the window's low-res grid."""
+        window cut out exactly, resized to the window's low-res grid.
+
+        When ``mask_input`` is one of the logits the last :meth:`predict` returned for a
+        window mask (a correction of the mask shown), that window's own logits at image
+        pixels replace the upsampled full-view ones where the windows overlap: the full
+        view's low-res frame (4 image pixels per logit for the built-in model on a 256 px
+        image) is too coarse for the small objects a window was zoomed on.
+        """
         r0, c0, r1, c1 = win
         full = torch.as_tensor(np.asarray(mask_input, np.float32).reshape(1, *self.mask_input_size))
         crop = self.upsample_logits(full)[:, r0:r1, c0:c1].to("cpu", torch.float32)[None]
+        fine = self._returned_fine(full[0].numpy())
+        if fine is not None:
+            (a0, b0, a1, b1), logits = fine
+            t0, l0, t1, l1 = max(a0, r0), max(b0, c0), min(a1, r1), min(b1, c1)
+            if t0 < t1 and l0 < l1:
+                crop = crop.clone()
+                crop[0, 0, t0 - r0 : t1 - r0, l0 - c0 : l1 - c0] = torch.from_numpy(
+                    logits[t0 - a0 : t1 - a0, l0 - b0 : l1 - b0])
         wp = self._window_predictors[0]
         hv, wv = _valid_low_res(wp)
         out = np.full(tuple(wp.mask_input_size), OUTSIDE_LOGIT, np.float32)
         out[:hv, :wv] = F.interpolate(crop, size=(hv, wv), mode="bilinear", align_corners=False,
                                       antialias=hv < r1 - r0)[0, 0].numpy()
         return out
+
+    def _returned_fine(self, logits: np.ndarray):
+        """``(window, logits at its pixels)`` of the last returned output whose low-res logits
+        equal ``logits`` (an ``(m, m)`` array), or None."""
+        if self._returned is None:
+            return None
+        returned, fine = self._returned
+        for c in range(len(returned)):
+            if fine[c] is not None and np.array_equal(returned[c], logits):
+                return fine[c]
+        return None
 
     def _window_logits_to_full(self, wlogits: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray:
         """Window low-res logits resampled into the full view's low-res frame."""
