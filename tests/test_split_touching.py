@@ -108,6 +108,8 @@ def test_degenerate_and_bad_inputs():
         split_touching(union, image)
     with pytest.raises(ValueError, match="box_rc must be 4"):
         split_touching(union, image, box_rc=(0, 0, 10))
+    with pytest.raises(ValueError, match="box_rc must be 4"):  # even with nothing to cut
+        split_touching(empty, image, box_rc=(0, 0, 10, float("nan")))
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, float("nan"), float("inf"), "ab", (1, 2)])

@@ -263,6 +263,10 @@ def split_touching(
         raise ValueError(f"split_touching needs h > 0, distance_weight >= 0 and sigma >= 0; got {h}, {distance_weight}, {sigma}.")
     if (points_rc is None) == (box_rc is None):
         raise ValueError("split_touching needs either points_rc (clicks) or box_rc (a box prompt), not both or neither.")
+    if box_rc is not None:  # checked before any early return: a bad box fails on every mask
+        box = np.asarray(box_rc, float).ravel()
+        if box.shape != (4,) or not np.isfinite(box).all():
+            raise ValueError(f"box_rc must be 4 finite numbers (r0, c0, r1, c1); got {box_rc!r}.")
     out = mask.copy()
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
@@ -272,10 +276,6 @@ def split_touching(
         pts = pts[mask[pts[:, 0], pts[:, 1]]]
         if not len(pts):
             return out
-    else:
-        box = np.asarray(box_rc, float).ravel()
-        if box.shape != (4,) or not np.isfinite(box).all():
-            raise ValueError(f"box_rc must be 4 finite numbers (r0, c0, r1, c1); got {box_rc!r}.")
     # the mask's box, 3 px wider for the background band, and the filter's margin for the smoothing
     b = _SPLIT_BAND_PX
     r0, r1 = max(int(rows.min()) - b, 0), min(int(rows.max()) + 1 + b, mask.shape[0])
