@@ -517,3 +517,60 @@ def test_a_correction_prompts_the_window_with_the_shown_masks_own_window_logits(
     assert len(own) >= 8, len(own)
     assert np.mean(own) > 0.95, own
     assert np.mean(own) > np.mean(coarse) + 0.05, (np.mean(own), np.mean(coarse))
+
+
+def _second_click(mask, truth):
+    """SAM's correction click: the deepest pixel of the larger error region, and its label."""
+    missed, extra = truth & ~mask, mask & ~truth
+    error, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
+    depth = ndi.distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1]
+    return np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float), label
+
+
+def test_local_correction_changes_the_shown_mask_only_near_the_new_point(builtin):
+    """With ``local_correction=(k, c)`` a correction returns the plain correction's mask within
+    ``k * d + c`` px of the new point (``d``: the point's distance to the shown mask's edge,
+    computed here with a distance transform) and the shown mask elsewhere; the logits and
+    scores are the model's. Not applied when the points do not extend the last prompt's or
+    the mask prompt is not one of its outputs."""
+    img, lab = make_nuclei_image((256, 256), kind="cells", seed=EVAL_SEED + 2)
+    zoom = {k: v for k, v in recommended_zoom("builtin").items() if k != "local_correction"}
+    plain = ZoomPredictor(builtin, device="cpu", **zoom)
+    local = ZoomPredictor(builtin, device="cpu", **zoom, local_correction=(2, 2))
+    plain.set_image(img)
+    local.set_image(img)
+    pts, _, ids = sample_point_prompts(lab, seed=0)
+    yy, xx = np.mgrid[:256, :256]
+    differ = 0
+    for p, oid in list(zip(pts, ids))[:8]:
+        first = [zp.predict(p, [1]) for zp in (plain, local)]
+        for a, b in zip(*first):
+            np.testing.assert_array_equal(a, b)
+        masks, scores, logits = first[0]
+        best = int(np.argmax(scores))
+        shown = masks[best]
+        q, label = _second_click(shown, lab == oid)
+        both, labels = np.vstack([p, q[None]]), np.array([1, label])
+        got = local.predict(both, labels, mask_input=logits[best][None], multimask=False)
+        want = plain.predict(both, labels, mask_input=logits[best][None], multimask=False)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[2], want[2])
+        wrong_side = ~shown if label else shown
+        d = ndi.distance_transform_edt(wrong_side)[int(q[0]), int(q[1])]
+        disk = np.hypot(yy - q[0], xx - q[1]) <= 2 * d + 2
+        np.testing.assert_array_equal(got[0][0], np.where(disk, want[0][0], shown))
+        differ += int(not np.array_equal(got[0][0], want[0][0]))
+        # points that do not extend the last prompt's, or an edited mask prompt: plain
+        for order, edit in ((slice(None, None, -1), 0.0), (slice(None), 0.25)):
+            local.predict(p, [1])
+            plain.predict(p, [1])  # the same last result in both (the window prompt depends on it)
+            np.testing.assert_array_equal(
+                local.predict(both[order], labels[order], mask_input=logits[best][None] + edit, multimask=False)[0],
+                plain.predict(both[order], labels[order], mask_input=logits[best][None] + edit, multimask=False)[0])
+    assert differ >= 3, differ  # the rule changed several corrections
+
+
+@pytest.mark.parametrize("bad", [(-1, 2), (float("nan"), 1.0), (1, float("inf")), (1, 2, 3), "ab", 5])
+def test_local_correction_rejects_bad_values(builtin, bad):
+    with pytest.raises(ValueError, match="local_correction"):
+        ZoomPredictor(builtin, local_correction=bad)

@@ -342,6 +342,19 @@ def _check_split_touching(value: Any) -> float | None:
     return h
 
 
+def _check_local_correction(value: Any) -> tuple[float, float] | None:
+    """``(k, c)`` as floats, or None; ValueError saying what is wrong."""
+    if value is None:
+        return None
+    try:
+        k, c = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"local_correction must be a pair (k, c) of numbers >= 0 or None; got {value!r}.") from None
+    if not (math.isfinite(k) and math.isfinite(c) and k >= 0 and c >= 0):
+        raise ValueError(f"local_correction must be a pair (k, c) of finite numbers >= 0; got {value!r}.")
+    return k, c
+
+
 def _check_small_mask_threshold(value: Any) -> tuple[float, float] | None:
     """``(diameter_px, logit)`` as floats, or None; ValueError saying what is wrong."""
     if value is None:
@@ -484,6 +497,20 @@ class ZoomPredictor(Predictor):
         ships 0.2 (docs/builtin-model.md).  Masks whose rim is brighter
         than both their core and their surroundings (cells with bright
         membranes) are never cut.
+    local_correction : (float, float), optional
+        ``(k, c)``: a correction of the mask just returned -- the same points
+        plus one, with the returned output's logits as ``mask_input``, as
+        the plugin sends when a point is added -- changes the shown mask only
+        within ``k * d + c`` pixels of the new point, ``d`` being the new
+        point's distance to the shown mask's edge (to the mask for a
+        positive point outside it, to the background for a negative point
+        inside it); outside that disk the shown mask is kept.  A click
+        fixes the error it is put on, not the rest of a mask the user
+        accepted.  Only the masks are merged; the logits returned are the
+        model's own.  None (default): off.  The built-in model's
+        corrections redraw the whole mask and lose on good masks (a second
+        click on a 1-2 px rim); its json ships ``(2, 1)``
+        (docs/builtin-model.md).
 
     Notes
     -----
@@ -509,6 +536,7 @@ class ZoomPredictor(Predictor):
         small_mask_threshold: Sequence[float] | None = None,
         edge_snap: Sequence[float] | None = None,
         split_touching: float | None = None,
+        local_correction: Sequence[float] | None = None,
     ) -> None:
         if context < 1 or min_side < 1 or min_zoom < 1:
             raise ValueError(
@@ -529,11 +557,13 @@ class ZoomPredictor(Predictor):
         self.small_mask_threshold = _check_small_mask_threshold(small_mask_threshold)
         self.edge_snap = _check_edge_snap(edge_snap)
         self.split_touching = _check_split_touching(split_touching)
+        self.local_correction = _check_local_correction(local_correction)
         self._window_predictors: list[Predictor] = []
         self._add_window_predictors(len(_FLIPS) if self.flips else 1)
         self._window: tuple[int, int, int, int] | None = None
-        # the last predict's logits and, per output, (window, its logits at the window's pixels)
-        self._returned: tuple[np.ndarray, list] | None = None
+        # the last predict's logits, per output (window, its logits at the window's pixels) or
+        # None, and its masks, points and labels (for corrections of what it returned)
+        self._returned: tuple[np.ndarray, list, np.ndarray, np.ndarray | None, np.ndarray | None] | None = None
 
     def _add_window_predictors(self, n: int) -> None:
         """Up to ``n`` window predictors, one per flip: each keeps its window embedding and decoder cache."""
@@ -621,13 +651,18 @@ class ZoomPredictor(Predictor):
             area = int(result[0][int(np.argmax(result[1]))].sum())
             if 0 < area < math.pi * diameter_px**2 / 4:  # smaller than a disk of diameter_px
                 result = self._predict_at(small_threshold, points_rc, point_labels, box_rc, mask_input, multimask)
-        self._returned = (result[2], result[3])
+        shown = self._shown_for_correction(points_rc, point_labels, box_rc, mask_input)
         masks, scores, logits = self._snapped(*result)
         if self.split_touching is not None and mask_input is None:
             if points_rc is not None and box_rc is None:
                 masks = self._split(masks, points_rc, point_labels)
             elif box_rc is not None and points_rc is None:
                 masks = self._split(masks, None, None, box_rc)
+        if shown is not None:
+            masks = self._localised(masks, shown, points_rc, point_labels)
+        self._returned = (result[2], result[3], masks,
+                          None if points_rc is None else np.asarray(points_rc, float).reshape(-1, 2),
+                          None if point_labels is None else np.asarray(point_labels).ravel())
         return masks, scores, logits
 
     predict.__doc__ = Predictor.predict.__doc__
@@ -882,16 +917,55 @@ class ZoomPredictor(Predictor):
                                       antialias=hv < r1 - r0)[0, 0].numpy()
         return out
 
+    def _returned_output(self, logits: np.ndarray) -> int | None:
+        """Index of the last returned output whose low-res logits equal ``logits`` (``(m, m)``)."""
+        if self._returned is None:
+            return None
+        returned = self._returned[0]
+        for c in range(len(returned)):
+            if np.array_equal(returned[c], logits):
+                return c
+        return None
+
     def _returned_fine(self, logits: np.ndarray):
         """``(window, logits at its pixels)`` of the last returned output whose low-res logits
         equal ``logits`` (an ``(m, m)`` array), or None."""
-        if self._returned is None:
+        c = self._returned_output(logits)
+        return None if c is None else self._returned[1][c]
+
+    def _shown_for_correction(self, points_rc, point_labels, box_rc, mask_input) -> np.ndarray | None:
+        """The mask a ``local_correction`` corrects: with points, no box, and as ``mask_input``
+        the logits of an output of the last :meth:`predict` whose points are these minus the
+        last one (same labels), that output's returned mask; else None."""
+        if self.local_correction is None or mask_input is None or box_rc is not None or points_rc is None:
             return None
-        returned, fine = self._returned
-        for c in range(len(returned)):
-            if fine[c] is not None and np.array_equal(returned[c], logits):
-                return fine[c]
-        return None
+        if self._returned is None or self._returned[3] is None:
+            return None
+        c = self._returned_output(np.asarray(mask_input, np.float32).reshape(self.mask_input_size))
+        if c is None:
+            return None
+        pts = np.asarray(points_rc, float).reshape(-1, 2)
+        lab = np.asarray(point_labels).ravel()
+        prev_pts, prev_lab = self._returned[3], self._returned[4]
+        if len(pts) != len(prev_pts) + 1 or not (np.array_equal(pts[:-1], prev_pts) and np.array_equal(lab[:-1], prev_lab)):
+            return None
+        return self._returned[2][c]
+
+    def _localised(self, masks: np.ndarray, shown: np.ndarray, points_rc, point_labels) -> np.ndarray:
+        """``masks`` inside the ``local_correction`` disk around the last point, ``shown`` outside."""
+        k, c = self.local_correction
+        click = np.asarray(points_rc, float).reshape(-1, 2)[-1]
+        r, col = _pixels(click[None], shown.shape)[0]
+        positive = np.asarray(point_labels).ravel()[-1] > 0
+        region = ~shown if positive else shown
+        d = 0.0
+        if region[r, col]:  # the point is on the wrong side of the shown mask's edge
+            rows, cols = np.nonzero(shown if positive else ~shown)
+            d = float(np.sqrt(((rows - click[0]) ** 2 + (cols - click[1]) ** 2).min())) if rows.size else math.inf
+        radius = k * d + c
+        yy, xx = np.ogrid[: shown.shape[0], : shown.shape[1]]
+        disk = (yy - click[0]) ** 2 + (xx - click[1]) ** 2 <= radius**2
+        return np.where(disk[None], masks, shown[None])
 
     def _window_logits_to_full(self, wlogits: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray:
         """Window low-res logits resampled into the full view's low-res frame."""
