@@ -404,6 +404,10 @@ def test_corrections_improve_poor_masks_of_cells(zoom):
     image, lab = make_nuclei_image((256, 256), kind="cells", seed=1_021_002)  # evaluation seed
     pts, _, ids = sample_point_prompts(lab, seed=0)
     viewer, session = _builtin_session(image, zoom=zoom)
+    localised = []
+    if zoom:  # the shipped local_correction applies to the session's corrections
+        original = session.predictor._localised
+        session.predictor._localised = lambda *a: localised.append(1) or original(*a)
     first, corrected, afresh = [], [], []
     for p, oid in zip(pts, ids):
         gt = lab == oid
@@ -421,5 +425,6 @@ def test_corrections_improve_poor_masks_of_cells(zoom):
         session.preview = None
         afresh.append(_iou(session.predict(viewer.dims, points_layer=both).objects[0].mask, gt))
     assert len(first) >= 8, len(first)
+    assert len(localised) == (len(first) if zoom else 0)
     assert np.mean(corrected) > np.mean(first) + 0.05, (np.mean(first), np.mean(corrected))
     assert np.mean(corrected) > np.mean(afresh) + 0.03, (np.mean(afresh), np.mean(corrected))
