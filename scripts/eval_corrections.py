@@ -23,22 +23,11 @@ import sys
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from napari_sam.models import load_model, recommended_zoom
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
-from napari_sam.training.evaluate import _iou
+from napari_sam.training.evaluate import _iou, correction_click
 from napari_sam.zoom import ZoomPredictor
-
-
-def correction_click(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray | None, int]:
-    """SAM's next click: the deepest pixel of the larger error region and its label (None: no error)."""
-    missed, extra = truth & ~mask, mask & ~truth
-    if not (missed.any() or extra.any()):
-        return None, 0
-    error, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
-    depth = ndi.distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1]
-    return np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float), label
 
 
 def ious_by_click(zp: ZoomPredictor, kind: str, seeds: list[int], clicks: int) -> np.ndarray:

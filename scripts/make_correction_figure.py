@@ -22,26 +22,17 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from scipy import ndimage as ndi
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from napari_sam.models import load_model, recommended_zoom
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
-from napari_sam.training.evaluate import _iou
+from napari_sam.training.evaluate import _iou, correction_click
 from napari_sam.zoom import ZoomPredictor
 
 SEED = 1_021_002  # evaluation-range cells image (the session test's)
 N_SHOWN = 6
-
-
-def second_click(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int]:
-    """SAM's correction click: deepest pixel of the larger error region, and its label."""
-    missed, extra = truth & ~mask, mask & ~truth
-    error, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
-    depth = ndi.distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1]
-    return np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float), label
 
 
 def main(out: Path) -> None:
@@ -57,7 +48,7 @@ def main(out: Path) -> None:
         first = masks[best]
         if _iou(first, truth) >= 0.8:
             continue
-        q, label = second_click(first, truth)
+        q, label = correction_click(first, truth)
         both, labels = np.vstack([p, q[None]]), np.array([1, label])
         corrected = zp.predict(both, labels, mask_input=logits[best][None], multimask=False)[0][0]
         fresh_masks, fresh_scores, _ = zp.predict(both, labels, multimask=True)

@@ -396,10 +396,8 @@ def test_corrections_improve_poor_masks_of_cells(zoom):
     afresh 0.630, corrected 0.727; zoomed, 22 cells, 0.568 / 0.586 / 0.734 (session 12),
     0.726 since session 13 (window prompt from the shown mask's own logits, and the shipped
     ``local_correction``, which helps good masks and is +-0.02 on poor ones)."""
-    from scipy import ndimage as ndi
-
     from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
-    from napari_sam.training.evaluate import _iou
+    from napari_sam.training.evaluate import _iou, correction_click
 
     image, lab = make_nuclei_image((256, 256), kind="cells", seed=1_021_002)  # evaluation seed
     pts, _, ids = sample_point_prompts(lab, seed=0)
@@ -415,10 +413,8 @@ def test_corrections_improve_poor_masks_of_cells(zoom):
         m1 = session.predict(viewer.dims, points_layer=_points(viewer, p, ndim=2)).objects[0].mask
         if _iou(m1, gt) >= 0.8:
             continue
-        missed, extra = gt & ~m1, m1 & ~gt
-        err, polarity = (missed, "positive") if missed.sum() >= extra.sum() else (extra, "negative")
-        depth = ndi.distance_transform_edt(np.pad(err, 1))[1:-1, 1:-1]
-        q = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float)
+        q, label = correction_click(m1, gt)
+        polarity = "positive" if label else "negative"
         both = _points(viewer, np.vstack([p, q]), ndim=2, polarity=["positive", polarity])
         first.append(_iou(m1, gt))
         corrected.append(_iou(session.predict(viewer.dims, points_layer=both).objects[0].mask, gt))

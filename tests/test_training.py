@@ -16,7 +16,7 @@ from napari_sam.training.data import (
     normalize_to_rgb,
     sample_batch,
 )
-from napari_sam.training.evaluate import match_instances
+from napari_sam.training.evaluate import correction_click, match_instances
 from napari_sam.training.loop import TrainConfig, train, train_step
 from napari_sam.training.losses import dice_loss, focal_loss, mask_iou, sam_loss
 
@@ -124,6 +124,22 @@ def test_corrective_points_from_error_region():
     assert gt[0, y0, x0] and not pred[0, y0, x0]
     x1, y1 = pts[1, 0].long().tolist()
     assert pred[1, y1, x1] and not gt[1, y1, x1]
+
+
+def test_correction_click_is_deepest_in_the_larger_error():
+    """SAM's evaluation click: positive at the centre of a missed disk, negative at the centre
+    of a wrongly taken one (the larger error wins), None for an exact mask."""
+    yy, xx = np.mgrid[:40, :60]
+    truth = np.hypot(yy - 20, xx - 15) <= 8
+    missed_disk = np.hypot(yy - 20, xx - 45) <= 6
+    point, label = correction_click(truth, truth | missed_disk)
+    np.testing.assert_array_equal(point, [20, 45])
+    assert label == 1
+    small_extra = np.hypot(yy - 5, xx - 5) <= 2
+    point, label = correction_click(truth | missed_disk | small_extra, truth)
+    np.testing.assert_array_equal(point, [20, 45])
+    assert label == 0
+    assert correction_click(truth, truth) == (None, 0)
 
 
 def test_normalize_to_rgb():

@@ -10,6 +10,7 @@ from scipy import ndimage as ndi
 from napari_sam.models import load_model, recommended_zoom
 from napari_sam.predictor import Predictor
 from napari_sam.synthetic import boxes_from_labels, make_nuclei_image, sample_point_prompts
+from napari_sam.training.evaluate import correction_click
 from napari_sam.zoom import OUTSIDE_LOGIT, ZoomPredictor, interior_point, zoom_window
 
 EVAL_SEED = 1_001_000  # the evaluation seeds of scripts/eval_builtin.py (never trained on)
@@ -519,14 +520,6 @@ def test_a_correction_prompts_the_window_with_the_shown_masks_own_window_logits(
     assert np.mean(own) > np.mean(coarse) + 0.05, (np.mean(own), np.mean(coarse))
 
 
-def _second_click(mask, truth):
-    """SAM's correction click: the deepest pixel of the larger error region, and its label."""
-    missed, extra = truth & ~mask, mask & ~truth
-    error, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
-    depth = ndi.distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1]
-    return np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float), label
-
-
 def test_local_correction_changes_the_shown_mask_only_near_the_new_point(builtin):
     """With ``local_correction=(k, c)`` a correction returns the plain correction's mask within
     ``k * d + c`` px of the new point (``d``: the point's distance to the shown mask's edge,
@@ -549,7 +542,7 @@ def test_local_correction_changes_the_shown_mask_only_near_the_new_point(builtin
         masks, scores, logits = first[0]
         best = int(np.argmax(scores))
         shown = masks[best]
-        q, label = _second_click(shown, lab == oid)
+        q, label = correction_click(shown, lab == oid)
         both, labels = np.vstack([p, q[None]]), np.array([1, label])
         got = local.predict(both, labels, mask_input=logits[best][None], multimask=False)
         want = plain.predict(both, labels, mask_input=logits[best][None], multimask=False)

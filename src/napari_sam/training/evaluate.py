@@ -18,6 +18,7 @@ from napari_sam.zoom import ZoomPredictor
 
 __all__ = [
     "object_diameters",
+    "correction_click",
     "prompted_ious",
     "disk_baseline_ious",
     "match_instances",
@@ -28,6 +29,22 @@ __all__ = [
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def correction_click(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """SAM's next click of its interactive protocol: ``(point (row, col), label)``.
+
+    The pixel deepest inside the larger error region of ``mask`` against
+    ``truth`` (distance transform, the image border counting as outside),
+    positive (1) where the mask missed, negative (0) where it took too much;
+    ``(None, 0)`` when the mask is exact.
+    """
+    missed, extra = truth & ~mask, mask & ~truth
+    if not (missed.any() or extra.any()):
+        return None, 0
+    error, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
+    depth = ndi.distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1]
+    return np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float), label
 
 
 def object_diameters(labels: Sequence[np.ndarray]) -> np.ndarray:
