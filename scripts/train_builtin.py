@@ -124,7 +124,8 @@ def export(checkpoint: Path, summary: dict, args: argparse.Namespace) -> None:
         provenance["seconds"] += round(provenance["stage1"].get("seconds", 0) + provenance["stage1"].get("pool_seconds", 0))
     cfg_path = checkpoint.parent / "model_config.json"
     config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else builtin_config()
-    pt, js = export_builtin(torch.load(checkpoint, weights_only=True), config, provenance)
+    pt, js = export_builtin(torch.load(checkpoint, weights_only=True), config, provenance,
+                            merge=not args.fresh_json)
     print(f"exported {pt} and {js}")
 
 
@@ -219,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", action="store_true", help="write src/napari_sam/data/builtin_model.*")
     p.add_argument("--export-from", type=Path, default=None,
                    help="only export this checkpoint of a finished run in --out (no training)")
+    p.add_argument("--fresh-json", action="store_true",
+                   help="export: write a json with no entries of the shipped one (default: keep its tuned "
+                        "zoom/amg settings and records; the old model's sha256/training/metrics go to "
+                        "previous_models)")
     p.add_argument("--plot-only", type=Path, default=None, help="only draw --out/log.csv into this PNG")
     p.add_argument("--calibrate-iou", type=Path, default=None,
                    help="stage 3: re-fit only the IoU head of this state_dict (see napari_sam.training.calibrate)")

@@ -85,8 +85,16 @@ def export_builtin(
     *,
     out_dir: str | Path = DATA_DIR,
     name: str = "builtin_model",
+    merge: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``<name>.pt`` (float32 state_dict) and ``<name>.json`` (config, sha256, provenance).
+
+    With ``merge=True`` and an existing ``<name>.json``, the new json keeps that
+    file's other entries (the tuned ``zoom`` and ``amg`` settings, the tuning
+    records): a new model is first run through the pipeline tuned for the old
+    one. The old model's ``sha256``, ``training`` and ``metrics`` move to the
+    front of ``previous_models`` (its ``metrics`` describe the old weights, so
+    the new json has none until ``scripts/eval_builtin.py --update-json``).
 
     Parameters
     ----------
@@ -98,6 +106,8 @@ def export_builtin(
         Training facts (steps, seconds, seeds, metrics, command).
     out_dir : path
         Destination folder (created).
+    merge : bool
+        Keep the existing json's other entries (see above).
 
     Returns
     -------
@@ -107,6 +117,7 @@ def export_builtin(
     out.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
     pt_path, json_path = out / f"{name}.pt", out / f"{name}.json"
+    old = json.loads(json_path.read_text()) if merge and json_path.is_file() else None
     torch.save(clean, pt_path)
     meta = {
         "name": "builtin",
@@ -116,5 +127,12 @@ def export_builtin(
         "n_parameters": int(sum(v.numel() for v in clean.values())),
         "training": provenance,
     }
+    if old is not None:
+        previous = {k: old.pop(k) for k in ("sha256", "training", "metrics") if k in old}
+        history = old.pop("previous_models", [])
+        for k in meta:
+            old.pop(k, None)
+        meta.update(old)
+        meta["previous_models"] = [previous, *history]
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
     return pt_path, json_path
