@@ -431,24 +431,24 @@ def test_small_mask_threshold_rejects_bad_values(builtin, bad):
         ZoomPredictor(builtin, small_mask_threshold=bad)
 
 
-def test_small_mask_threshold_improves_small_nuclei_clicks(builtin):
-    """Quality: the built-in model's small masks reach past their objects at 0.0; the
-    shipped rule (re-run at a higher threshold below 20 px) raises those clicks' IoU on
-    an unseen image (against the same predictor without the rule)."""
+def test_small_mask_threshold_is_off_because_it_no_longer_gains(builtin):
+    """Quality, the shipped choice: the small-mask rule (re-run a click whose mask is below 18 px
+    at threshold 1.5) raised v2's small clicks (+0.08 on the rows it re-ran, this image); model v3's
+    small masks no longer reach past their objects, the rule gains nothing on the selection images
+    (session 15: 636 clicks 0.8803 with it, 0.8804 without) and costs ~40 % more time, so the json
+    ships it off. Fails (time to re-enable it) if the rule gains again on this unseen image."""
     from napari_sam.training.evaluate import prompted_ious
 
-    rule = recommended_zoom("builtin")["small_mask_threshold"]
+    assert recommended_zoom("builtin")["small_mask_threshold"] is None
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 10)  # small nuclei
     keep = np.isin(lab, np.unique(lab)[1:41])  # 40 objects keep the test short
     lab = np.where(keep, lab, 0)
     kw = dict(device="cpu", context=4, min_side=128, refine_box=1)
     ious = {}
-    for name, extra in (("usual", {}), ("rule", {"small_mask_threshold": rule})):
+    for name, extra in (("usual", {}), ("rule", {"small_mask_threshold": (18, 1.5)})):
         ious[name] = prompted_ious(ZoomPredictor(builtin, **kw, **extra), [img], [lab], prompt="point")
-    changed = ious["rule"] != ious["usual"]
-    assert changed.sum() >= 10, changed.sum()  # the rule re-ran (and changed) many small clicks
-    assert ious["rule"][changed].mean() > ious["usual"][changed].mean() + 0.03, ious
-    assert ious["rule"].mean() > ious["usual"].mean() + 0.01
+    assert (ious["rule"] != ious["usual"]).sum() >= 5  # the rule still re-runs small clicks
+    assert ious["rule"].mean() < ious["usual"].mean() + 0.01, {k: v.mean() for k, v in ious.items()}
 
 
 def test_a_correction_is_zoomed_with_its_mask_prompt_resampled(builtin):
@@ -460,8 +460,9 @@ def test_a_correction_is_zoomed_with_its_mask_prompt_resampled(builtin):
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 4)
     zp = ZoomPredictor(builtin, device="cpu", **{**recommended_zoom("builtin"), "flips": False})
     zp.set_image(img)
-    rows, cols = np.nonzero(lab == 5)
-    click = np.array([[rows.mean(), cols.mean()]])
+    ids, areas = np.unique(lab[lab > 0], return_counts=True)
+    rows, cols = np.nonzero(lab == ids[np.argmax(areas)])  # the largest nucleus: a resampled outline is
+    click = np.array([[rows.mean(), cols.mean()]])  # ~1 px off, the fraction that is must stay small
     _, scores, logits = zp.predict(click, [1])
     prompt = logits[int(np.argmax(scores))][None]
     seen = []
