@@ -25,8 +25,7 @@ from napari_sam.models import BUILTIN_JSON
 def main(out: Path) -> None:
     info = json.loads(BUILTIN_JSON.read_text(encoding="utf-8"))
     tuning = info["small_mask_threshold_tuning"]
-    # the rule as picked for model v2 (model v3 ships without it: it no longer gains, see the json)
-    d_picked, t_picked = info["zoom"].get("small_mask_threshold") or (18, 1.5)
+    d_picked, t_picked = tuning["picked"]  # for model v2 (v3 ships the rule off)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     grid = tuning["grid_point_miou_nuclei_636"]
     left.axhline(grid["0.0"], color="k", ls="--", lw=1, label="no rule (0.0 everywhere)")

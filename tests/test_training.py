@@ -273,16 +273,16 @@ def test_export_merge_keeps_the_tuned_entries_and_records_the_old_model(tmp_path
     pt, js = export_builtin(old_state, TINY, {"steps": 1}, out_dir=tmp_path, name="m")
     meta = json.loads(js.read_text())
     old_sha = meta["sha256"]
-    meta.update(metrics={"point_miou": 0.5}, zoom={"context": 4}, amg={"pred_iou_thresh": 0.4},
+    meta.update(metrics={"point_miou": 0.5}, metrics_whole_view={"point_miou": 0.4}, zoom={"context": 4}, amg={"pred_iou_thresh": 0.4},
                 previous_models=[{"sha256": "older"}])
     js.write_text(json.dumps(meta))
     pt, js = export_builtin(_model(1).state_dict(), TINY, {"steps": 2}, out_dir=tmp_path, name="m", merge=True)
     new = json.loads(js.read_text())
     assert new["sha256"] == sha256_file(pt) != old_sha
-    assert new["training"] == {"steps": 2} and "metrics" not in new
+    assert new["training"] == {"steps": 2} and "metrics" not in new and "metrics_whole_view" not in new
     assert new["zoom"] == {"context": 4} and new["amg"] == {"pred_iou_thresh": 0.4}
-    assert new["previous_models"] == [{"sha256": old_sha, "training": {"steps": 1}, "metrics": {"point_miou": 0.5}},
-                                      {"sha256": "older"}]
+    assert new["previous_models"] == [{"sha256": old_sha, "training": {"steps": 1}, "metrics": {"point_miou": 0.5},
+                                       "metrics_whole_view": {"point_miou": 0.4}}, {"sha256": "older"}]
     assert set(torch.load(pt, weights_only=True)) == set(old_state)
     pt, js = export_builtin(_model(1).state_dict(), TINY, {"steps": 3}, out_dir=tmp_path, name="m")
     assert set(json.loads(js.read_text())) == {"name", "config", "sha256", "dtype", "n_parameters", "training"}

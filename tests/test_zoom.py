@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 import pytest
@@ -437,15 +439,17 @@ def test_small_mask_threshold_is_off_because_it_no_longer_gains(builtin):
     small masks no longer reach past their objects, the rule gains nothing on the selection images
     (session 15: 636 clicks 0.8803 with it, 0.8804 without) and costs ~40 % more time, so the json
     ships it off. Fails (time to re-enable it) if the rule gains again on this unseen image."""
+    from napari_sam.models import BUILTIN_JSON
     from napari_sam.training.evaluate import prompted_ious
 
     assert recommended_zoom("builtin")["small_mask_threshold"] is None
+    rule = json.loads(BUILTIN_JSON.read_text())["small_mask_threshold_tuning"]["picked"]  # v2's (18, 1.5)
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 10)  # small nuclei
     keep = np.isin(lab, np.unique(lab)[1:41])  # 40 objects keep the test short
     lab = np.where(keep, lab, 0)
     kw = dict(device="cpu", context=4, min_side=128, refine_box=1)
     ious = {}
-    for name, extra in (("usual", {}), ("rule", {"small_mask_threshold": (18, 1.5)})):
+    for name, extra in (("usual", {}), ("rule", {"small_mask_threshold": rule})):
         ious[name] = prompted_ious(ZoomPredictor(builtin, **kw, **extra), [img], [lab], prompt="point")
     assert (ious["rule"] != ious["usual"]).sum() >= 5  # the rule still re-runs small clicks
     assert ious["rule"].mean() < ious["usual"].mean() + 0.01, {k: v.mean() for k, v in ious.items()}

@@ -92,7 +92,7 @@ def export_builtin(
     With ``merge=True`` and an existing ``<name>.json``, the new json keeps that
     file's other entries (the tuned ``zoom`` and ``amg`` settings, the tuning
     records): a new model is first run through the pipeline tuned for the old
-    one. The old model's ``sha256``, ``training`` and ``metrics`` move to the
+    one. The old model's ``sha256``, ``training`` and ``metrics*`` entries move to the
     front of ``previous_models`` (its ``metrics`` describe the old weights, so
     the new json has none until ``scripts/eval_builtin.py --update-json``).
 
@@ -128,7 +128,7 @@ def export_builtin(
         "training": provenance,
     }
     if old is not None:
-        previous = {k: old.pop(k) for k in ("sha256", "training", "metrics") if k in old}
+        previous = {k: old.pop(k) for k in list(old) if k in ("sha256", "training") or k.startswith("metrics")}
         history = old.pop("previous_models", [])
         for k in meta:
             old.pop(k, None)
