@@ -278,3 +278,29 @@ def test_low_rank_first_upscaling_only_where_it_is_cheaper():
 def _tokens(dec, sparse):
     output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
     return torch.cat([output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
+
+
+# ------------------------------------------- final attention for wanted tokens
+@pytest.mark.parametrize("batch", [1, 3])
+def test_final_attention_for_wanted_tokens_equals_rows_of_full_result(batch):
+    """``forward_prepared(..., final_tokens=idx)`` returns exactly rows ``idx`` of the full queries
+    (each token attends on its own in the final step) and the same keys; gradients too."""
+    model = _wide_decoder_model(2)
+    tr = model.mask_decoder.transformer
+    torch.manual_seed(6)
+    features = torch.randn(1, 256, 16, 16)
+    pe = model.prompt_encoder.get_dense_pe()
+    coords = torch.rand(batch, 2, 2) * 256
+    labels = torch.tensor([[1, 0]] * batch, dtype=torch.int)
+    sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    tokens = _tokens(model.mask_decoder, sparse).detach().requires_grad_(True)
+    idx = [0, 2, 3, 4]  # IoU token and the three multimask tokens; the point tokens are dropped
+    prepared = tr.prepare_image(features + dense[:1], pe)
+    full_q, full_k = tr.forward_prepared(prepared, tokens)
+    some_q, some_k = tr.forward_prepared(prepared, tokens, final_tokens=idx)
+    assert some_q.shape == (batch, len(idx), 256)
+    torch.testing.assert_close(some_q, full_q[:, idx], atol=1e-6, rtol=0)
+    torch.testing.assert_close(some_k, full_k, atol=0, rtol=0)
+    (grad_full,) = torch.autograd.grad(full_q[:, idx].sum(), tokens)
+    (grad_some,) = torch.autograd.grad(some_q.sum(), tokens)
+    torch.testing.assert_close(grad_some, grad_full, atol=1e-5, rtol=0)

@@ -212,14 +212,14 @@ class MaskDecoder(nn.Module):
         )
         h, w = cache.size
         record = [] if cache.upscale_image is not None else None
-        hs, keys = self.transformer.forward_prepared(cache.prepared, tokens, record)
+        wanted = range(self.num_mask_tokens)[outputs]
+        # the transformer's last step (each token on its own) only for the IoU token and wanted mask tokens
+        hs, keys = self.transformer.forward_prepared(cache.prepared, tokens, record, [0, *(1 + i for i in wanted)])
         if keys.shape[0] != bs:  # depth-0 transformer: nothing made the keys per prompt
             keys = keys.expand(bs, -1, -1)
         iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        wanted = range(self.num_mask_tokens)[outputs]
         hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in wanted], dim=1
+            [self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(wanted)], dim=1
         )  # (B, M', C/8)
         first = self._first_upscaling_low_rank(cache, record, bs)
         masks = self._upscale_and_project(keys, hyper_in, h, w, first)
@@ -305,12 +305,13 @@ class MaskDecoder(nn.Module):
         """``output_upscaling`` then the dot product with ``hyper_in``, channels-last.
 
         Each 2x2 stride-2 transposed convolution is one matrix product per input
-        pixel.  The rows of the first one's output are reordered to
-        ``(B, i, a, j, b)`` (pixel ``(2i + a, 2j + b)``, moving blocks of
-        ``2 * C/4`` values), and the second one is split by its kernel row
-        ``c``: the mask logits of output row ``4i + 2a + c`` then come out of
-        the products already in raster order, so no per-pixel permutation of
-        the logits is needed.
+        pixel.  The features stay in the order the products leave them (rows
+        ``(B, i, j, a, b)`` after the first, pixel ``(2i + a, 2j + b)``; the
+        layer norm and GELU are per row, so they need no reordering); the
+        second product is split by its kernel row ``k`` and only its mask
+        logits, 32x smaller than the features, are written to their raster
+        places (row ``4i + 2a + k``, column ``4j + 2b + l`` for kernel column
+        ``l``).
 
         Parameters
         ----------
@@ -331,22 +332,20 @@ class MaskDecoder(nn.Module):
         b, _, c = keys.shape
         c1, c2 = conv1.out_channels, conv2.out_channels
         m = hyper_in.shape[1]
-        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # columns (a, b, channel)
         if first is None:
-            y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * h * w, c), w1)
-        else:
-            y = first
-        y = y.view(b, h, w, 2, 2 * c1).transpose(2, 3).reshape(-1, c1)  # rows (B, i, a, j, b)
+            w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # columns (a, b, channel)
+            first = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * h * w, c), w1)
+        y = first.view(-1, c1)  # rows (B, i, j, a, b)
         y = activate(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps), act1)
         w2 = conv2.weight.permute(0, 2, 3, 1)  # (c1, kernel row, kernel col, c2)
         bias2 = conv2.bias.repeat(2)
-        rows = []
-        for k in range(2):  # kernel row: output row 4i + 2a + k
+        out = keys.new_empty(b, m, h, 2, 2, w, 2, 2)  # (i, a, k, j, b, l): raster order
+        for k in range(2):  # kernel row
             z = activate(torch.addmm(bias2, y, w2[:, k].reshape(c1, 2 * c2)), act2)
-            z = z.view(b, -1, c2)  # rows (i, a, j, b, kernel col): raster order of row 4i + 2a + k
+            z = z.view(b, -1, c2)  # rows (i, j, a, b, l)
             if b == 1:
                 plane = torch.mm(hyper_in[0], z[0].t())[None]
             else:
                 plane = torch.bmm(hyper_in, z.transpose(1, 2))
-            rows.append(plane.view(b, m, h, 2, 4 * w))
-        return torch.stack(rows, dim=4).view(b, m, 4 * h, 4 * w)
+            out[:, :, :, :, k] = plane.view(b, m, h, w, 2, 2, 2).permute(0, 1, 2, 4, 3, 5, 6)
+        return out.view(b, m, 4 * h, 4 * w)

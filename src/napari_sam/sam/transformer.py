@@ -104,8 +104,12 @@ class Attention(nn.Module):
         c = k.shape[-1]
         wk = self.k_proj.weight.view(heads, d, c)
         q_in = torch.matmul(qh * d**-0.5, wk).reshape(b, heads * nq, c)  # (B, H*Nq, C)
-        attn = torch.softmax(torch.matmul(q_in, k.transpose(1, 2)), dim=-1)  # (B, H*Nq, Nk)
-        ctx = torch.matmul(attn, v).view(b, heads, nq, c)
+        if b == 1 and k.shape[0] == 1 and v.shape[0] == 1:  # 2-D products: faster than bmm of batch 1
+            attn = torch.softmax(torch.mm(q_in[0], k[0].t()), dim=-1)  # (H*Nq, Nk)
+            ctx = torch.mm(attn, v[0]).view(1, heads, nq, c)
+        else:
+            attn = torch.softmax(torch.matmul(q_in, k.transpose(1, 2)), dim=-1)  # (B, H*Nq, Nk)
+            ctx = torch.matmul(attn, v).view(b, heads, nq, c)
         wv = self.v_proj.weight.view(heads, d, c)
         out = torch.matmul(ctx, wv.transpose(1, 2)) + self.v_proj.bias.view(heads, 1, d)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.internal_dim))
@@ -161,6 +165,8 @@ class Attention(nn.Module):
         values = value_out + self.out_proj.bias / heads
         if record is not None:
             record.append((attn, values))
+        if attn.shape[0] == 1 and residual.shape[0] == 1:  # 2-D product: faster than bmm of batch 1
+            return torch.addmm(residual[0], attn[0].t(), values[0]).unsqueeze(0)
         return torch.baddbmm(residual, attn.transpose(1, 2), values)
 
     def _few_keys(
@@ -189,7 +195,7 @@ class Attention(nn.Module):
         bias = torch.matmul(kh, self.q_proj.bias.view(heads, d, 1)).reshape(b, heads * nk, 1)
         # scores laid out (B, H*Nk, Nq): the softmax then runs over a middle
         # axis with Nq contiguous values per step (fast), not over Nk = 7 last
-        if q.shape[0] == 1 and b > 1:  # one image for all prompt sets: one product
+        if q.shape[0] == 1:  # one image (for all prompt sets): one 2-D product
             scores = torch.addmm(bias.reshape(-1, 1), q_to_k.reshape(-1, c), q[0].t())
         else:
             scores = torch.baddbmm(bias, q_to_k, q.transpose(1, 2))
@@ -364,20 +370,31 @@ class TwoWayTransformer(nn.Module):
         return {"keys": keys, "key_pe": key_pe, "first": first}
 
     def forward_prepared(
-        self, prepared: dict, point_embedding: torch.Tensor, record: list | None = None
+        self,
+        prepared: dict,
+        point_embedding: torch.Tensor,
+        record: list | None = None,
+        final_tokens: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with the image part from :meth:`prepare_image` (reusable across prompts).
 
         ``record`` (a list), if given, receives one entry per block (see
         :meth:`TwoWayAttentionBlock.forward`): the returned keys in low-rank
-        form relative to ``prepared["keys"]``.
+        form relative to ``prepared["keys"]``.  ``final_tokens``, if given,
+        are the indices of the tokens whose output is wanted: the final
+        attention (each token attends on its own) runs for those only and the
+        returned queries are ``(B, len(final_tokens), C)``, equal to those
+        rows of the full result.
         """
         keys, key_pe = prepared["keys"], prepared["key_pe"]
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             heads = prepared["first"] if i == 0 else None
             queries, keys = layer(queries, keys, point_embedding, key_pe, image_heads=heads, record=record)
-        q = queries + point_embedding
+        query_pe = point_embedding
+        if final_tokens is not None:
+            queries, query_pe = queries[:, final_tokens], query_pe[:, final_tokens]
+        q = queries + query_pe
         k = keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
