@@ -144,6 +144,74 @@ def _paired_clicks(ours: Callable[[], Any], official: Callable[[], Any], rounds:
     }
 
 
+def _click_products(model: torch.nn.Module) -> Callable[[], None]:
+    """The matrix products one click needs in this decoder, alone, on random operands.
+
+    Every product the decoder computes for one foreground click (three masks)
+    with its shape, and nothing else: no softmax, layer norm, GELU, bias or
+    residual pass, no token-side work, no postprocessing.  Its time is a floor
+    for exact float32 decoding with this CPU's BLAS (the operands are partly
+    in cache, as in a click); what a click takes above it is the rest.  Shapes
+    for a decoder of width ``C`` with ``heads`` heads on an ``N``-token image
+    grid (vit_b: C 256, 8 heads, N 4096, 7 prompt tokens):
+
+    - first block (image side cached): image->token scores (heads x 7 x d x N)
+      and the low-rank mix ``N x 56 x C``; the token->image attention on the
+      cached key/value heads (2 x heads x 7 x d x N);
+    - every later block: token->image scores and context (``56 x C x N`` each),
+      image->token scores and mix (the same);
+    - final attention for the IoU and three mask tokens (``32 x C x N`` twice);
+    - first upscaling in low-rank form (``N x 116 x C``), the second one
+      (``4N x C/4 x C/4``, twice) and the mask products (``3 x C/8 x 8N``, twice).
+    """
+    dec = model.mask_decoder
+    layers = dec.transformer.layers
+    c = dec.transformer_dim
+    attn = layers[0].cross_attn_token_to_image
+    heads, d = attn.num_heads, attn.internal_dim // attn.num_heads
+    grid_h, grid_w = model.prompt_encoder.image_embedding_size
+    n, tokens = grid_h * grid_w, 1 + dec.num_mask_tokens + 2  # IoU + mask tokens + point + padding
+    rows, final_rows = heads * tokens, heads * (1 + dec.num_multimask_outputs)
+    rank = sum(rows + 2 for _ in layers)
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    image, keys, scores_rows = randn(n, c), randn(n, c), randn(rows, c)
+    weights = torch.softmax(randn(rows, n), dim=1)
+    final_q, final_w = randn(final_rows, c), torch.softmax(randn(final_rows, n), dim=1)
+    values, q_heads, k_heads = randn(rows, c), randn(heads, d, n), randn(heads, n, d)
+    token_heads, token_w = randn(heads, tokens, d), torch.softmax(randn(heads, tokens, n), dim=2)
+    c1, c2 = c // 4, c // 8
+    coeffs, cols = randn(rank, n), randn(rank, 4 * c1)
+    dense_w = randn(c, 4 * c1)
+    feats, w2, b2 = randn(4 * n, c1), randn(c1, 2 * c2), randn(2 * c2)
+    second, hyper = randn(4 * n, 2 * c2), randn(dec.num_multimask_outputs, c2)
+
+    def products() -> None:
+        torch.bmm(token_heads, q_heads)  # first block, image->token scores (query heads cached)
+        torch.bmm(token_heads, k_heads.transpose(1, 2))  # first block, token->image on cached heads
+        torch.bmm(token_w, k_heads)
+        torch.addmm(image, weights.t(), values)  # first block, image->token mix
+        for _ in layers[1:]:
+            torch.mm(scores_rows, keys.t())  # token->image scores
+            torch.mm(weights, keys)  # token->image context
+            torch.mm(scores_rows, keys.t())  # image->token scores
+            torch.addmm(keys, weights.t(), values)  # image->token mix
+        torch.mm(final_q, keys.t())
+        torch.mm(final_w, keys)
+        if rank <= 0.6 * c:
+            torch.mm(coeffs.t(), cols)
+        else:
+            torch.mm(keys, dense_w)
+        for _ in range(2):  # second upscaling per kernel row, then the masks
+            torch.addmm(b2, feats, w2)
+            torch.mm(hyper, second.view(-1, c2).t())
+
+    return products
+
+
 def _ours(model: torch.nn.Module, image: np.ndarray, args: argparse.Namespace) -> dict:
     predictor = Predictor(model, device=args.device)
     point = np.array([[image.shape[0] / 2, image.shape[1] / 2]])  # (row, col)
@@ -257,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the encoder (random features): click timings only, no official run")
     parser.add_argument("--paired-rounds", type=int, default=15,
                         help="alternating rounds of 5 clicks, ours then official (0: skip)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the click's matrix products alone against the official click "
+                             "(a floor for exact float32 decoding; needs the official package)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.predict_repeats < 1:
@@ -310,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"{paired['clicks_per_round']}): ours/official median {paired['ratio_median']:.2f} "
                       f"(quartiles {paired['ratio_quartiles'][0]:.2f}-{paired['ratio_quartiles'][1]:.2f}); "
                       f"ours {paired['ours_ms_median']:.1f} ms, official {paired['official_ms_median']:.1f} ms")
+            if args.floor and args.paired_rounds > 0:
+                floor = row["products_alone"] = _paired_clicks(
+                    _click_products(model), official["click"], args.paired_rounds
+                )
+                print(f"{name:8s} the click's matrix products alone (no other work): median "
+                      f"{floor['ours_ms_median']:.1f} ms = {floor['ratio_median']:.2f} x the official click "
+                      f"(quartiles {floor['ratio_quartiles'][0]:.2f}-{floor['ratio_quartiles'][1]:.2f}, "
+                      f"alternating rounds)")
         elif name == ISSUE_REFERENCE["model"]:
             ref = ISSUE_REFERENCE
             print(f"{name:8s} official package not installed; figures quoted in the issue "
