@@ -30,6 +30,7 @@ import torch
 
 from napari_sam.predictor import Embedding, Predictor, preprocess_shape
 from napari_sam.sam.build import build_model
+from napari_sam.sam.mask_decoder import LOW_RANK_LIMIT
 
 #: Official SamPredictor on CPU as quoted in the issue (another run, another machine).
 ISSUE_REFERENCE = {"model": "vit_b", "set_image_s": 18.3, "predict_ms": 121.0, "threads": 2}
@@ -201,7 +202,7 @@ def _click_products(model: torch.nn.Module) -> Callable[[], None]:
             torch.addmm(keys, weights.t(), values)  # image->token mix
         torch.mm(final_q, keys.t())
         torch.mm(final_w, keys)
-        if rank <= 0.6 * c:
+        if rank <= LOW_RANK_LIMIT * c:  # as the decoder decides
             torch.mm(coeffs.t(), cols)
         else:
             torch.mm(keys, dense_w)

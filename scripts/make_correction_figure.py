@@ -17,7 +17,7 @@ Usage: python scripts/make_correction_figure.py [output.png]
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -84,4 +84,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/images/second_click.png"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", nargs="?", type=Path, default=Path("docs/images/second_click.png"),
+                        help="PNG to write (default: %(default)s)")
+    main(parser.parse_args().output)

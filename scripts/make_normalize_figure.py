@@ -10,7 +10,7 @@ Usage: python scripts/make_normalize_figure.py [output.png]
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -64,4 +64,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "docs/images/normalize.png")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", nargs="?", type=Path, default=Path(__file__).resolve().parents[1] / "docs/images/normalize.png",
+                        help="PNG to write (default: %(default)s)")
+    main(parser.parse_args().output)

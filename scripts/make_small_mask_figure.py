@@ -10,8 +10,8 @@ Usage: python scripts/make_small_mask_figure.py [output.png]
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -54,4 +54,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/images/small_mask_threshold.png"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", nargs="?", type=Path, default=Path("docs/images/small_mask_threshold.png"),
+                        help="PNG to write (default: %(default)s)")
+    main(parser.parse_args().output)
