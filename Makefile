@@ -5,13 +5,13 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: env demo test test-fast bench docs-screens clean
+.PHONY: env demo test test-fast lint bench docs-screens clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==$(TORCH_VERSION)
-	$(VPY) -m pip install -q -e ".[napari,test]"
+	$(VPY) -m pip install -q -e ".[napari,test,lint]"
 	touch $@
 
 env: $(VENV)/.installed
@@ -25,6 +25,11 @@ demo: env
 
 test: env xvfb
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(VPY) -m pytest -ra
+
+# ruff and the import-linter contracts of pyproject.toml (the data path flows one way; core has no napari/Qt)
+lint: env
+	$(VENV)/bin/ruff check src tests scripts benchmarks
+	$(VENV)/bin/lint-imports
 
 test-fast: env
 	$(VPY) -m pytest -ra -m "not gui and not slow"

@@ -61,9 +61,9 @@ def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
 def time_ours(model_name: str, n_side: int, thresholds: dict, image: np.ndarray) -> dict:
     import torch
 
-    from napari_sam.amg import AutomaticMaskGenerator
-    from napari_sam.predictor import Predictor
-    from napari_sam.sam.build import build_model
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.model import build_model
+    from napari_sam.predict.predictor import Predictor
 
     torch.manual_seed(0)
     predictor = Predictor(build_model(model_name).eval())
@@ -173,9 +173,9 @@ def _large_child(args: argparse.Namespace) -> None:
     import torch
     import zarr
 
-    from napari_sam.predictor import Predictor
-    from napari_sam.sam.build import build_model
-    from napari_sam.tiling import segment_image
+    from napari_sam.model import build_model
+    from napari_sam.predict.predictor import Predictor
+    from napari_sam.tiled.tiles import segment_image
 
     torch.set_num_threads(args.threads)
     image = zarr.open_array(args.child_image, mode="r")
@@ -184,7 +184,7 @@ def _large_child(args: argparse.Namespace) -> None:
     )
     torch.manual_seed(0)
     if args.large_model == "builtin":  # the shipped weights (a tiny, fast model: memory of the pipeline itself)
-        from napari_sam.models import load_model
+        from napari_sam.model.registry import load_model
 
         predictor = Predictor(load_model("builtin", device="cpu"))
     else:

@@ -69,8 +69,8 @@ def run_once(src: Path, model_seconds: float, workers: int) -> dict:
     """One measured run in this process (called in a fresh subprocess by ``main``)."""
     import functools
 
-    from napari_sam.batch import segment_volume
-    from napari_sam.io import open_image
+    from napari_sam.volume.batch import segment_volume
+    from napari_sam.volume.io import open_image
 
     shape = tuple(open_image(src)[0].shape)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,8 +104,8 @@ def time_real_model(shape: tuple[int, int], model: str, points_per_side: int) ->
     """
     import torch
 
-    from napari_sam.batch import DEFAULT_TILE, default_tiles, sam_segment
-    from napari_sam.tiling import tile_grid
+    from napari_sam.tiled.tiles import tile_grid
+    from napari_sam.volume.batch import DEFAULT_TILE, default_tiles, sam_segment
 
     torch.manual_seed(0)
     tile, halo = default_tiles(shape[0], shape[1], None, None)
@@ -153,15 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS: {small['peak_rss_mib']} MiB for Z={small['shape'][0]}, {big['peak_rss_mib']} MiB for "
           f"Z={big['shape'][0]} (volume {big['volume_mib']} MiB, one slice {big['input_slice_mib']} MiB)")
     if args.real_model:
-        from napari_sam.batch import _load_predictor
+        from napari_sam.volume.source import worker_predictor
 
         model = args.real_model
         if not model.endswith(".json"):  # random weights of a registry architecture: no download
-            from napari_sam.models import get_config
+            from napari_sam.model.registry import get_config
 
             model = str(Path(tempfile.mkdtemp()) / f"{args.real_model}.json")
             Path(model).write_text(json.dumps(get_config(args.real_model)))
-        _load_predictor(model, None, None)  # model construction is not per-slice cost
+        worker_predictor(model, None, None)  # model construction is not per-slice cost
         wall, cpu, n_tiles = time_real_model(shape[1:], model, args.points_per_side)
         per_slice = (big["wall_s"] - big["model_s"]) / big["shape"][0]
         cpu_per_slice = big["pipeline_cpu_s"] / big["shape"][0]

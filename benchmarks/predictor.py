@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_sam.predictor import Embedding, Predictor, preprocess_shape
-from napari_sam.sam.build import build_model
-from napari_sam.sam.mask_decoder import LOW_RANK_LIMIT
+from napari_sam.model import build_model
+from napari_sam.model.mask_decoder import LOW_RANK_LIMIT
+from napari_sam.predict.predictor import Embedding, Predictor, preprocess_shape
 
 #: Official SamPredictor on CPU as quoted in the issue (another run, another machine).
 ISSUE_REFERENCE = {"model": "vit_b", "set_image_s": 18.3, "predict_ms": 121.0, "threads": 2}

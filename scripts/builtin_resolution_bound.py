@@ -20,9 +20,9 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
+from builtin_recipe import VAL_SEED_START
 
 from napari_sam.synthetic import make_nuclei_image
-from napari_sam.training.builtin import VAL_SEED_START
 
 EVAL_SEED_START = VAL_SEED_START + 1000  # the evaluation seeds of scripts/eval_builtin.py
 

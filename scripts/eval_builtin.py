@@ -15,7 +15,7 @@ training (seeds ``0..pool_size``) nor for checkpoint selection
   best predicted IoU kept; also with the click at the most interior pixel;
 - box mIoU (>= 0.90): tight box, ``multimask=False``;
 - automatic segmentation instance F1 at IoU > 0.5 (>= 0.80), nuclei images,
-  :func:`napari_sam.tiling.segment_image`.
+  :func:`napari_sam.tiled.tiles.segment_image`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from builtin_recipe import DATA_DIR, VAL_SEED_START, builtin_config
 
-from napari_sam.models import recommended_amg_params, recommended_zoom
+from napari_sam.model.registry import recommended_amg_params, recommended_zoom
+from napari_sam.predict.zoom import ZoomPredictor
 from napari_sam.synthetic import make_nuclei_image
-from napari_sam.training.builtin import DATA_DIR, VAL_SEED_START, builtin_config
 from napari_sam.training.evaluate import automatic_scores, disk_baseline_ious, object_diameters, prompted_ious
-from napari_sam.zoom import ZoomPredictor
 
 EVAL_SEED_START = VAL_SEED_START + 1000
 #: AMG parameters picked on selection images and shipped in the model's json
@@ -43,10 +43,10 @@ TARGETS = {"point_miou": 0.85, "box_miou": 0.90, "amg_f1": 0.80}
 def load(checkpoint: Path | None):
     """The shipped model through the registry, or a training checkpoint."""
     if checkpoint is None:
-        from napari_sam.models import load_model
+        from napari_sam.model.registry import load_model
 
         return load_model("builtin", device="cpu")
-    from napari_sam.sam.build import build_model
+    from napari_sam.model import build_model
 
     model = build_model(builtin_config())
     model.load_state_dict(torch.load(checkpoint, weights_only=True), strict=True)
@@ -63,7 +63,8 @@ def tune_amg(predictor, n_images: int, points_per_side: int) -> dict:
 
     One expensive run per image, then cheap re-filtering over a small grid.
     """
-    from napari_sam.amg import AutomaticMaskGenerator, masks_to_labels
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.automatic.labels import masks_to_labels
     from napari_sam.training.evaluate import match_instances
 
     ious, stabs = (0.2, 0.4, 0.6, 0.8, 0.88), (0.7, 0.8, 0.9, 0.95)
@@ -96,7 +97,7 @@ def tune_zoom(model, n_images: int) -> dict:
 
     Score: mean of single-click and box mIoU on the nuclei kind.
     """
-    from napari_sam.zoom import ZoomPredictor
+    from napari_sam.predict.zoom import ZoomPredictor
 
     data = [make_nuclei_image((256, 256), kind="nuclei", seed=VAL_SEED_START + i) for i in range(n_images)]
     images, labels = [d[0] for d in data], [d[1] for d in data]
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--update-json", action="store_true", help="store metrics in data/builtin_model.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from napari_sam.predictor import Predictor
+    from napari_sam.predict.predictor import Predictor
 
     t0 = time.time()
     model = load(args.checkpoint)

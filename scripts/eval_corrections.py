@@ -24,10 +24,10 @@ import sys
 import numpy as np
 import torch
 
-from napari_sam.models import load_model, recommended_zoom
+from napari_sam.model.registry import load_model, recommended_zoom
+from napari_sam.predict.zoom import ZoomPredictor
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
 from napari_sam.training.evaluate import _iou, correction_click
-from napari_sam.zoom import ZoomPredictor
 
 
 def ious_by_click(zp: ZoomPredictor, kind: str, seeds: list[int], clicks: int) -> np.ndarray:

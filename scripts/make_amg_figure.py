@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from napari_sam.amg_utils import build_all_layer_point_grids, generate_crop_boxes  # noqa: E402
-from napari_sam.tiling import tile_grid  # noqa: E402
+from napari_sam.automatic.grid import build_all_layer_point_grids, generate_crop_boxes  # noqa: E402
+from napari_sam.tiled.tiles import tile_grid  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "amg_tiles.png"
 

@@ -26,10 +26,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from napari_sam.models import load_model, recommended_zoom
+from napari_sam.model.registry import load_model, recommended_zoom
+from napari_sam.predict.zoom import ZoomPredictor
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
 from napari_sam.training.evaluate import _iou, correction_click
-from napari_sam.zoom import ZoomPredictor
 
 SEED = 1_021_002  # evaluation-range cells image (the session test's)
 N_SHOWN = 6

@@ -24,9 +24,9 @@ from scipy import ndimage as ndi
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from napari_sam.models import BUILTIN_JSON, load_model, recommended_zoom
+from napari_sam.model.registry import BUILTIN_JSON, load_model, recommended_zoom
+from napari_sam.predict.zoom import ZoomPredictor, interior_point
 from napari_sam.synthetic import make_nuclei_image
-from napari_sam.zoom import ZoomPredictor, interior_point
 
 EVAL_SEED = 1_001_000  # evaluation images of scripts/eval_builtin.py
 #: (kind, seed offset, diameters in px, snapped thresholds) of the objects shown: in a seeded

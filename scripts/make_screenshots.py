@@ -71,7 +71,7 @@ def main() -> int:
 
     from napari_sam._napari._sample_data import nuclei_2d, nuclei_3d
     from napari_sam._napari.predictors import STAND_IN
-    from napari_sam.models import builtin_available
+    from napari_sam.model.registry import builtin_available
     from napari_sam.synthetic import make_nuclei_image
 
     MODEL = "builtin" if builtin_available() else STAND_IN  # noqa: N806

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from napari_sam.models import BUILTIN_JSON
+from napari_sam.model.registry import BUILTIN_JSON
 
 
 def main(out: Path) -> None:

@@ -21,10 +21,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from napari_sam.models import load_model, recommended_zoom
+from napari_sam.model.registry import load_model, recommended_zoom
+from napari_sam.predict.zoom import ZoomPredictor, split_touching
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
 from napari_sam.training.evaluate import _iou
-from napari_sam.zoom import ZoomPredictor, split_touching
 
 SEED = 1_031_004  # an evaluation-range seed no script or test tunes on (median nucleus 11 px)
 N_SHOWN = 8

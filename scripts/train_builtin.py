@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from builtin_recipe import TRAIN_SEED_START, VAL_SEED_START, builtin_config, export_builtin
 
-from napari_sam.sam.build import build_model
-from napari_sam.training.builtin import TRAIN_SEED_START, VAL_SEED_START, builtin_config, export_builtin
+from napari_sam.model import build_model
 from napari_sam.training.data import TrainingPool, make_pool, sample_batch
 from napari_sam.training.loop import TrainConfig, train
 
@@ -146,7 +146,7 @@ def load_pool(args: argparse.Namespace, size: tuple[int, int]) -> TrainingPool:
 
 def calibrate(args: argparse.Namespace) -> int:
     """Stage 3: the IoU head re-fitted on the zoom's prompts; everything else frozen."""
-    from napari_sam.models import recommended_zoom
+    from napari_sam.model.registry import recommended_zoom
     from napari_sam.training.calibrate import collect_iou_samples, fit_iou_head
 
     t0 = time.monotonic()
@@ -179,7 +179,7 @@ def calibrate(args: argparse.Namespace) -> int:
 
 def export_calibrated(state: dict, summary: dict) -> None:
     """Replace the shipped weights with stage 3's; the json keeps its entries and records the stage."""
-    from napari_sam.training.builtin import DATA_DIR, sha256_file
+    from builtin_recipe import DATA_DIR, sha256_file
 
     js = DATA_DIR / "builtin_model.json"
     meta = json.loads(js.read_text())

@@ -9,11 +9,14 @@ pass silently without the proof that our model computes what SAM computes.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# the built-in model's recipe (scripts/builtin_recipe.py) is a development tool, not part of the wheel
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 
 def fixtures_root() -> Path:

@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_amg_standin import StandInPredictor, blob_image, object_scale, random_blobs
 
-from napari_sam import amg_utils as U
-from napari_sam.amg import AutomaticMaskGenerator, MaskRecord, masks_to_labels
+from napari_sam import automatic as U
+from napari_sam.automatic.generator import AutomaticMaskGenerator
+from napari_sam.automatic.labels import masks_to_labels
+from napari_sam.automatic.records import MaskRecord
 from napari_sam.progress import Cancelled
 
 # --------------------------------------------------------------------------- grids and crops

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam import amg_utils as U
-from napari_sam.amg import AutomaticMaskGenerator
-from napari_sam.predictor import Predictor
-from napari_sam.sam.build import build_model
-from napari_sam.tiling import segment_image
+from napari_sam import automatic as U
+from napari_sam.automatic.generator import AutomaticMaskGenerator
+from napari_sam.model import build_model
+from napari_sam.predict.predictor import Predictor
+from napari_sam.tiled.tiles import segment_image
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""A deterministic stand-in for :class:`napari_sam.predictor.Predictor` (no model).
+"""A deterministic stand-in for :class:`napari_sam.predict.predictor.Predictor` (no model).
 
 It implements the interface AMG uses (``set_image``, ``predict_batch(...,
 upsample=False)``, ``upsample_logits``, ``mask_threshold``, ``reset_image``)

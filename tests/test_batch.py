@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-
-from napari_sam.batch import segment_volume
-from napari_sam.progress import Cancelled
-from napari_sam.volume import STATE_DIR, id_block_for, volume_contrast_limits, canonical_view
 from test_batch_standins import threshold_segment
 from test_io import make_ome_zarr
+
+from napari_sam.progress import Cancelled
+from napari_sam.volume.batch import segment_volume
+from napari_sam.volume.slices import STATE_DIR, canonical_view, id_block_for, volume_contrast_limits
 
 LIMITS = [[0.0, 1000.0]]  # threshold at 500
 
@@ -279,14 +279,14 @@ def test_bad_inputs(tmp_path):
 
 
 def test_model_is_loaded_once_per_worker_not_per_slice(tmp_path, monkeypatch):
-    import napari_sam.predictor
-    import napari_sam.sam.build
-    import napari_sam.tiling
+    import napari_sam.model.build
+    import napari_sam.predict.predictor
+    import napari_sam.tiled.tiles
 
     built = []
-    monkeypatch.setattr(napari_sam.sam.build, "build_model", lambda cfg: built.append(cfg) or _FakeSam())
-    monkeypatch.setattr(napari_sam.predictor, "Predictor", lambda model, device=None: ("predictor", model))
-    monkeypatch.setattr(napari_sam.tiling, "segment_image",
+    monkeypatch.setattr(napari_sam.model.build, "build_sam", lambda cfg: built.append(cfg) or _FakeSam())
+    monkeypatch.setattr(napari_sam.predict.predictor, "Predictor", lambda model, device=None: ("predictor", model))
+    monkeypatch.setattr(napari_sam.tiled.tiles, "segment_image",
                         lambda image, predictor, **kw: threshold_segment(image, contrast_limits=LIMITS))
     vol = blobs_volume(nz=5)
     out = segment_volume(vol, tmp_path / "o.zarr", model=str(tmp_path / "once.json"), workers=1).compute()

@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 import pytest
-
-from napari_sam.batch import segment_volume
 from test_batch import LIMITS, blobs_volume
 from test_batch_standins import pid_threshold_segment, threshold_segment
+
+from napari_sam.volume.batch import segment_volume
 
 distributed = pytest.importorskip("distributed")
 

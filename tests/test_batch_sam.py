@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam.batch import embed_volume, segment_volume
-from napari_sam.cache import EmbeddingCache
-from napari_sam.predictor import Predictor
-from napari_sam.sam.build import build_model
+from napari_sam.model import build_model
+from napari_sam.predict.predictor import Predictor
 from napari_sam.synthetic import make_nuclei_stack
-from napari_sam.tiling import segment_image
+from napari_sam.tiled.tiles import segment_image
+from napari_sam.volume import embed_volume, segment_volume
+from napari_sam.volume.cache import EmbeddingCache
 
 AMG = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
@@ -51,11 +51,11 @@ def test_builtin_model_gets_its_own_thresholds_by_default():
     """`napari-sam segment` / segment_volume with the default (built-in) model and no
     thresholds uses the model's shipped ones: with SAM's 0.88 / 0.95 the small model
     keeps almost nothing.  Checked against the generator's ground truth."""
-    from napari_sam.batch import model_amg_params, sam_segment
-    from napari_sam.models import recommended_amg_params
+    from napari_sam.model.registry import recommended_amg_params
     from napari_sam.normalize import estimate_contrast_limits
     from napari_sam.synthetic import make_nuclei_image
     from napari_sam.training.evaluate import match_instances
+    from napari_sam.volume.batch import model_amg_params, sam_segment
 
     shipped = recommended_amg_params("builtin")
     assert shipped and model_amg_params("builtin", None) == shipped

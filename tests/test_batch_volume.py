@@ -6,8 +6,13 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from napari_sam.volume import (
-    apply_table, canonical_view, id_block_for, relabel_tables, sequential_labels, slice_overlap_edges,
+from napari_sam.volume.slices import (
+    apply_table,
+    canonical_view,
+    id_block_for,
+    relabel_tables,
+    sequential_labels,
+    slice_overlap_edges,
 )
 
 RNG = np.random.default_rng(5)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_sam.predictor import Embedding, Predictor, preprocess_shape
-from napari_sam.sam.build import build_model
+from napari_sam.model import build_model
+from napari_sam.predict.predictor import Embedding, Predictor, preprocess_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from predictor import _click_products  # noqa: E402

@@ -9,8 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from napari_sam.training.builtin import DATA_DIR, VAL_SEED_START, sha256_file
+from builtin_recipe import DATA_DIR, VAL_SEED_START, sha256_file
 
 PT = DATA_DIR / "builtin_model.pt"
 JSON = DATA_DIR / "builtin_model.json"
@@ -28,9 +27,9 @@ def meta():
 def model(meta):
     """Loaded through the registry when it exists, else build_model + the json config."""
     try:
-        from napari_sam.models import load_model
+        from napari_sam.model.registry import load_model
     except ImportError:  # registry not in this checkout
-        from napari_sam.sam.build import build_model
+        from napari_sam.model import build_model
 
         m = build_model(meta["config"])
         m.load_state_dict(torch.load(PT, weights_only=True), strict=True)
@@ -69,7 +68,7 @@ def test_corrupted_copy_fails_hash_check(tmp_path, monkeypatch, meta):
     data[len(data) // 2] ^= 0xFF  # flip one byte in the middle of the tensor data
     bad_pt.write_bytes(bytes(data))
     assert sha256_file(bad_pt) != meta["sha256"]
-    models = pytest.importorskip("napari_sam.models")
+    models = pytest.importorskip("napari_sam.model.registry")
     monkeypatch.setattr(models, "BUILTIN_WEIGHTS", bad_pt)
     monkeypatch.setattr(models, "BUILTIN_JSON", bad_json)
     with pytest.raises(models.CheckpointError):
@@ -87,7 +86,7 @@ def test_quality_smoke_beats_disk_baseline(model):
     the validation set), and on all sizes against a floor well above the
     disk's 0.55.
     """
-    from napari_sam.predictor import Predictor
+    from napari_sam.predict.predictor import Predictor
     from napari_sam.synthetic import make_nuclei_image
     from napari_sam.training.evaluate import disk_baseline_ious, object_diameters, prompted_ious
 
@@ -108,7 +107,7 @@ def test_quality_smoke_beats_disk_baseline(model):
 
 def test_set_image_is_fast(model):
     """Target 0.3 s on the 2-core machine; the bound here is loose for busy CI runners."""
-    from napari_sam.predictor import Predictor
+    from napari_sam.predict.predictor import Predictor
 
     predictor = Predictor(model, device="cpu")
     image = np.zeros((512, 512), np.uint16)
@@ -123,7 +122,7 @@ def test_set_image_is_fast(model):
 
 def test_prompted_ious_threshold_at_the_predictors_mask_threshold(model):
     """The evaluation's batched path thresholds where the predictor does (it used a fixed 0.0)."""
-    from napari_sam.predictor import Predictor
+    from napari_sam.predict.predictor import Predictor
     from napari_sam.synthetic import make_nuclei_image
     from napari_sam.training.evaluate import prompted_ious
 

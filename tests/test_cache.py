@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_sam.cache import CacheMismatchError, CachingPredictor, EmbeddingCache, data_identity, make_key
-from napari_sam.predictor import Embedding
+from napari_sam.predict.predictor import Embedding
+from napari_sam.volume.cache import CacheMismatchError, CachingPredictor, EmbeddingCache, data_identity, make_key
 
 
 def _embedding(seed=0, size=(40, 50)):

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from test_batch import assert_compacted_equals_reference, blobs_volume, reference_slices
 
 from napari_sam.cli import main
-from napari_sam.volume import STATE_DIR
-from test_batch import LIMITS, assert_compacted_equals_reference, blobs_volume, reference_slices
+from napari_sam.volume.slices import STATE_DIR
 
 TESTS = Path(__file__).resolve().parent
 STANDIN = "test_batch_standins:threshold_segment"
@@ -106,7 +106,7 @@ def test_demo_offline_writes_labels_and_overlay(tmp_path, capsys):
     assert lab2d.shape == (256, 256) and lab3d.shape == (3, 128, 128) and lab2d.dtype == np.uint32
     assert lab3d.attrs["napari_sam"]["state"] == "complete"
     assert Image.open(tmp_path / "demo" / "overlay.png").size == (520, 256)
-    from napari_sam.models import builtin_available
+    from napari_sam.model.registry import builtin_available
 
     if not builtin_available():
         assert "RANDOM" in text  # the fallback says so

@@ -1,5 +1,5 @@
 """Edge snapping: each mask's threshold chosen where its boundary follows the image's edges
-(napari_sam.zoom.edge_snap_threshold and ZoomPredictor(edge_snap=...))."""
+(napari_sam.predict.zoom.edge_snap_threshold and ZoomPredictor(edge_snap=...))."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import torch
 from scipy import ndimage as ndi
 from test_zoom import EVAL_SEED, _iou, builtin  # noqa: F401 (builtin: a fixture used by pytest)
 
-from napari_sam.models import recommended_zoom
+from napari_sam.model.registry import recommended_zoom
 from napari_sam.normalize import to_rgb_uint8
-from napari_sam.predictor import Predictor
-from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
-from napari_sam.zoom import (
+from napari_sam.predict.predictor import Predictor
+from napari_sam.predict.zoom import (
     EDGE_SNAP_SIGMA,
     EDGE_SNAP_STEP,
     ZoomPredictor,
     edge_snap_threshold,
 )
+from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
 
 
 def _brute_force_threshold(logits, gradient, lo, hi, step=EDGE_SNAP_STEP):

@@ -190,7 +190,7 @@ def test_alt_click_adds_a_negative_point(viewer, qtbot, monkeypatch):
 
 def test_automatic_widget_uses_the_models_recommended_thresholds(viewer):
     from napari_sam._napari.automatic import DEFAULT_PARAMS
-    from napari_sam.models import builtin_available, recommended_amg_params
+    from napari_sam.model.registry import builtin_available, recommended_amg_params
 
     assert builtin_available()  # the package ships the built-in model
     widget = _open(viewer, AUTOMATIC)  # stand-in model: the widget's microscopy defaults

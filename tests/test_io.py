@@ -8,7 +8,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_sam.io import ome_zarr_root, open_image, validate_axes, write_ome_labels_metadata
+from napari_sam.volume.io import ome_zarr_root, open_image, validate_axes, write_ome_labels_metadata
 
 RNG = np.random.default_rng(0)
 

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from napari_sam.models import get_config
-from napari_sam.sam.build import build_model
+from napari_sam.model import build_model
+from napari_sam.model.registry import get_config
 
 NAMES = ["vit_b", "vit_l", "vit_h", "vit_t"]
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.sam.build import build_model
-from napari_sam.sam.model import Sam
+from napari_sam.model import build_model
+from napari_sam.model.sam import Sam
 
 MODELS = ["tiny_vit", "tiny_tinyvit"]
 CASES = ["one_point", "pos_pos_neg", "box", "box_neg_point", "point_plus_mask"]
@@ -133,7 +133,7 @@ def test_batched_prompts_equal_one_by_one(encoded):
 
 def _plain_window_attention(attn, x, ws):
     """SAM's definition, written plainly: zero-pad, partition, softmax(qk^T*s + rel), merge."""
-    from napari_sam.sam.image_encoder import (
+    from napari_sam.model.image_encoder import (
         get_rel_pos,
         window_partition,
         window_unpartition,
@@ -159,7 +159,7 @@ def _plain_window_attention(attn, x, ws):
 
 @pytest.mark.parametrize(("h", "w", "ws"), [(10, 13, 4), (8, 8, 4), (7, 9, 14)])
 def test_windowed_attention_matches_plain_definition(h, w, ws):
-    from napari_sam.sam.image_encoder import Attention
+    from napari_sam.model.image_encoder import Attention
 
     torch.manual_seed(0)
     attn = Attention(16, 2, qkv_bias=True, use_rel_pos=True, input_size=(ws, ws))
@@ -178,7 +178,7 @@ def test_windowed_attention_matches_plain_definition(h, w, ws):
 
 def test_global_attention_in_row_blocks_matches_official(sam_reference_dir, monkeypatch):
     """The memory-bounded path (bias built for a few query rows at a time) gives the same features."""
-    from napari_sam.sam import image_encoder
+    from napari_sam.model import image_encoder
 
     ref_dir = sam_reference_dir / "tiny_vit"
     model = _load(ref_dir)
@@ -194,7 +194,7 @@ def test_global_attention_in_row_blocks_matches_official(sam_reference_dir, monk
 
 def test_global_attention_row_blocks_match_plain_definition(monkeypatch):
     """Global attention on a 9 x 9 grid = one 9 x 9 window of the plain definition."""
-    from napari_sam.sam import image_encoder
+    from napari_sam.model import image_encoder
 
     torch.manual_seed(0)
     attn = image_encoder.Attention(16, 2, qkv_bias=True, use_rel_pos=True, input_size=(9, 9))
@@ -214,7 +214,7 @@ def test_global_attention_row_blocks_match_plain_definition(monkeypatch):
 def test_bias_scratch_shares_one_buffer_and_changes_nothing(monkeypatch):
     """Inside ``bias_scratch`` every bias piece (all row blocks, global and windowed
     attention) is written into one buffer, released at exit; outputs are identical."""
-    from napari_sam.sam import image_encoder
+    from napari_sam.model import image_encoder
 
     torch.manual_seed(1)
     glob = image_encoder.Attention(16, 2, qkv_bias=True, use_rel_pos=True, input_size=(9, 9))
@@ -253,8 +253,9 @@ def test_encoder_token_grid_is_channels_last():
     """Every block sees a contiguous (B, H, W, C) grid: a channel-major grid (the
     permuted patch-embedding output) makes every residual add and LayerNorm run on
     transposed memory."""
-    from napari_sam.sam.build import build_model
-    from napari_sam.training.builtin import builtin_config
+    from builtin_recipe import builtin_config
+
+    from napari_sam.model import build_model
 
     model = build_model(builtin_config()).eval()
     seen = []

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_sam import models
-from napari_sam.models import (
+from napari_sam.model import build_model
+from napari_sam.model import registry as models
+from napari_sam.model.registry import (
     CheckpointError,
     ModelSpec,
     available_models,
@@ -21,7 +22,6 @@ from napari_sam.models import (
     load_model,
     resolve_device,
 )
-from napari_sam.sam.build import build_model
 
 
 def small_config(embed_dim: int = 32, depth: int = 2) -> dict:

@@ -161,7 +161,7 @@ def _discs(shape=(128, 128)):
 
 
 def test_real_amg_and_tiling_with_the_stand_in_model():
-    """The default generator (napari_sam.amg) and the tiled path (napari_sam.tiling) find every disc."""
+    """The default generator (napari_sam.amg) and the tiled path (napari_sam.tiled.tiles) find every disc."""
     from napari_sam._napari._testing import ThresholdPredictor
 
     image, gt = _discs()
@@ -186,8 +186,8 @@ def test_real_amg_and_tiling_with_the_stand_in_model():
 def test_builtin_models_recommended_params_run_and_refilter_in_the_session():
     """The built-in model's shipped AMG parameters (mask NMS included) pass the session's checks,
     find the nuclei of an unseen image, and re-filter without the model."""
-    from napari_sam.models import load_model, recommended_amg_params
-    from napari_sam.predictor import Predictor
+    from napari_sam.model.registry import load_model, recommended_amg_params
+    from napari_sam.predict.predictor import Predictor
     from napari_sam.synthetic import make_nuclei_image
     from napari_sam.training.evaluate import match_instances
 

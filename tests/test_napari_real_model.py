@@ -18,8 +18,8 @@ from napari_sam._napari.session import Session
 
 @pytest.fixture(scope="module")
 def predictor(sam_reference_dir):
-    from napari_sam.models import load_model
-    from napari_sam.predictor import Predictor
+    from napari_sam.model.registry import load_model
+    from napari_sam.predict.predictor import Predictor
 
     ref = sam_reference_dir / "tiny_vit"
     model = load_model(ref / "config.json", checkpoint=ref / "weights.pt", device="cpu")
@@ -144,8 +144,8 @@ def test_mask_prompts_follow_the_models_mask_input_size():
     side, not the official 256; a 256 prompt would be refused by the predictor.
     """
     from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
-    from napari_sam.models import load_model
-    from napari_sam.predictor import Predictor
+    from napari_sam.model.registry import load_model
+    from napari_sam.predict.predictor import Predictor
     from napari_sam.synthetic import make_nuclei_stack
 
     predictor = Predictor(load_model("builtin", device="cpu"), device="cpu")

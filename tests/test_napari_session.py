@@ -337,9 +337,9 @@ def test_several_boxes_each_get_the_zoom_of_a_zoom_predictor():
 
 
 def _builtin_session(image, *, zoom=False):
-    from napari_sam.models import load_model, recommended_zoom
-    from napari_sam.predictor import Predictor
-    from napari_sam.zoom import ZoomPredictor
+    from napari_sam.model.registry import load_model, recommended_zoom
+    from napari_sam.predict.predictor import Predictor
+    from napari_sam.predict.zoom import ZoomPredictor
 
     viewer = ViewerModel()
     img = viewer.add_image(image)

@@ -44,7 +44,7 @@ def test_wheel_contains_the_manifest_and_its_entry_point(wheel, tmp_path):
         [ep_name] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         entry_points = zf.read(ep_name).decode()
         assert "napari_sam/_napari/_sample_data.py" in names and "napari_sam/_qt/interactive.py" in names
-    assert shipped == (REPO / "napari.yaml").read_text()
+    assert shipped == (REPO / "src" / "napari_sam" / "napari.yaml").read_text()
     assert "[napari.manifest]" in entry_points and "napari-sam = napari_sam:napari.yaml" in entry_points
 
     from npe2 import PluginManifest

@@ -9,12 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from napari_sam.normalize import to_rgb_uint8
-from napari_sam.predictor import Embedding, Predictor, preprocess_shape
-from napari_sam.sam.build import build_model
-
 from _tiny_sam import tiny_sam_config
+
+from napari_sam.model import build_model
+from napari_sam.normalize import to_rgb_uint8
+from napari_sam.predict.predictor import Embedding, Predictor, preprocess_shape
 
 CONFIG = tiny_sam_config()
 H, W = 50, 80

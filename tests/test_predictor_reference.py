@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.predictor import Predictor
-from napari_sam.sam.build import build_model
+from napari_sam.model import build_model
+from napari_sam.predict.predictor import Predictor
 
 MODELS = ["tiny_vit", "tiny_tinyvit"]
 CASES = ["one_point", "pos_pos_neg", "box", "box_neg_point", "point_plus_mask"]

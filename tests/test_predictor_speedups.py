@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from napari_sam.predictor import Predictor
-from napari_sam.sam.build import build_model
-
 from _tiny_sam import tiny_sam_config
+
+from napari_sam.model import build_model
+from napari_sam.predict.predictor import Predictor
 
 CONFIG = tiny_sam_config(decoder_depth=2, iou_head_depth=3)
 
@@ -214,7 +213,7 @@ def test_low_rank_first_upscaling_equals_direct_product(depth, monkeypatch):
     lifted so that depth 3 uses it too).  Batch 1 and 4, one to three points
     (two to four with the padding point), one and three outputs.
     """
-    from napari_sam.sam import mask_decoder as md
+    from napari_sam.model import mask_decoder as md
 
     monkeypatch.setattr(md, "LOW_RANK_LIMIT", 1.0)
     model = _wide_decoder_model(depth)

@@ -1,4 +1,4 @@
-"""Cutting a click's mask that spans touching objects (napari_sam.zoom.split_touching and
+"""Cutting a click's mask that spans touching objects (napari_sam.predict.zoom.split_touching and
 ZoomPredictor(split_touching=...))."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 from scipy import ndimage as ndi
 from test_zoom import EVAL_SEED, _iou, builtin  # noqa: F401 (builtin: a fixture used by pytest)
 
-from napari_sam.models import recommended_zoom
+from napari_sam.model.registry import recommended_zoom
+from napari_sam.predict.zoom import ZoomPredictor, split_touching
 from napari_sam.synthetic import boxes_from_labels, make_nuclei_image, sample_point_prompts
-from napari_sam.zoom import ZoomPredictor, split_touching
 
 CENTRES = ((30.0, 26.0), (31.0, 40.5))  # two nuclei of radius 8, 14.5 px apart: they overlap
 BOXES_CHECKED = slice(0, 100)  # boxes of the dense test image checked against the function (5 are cut, model v3)

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_sam.amg import MaskRecord
-from napari_sam.stitching import masks_to_labels, stitch_tiles, touches_inner_edge, write_labels
-from napari_sam.tiling import tile_grid
+from napari_sam.automatic.labels import masks_to_labels
+from napari_sam.automatic.records import MaskRecord
+from napari_sam.tiled.stitching import stitch_tiles, touches_inner_edge, write_labels
+from napari_sam.tiled.tiles import tile_grid
 
 
 def _record(full_mask: np.ndarray, score: float = 0.9) -> MaskRecord:

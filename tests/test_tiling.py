@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from test_amg_standin import StandInPredictor, blob_image, random_blobs
 
 from napari_sam.progress import Cancelled
-from napari_sam.tiling import segment_image, tile_grid
+from napari_sam.tiled.tiles import segment_image, tile_grid
 
 AMG = {"points_per_side": 40, "pred_iou_thresh": 0.8, "stability_score_thresh": 0.0}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.sam.build import build_model
+from napari_sam.model import build_model
 from napari_sam.training.data import (
     corrective_points,
     initial_prompts,
@@ -267,7 +267,7 @@ def test_export_merge_keeps_the_tuned_entries_and_records_the_old_model(tmp_path
     (newest first) and writes the new sha256; ``merge=False`` writes a fresh json."""
     import json
 
-    from napari_sam.training.builtin import export_builtin, sha256_file
+    from builtin_recipe import export_builtin, sha256_file
 
     old_state = _model(0).state_dict()
     pt, js = export_builtin(old_state, TINY, {"steps": 1}, out_dir=tmp_path, name="m")

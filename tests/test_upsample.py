@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from _tiny_sam import tiny_sam_config
 
-from napari_sam.predictor import Predictor, preprocess_shape
-from napari_sam.sam.build import build_model
-from napari_sam.upsample import make_plan, threshold_polyphase, threshold_upsampled
+from napari_sam.model import build_model
+from napari_sam.predict.predictor import Predictor, preprocess_shape
+from napari_sam.predict.upsample import make_plan, threshold_polyphase, threshold_upsampled
 
 
 def _dense(low, image_size, input_size, original_size):
@@ -45,7 +45,7 @@ SIZES = [(1024, 1024), (768, 1024), (300, 200), (3000, 1200), (37, 1000), (64, 6
 @pytest.mark.parametrize("original", SIZES)
 @pytest.mark.parametrize("threshold", [0.0, 0.5, -1.0])
 def test_equals_dense_postprocessing(low_res, image_size, original, threshold, monkeypatch):
-    monkeypatch.setattr("napari_sam.upsample.DENSE_FRACTION", float("inf"))  # always the sparse path
+    monkeypatch.setattr("napari_sam.predict.upsample.DENSE_FRACTION", float("inf"))  # always the sparse path
     input_size = preprocess_shape(original, image_size)
     plan = make_plan(low_res, image_size, input_size, original)
     assert plan is not None
@@ -120,7 +120,7 @@ def test_predictor_masks_take_the_polyphase_path(original, monkeypatch):
     predictor.set_image(image)
     called = []
     real = threshold_polyphase
-    monkeypatch.setattr("napari_sam.predictor.threshold_polyphase", lambda *a: called.append(1) or real(*a))
+    monkeypatch.setattr("napari_sam.predict.predictor.threshold_polyphase", lambda *a: called.append(1) or real(*a))
     masks, _, logits = predictor.predict([[20, 30]], [1])
     assert called
     dense = predictor.upsample_logits(logits).numpy()
@@ -129,7 +129,7 @@ def test_predictor_masks_take_the_polyphase_path(original, monkeypatch):
 
 
 def test_constant_and_empty_inputs(monkeypatch):
-    monkeypatch.setattr("napari_sam.upsample.DENSE_FRACTION", float("inf"))
+    monkeypatch.setattr("napari_sam.predict.upsample.DENSE_FRACTION", float("inf"))
     plan = make_plan(64, 256, (256, 256), (256, 256))
     assert not threshold_upsampled(torch.zeros(2, 64, 64), plan, 0.0).any()  # 0 > 0 is False
     assert threshold_upsampled(torch.full((1, 64, 64), 3.0), plan, 0.0).all()
@@ -168,7 +168,7 @@ def test_predictor_masks_use_the_sparse_path_and_fallback(monkeypatch):
     near = np.abs(dense) < 1e-4
     assert np.array_equal(masks[~near], (dense > 0)[~near])
     assert predictor._upsample_plan[1] is not None
-    monkeypatch.setattr("napari_sam.predictor.make_plan", lambda *a: None)
+    monkeypatch.setattr("napari_sam.predict.predictor.make_plan", lambda *a: None)
     predictor.set_image(image)  # new image: plan rebuilt, now the dense fallback
     again, _, _ = predictor.predict([[20, 30]], [1])
     assert predictor._upsample_plan[1] is None
@@ -178,7 +178,7 @@ def test_predictor_masks_use_the_sparse_path_and_fallback(monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 @pytest.mark.parametrize("setting, expected", [("1", "True"), ("0", "False")])
 def test_malloc_tuning_and_opt_out(setting, expected):
-    code = "from napari_sam._malloc import tune_malloc; print(tune_malloc())"
+    code = "from napari_sam.predict._malloc import tune_malloc; print(tune_malloc())"
     env = {**os.environ, "NAPARI_SAM_MALLOC_TUNING": setting}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected

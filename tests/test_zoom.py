@@ -1,19 +1,19 @@
-"""ZoomPredictor: a second pass on a window around the object (napari_sam.zoom)."""
+"""ZoomPredictor: a second pass on a window around the object (napari_sam.predict.zoom)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 from scipy import ndimage as ndi
 
-from napari_sam.models import load_model, recommended_zoom
-from napari_sam.predictor import Predictor
+from napari_sam.model.registry import load_model, recommended_zoom
+from napari_sam.predict.predictor import Predictor
+from napari_sam.predict.zoom import OUTSIDE_LOGIT, ZoomPredictor, interior_point, zoom_window
 from napari_sam.synthetic import boxes_from_labels, make_nuclei_image, sample_point_prompts
 from napari_sam.training.evaluate import correction_click
-from napari_sam.zoom import OUTSIDE_LOGIT, ZoomPredictor, interior_point, zoom_window
 
 EVAL_SEED = 1_001_000  # the evaluation seeds of scripts/eval_builtin.py (never trained on)
 
@@ -439,7 +439,7 @@ def test_small_mask_threshold_is_off_because_it_no_longer_gains(builtin):
     small masks no longer reach past their objects, the rule gains nothing on the selection images
     (session 15: 636 clicks 0.8803 with it, 0.8804 without) and costs ~40 % more time, so the json
     ships it off. Fails (time to re-enable it) if the rule gains again on this unseen image."""
-    from napari_sam.models import BUILTIN_JSON
+    from napari_sam.model.registry import BUILTIN_JSON
     from napari_sam.training.evaluate import prompted_ious
 
     assert recommended_zoom("builtin")["small_mask_threshold"] is None

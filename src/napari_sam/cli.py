@@ -158,8 +158,8 @@ def _common(args: argparse.Namespace) -> dict:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from napari_sam.batch import segment_volume
-    from napari_sam.io import ome_zarr_root
+    from napari_sam.volume.batch import segment_volume
+    from napari_sam.volume.io import ome_zarr_root
 
     kwargs = _common(args)
     label_name = args.label_name
@@ -185,7 +185,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from napari_sam.batch import embed_volume
+    from napari_sam.volume.embed import embed_volume
 
     bars = _Bars(not args.quiet)
     try:
@@ -197,7 +197,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from napari_sam import models
+    from napari_sam.model import registry as models
 
     action = args.models_command or "list"
     if action == "list":
@@ -231,7 +231,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import napari_sam
 
     try:
-        from napari_sam.models import resolve_device
+        from napari_sam.model.registry import resolve_device
 
         device = str(resolve_device(None))
     except ImportError:
@@ -298,12 +298,12 @@ def _run_demo(out: Path, *, model: str, quiet: bool, amg_overrides: dict | None 
 
     from PIL import Image
 
-    from napari_sam.batch import segment_volume
+    from napari_sam.volume.batch import segment_volume
 
     out.mkdir(parents=True, exist_ok=True)
     amg: dict[str, Any] = {"points_per_side": 16}
     try:
-        from napari_sam.models import builtin_available
+        from napari_sam.model.registry import builtin_available
 
         have_model = model != "builtin" or builtin_available()
     except ImportError:

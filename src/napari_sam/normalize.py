@@ -25,7 +25,8 @@ or slice: per-tile stretching gives tiles different contrasts.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,7 +7,8 @@ napari's progress and a thread worker's abort flag.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Union
+from collections.abc import Callable
+from typing import Any, Protocol, Union
 
 
 class Cancelled(RuntimeError):

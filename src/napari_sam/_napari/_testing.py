@@ -1,4 +1,4 @@
-"""Deterministic stand-in predictors with the :class:`napari_sam.predictor.Predictor` interface.
+"""Deterministic stand-in predictors with the :class:`napari_sam.predict.predictor.Predictor` interface.
 
 Used by the tests, the screenshot script and the "demo" model entry of the
 widgets.  They need no weights and give exactly predictable masks:
@@ -185,11 +185,11 @@ class DiskPredictor(_StandIn):
                 m |= ((rr - cy) / ry) ** 2 + ((cc - cx) / rx) ** 2 <= 1
             pts = np.zeros((0, 2)) if points_rc is None else np.asarray(points_rc, float).reshape(-1, 2)
             lab = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).ravel()
-            for p, l in zip(pts, lab):
-                if l > 0 and box_rc is None:
+            for p, lbl in zip(pts, lab):
+                if lbl > 0 and box_rc is None:
                     m |= _disk(shape, p, r)
-            for p, l in zip(pts, lab):
-                if l <= 0:
+            for p, lbl in zip(pts, lab):
+                if lbl <= 0:
                     m &= ~_disk(shape, p, r)
             out.append(m)
         return out

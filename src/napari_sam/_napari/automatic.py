@@ -4,14 +4,15 @@ The expensive phase (image encoder + grid decoding,
 ``AutomaticMaskGenerator.run_expensive``) runs once per plane and its
 candidates are kept; changing a threshold afterwards only re-runs the cheap
 phase (``filter`` + ``masks_to_labels``) on the kept candidates.  Tiled runs
-(``tile_shape``) go through :func:`napari_sam.tiling.segment_image` and are
+(``tile_shape``) go through :func:`napari_sam.tiled.tiles.segment_image` and are
 re-run when thresholds change (the tiler keeps no candidates).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,13 +38,13 @@ THRESHOLDS = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "mi
 
 
 def _default_generator(predictor: Any, **params: Any) -> Any:
-    from napari_sam.amg import AutomaticMaskGenerator
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
 
     return AutomaticMaskGenerator(predictor, **params)
 
 
 def _default_to_labels(records: Any, shape: tuple[int, int]) -> np.ndarray:
-    from napari_sam.amg import masks_to_labels
+    from napari_sam.automatic.labels import masks_to_labels
 
     return masks_to_labels(records, shape)
 
@@ -61,14 +62,14 @@ class AutomaticSession:
     Parameters
     ----------
     predictor : Predictor-like
-        Passed to the generator (``napari_sam.amg.AutomaticMaskGenerator`` by default).
+        Passed to the generator (``napari_sam.automatic.generator.AutomaticMaskGenerator`` by default).
     image_layer : napari.layers.Image
     make_generator : callable(predictor, **params) -> generator, keyword-only
         Generator factory; the generator needs ``run_expensive(image, *,
         channel_axis, contrast_limits, progress, cancel)`` and
         ``filter(raw, **thresholds)``.
     to_labels : callable(records, shape) -> (H, W) uint32, keyword-only
-        Paints records (default ``napari_sam.amg.masks_to_labels``).
+        Paints records (default ``napari_sam.automatic.labels.masks_to_labels``).
     """
 
     def __init__(self, predictor: Any, image_layer: Any, *,
@@ -134,7 +135,7 @@ class AutomaticSession:
                 report(progress, k, len(refs), f"segmenting plane {k + 1}/{len(refs)}")
                 plane = get_plane(self.image_layer, ref)
                 if tile_shape:
-                    from napari_sam.tiling import segment_image
+                    from napari_sam.tiled.tiles import segment_image
 
                     out[ref] = np.asarray(segment_image(plane, self.predictor, channel_axis=channel_axis,
                                                         contrast_limits=cl, tile_shape=tile_shape, halo=halo,

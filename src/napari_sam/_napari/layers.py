@@ -9,7 +9,7 @@ coordinates (so layer ``scale`` and ``translate`` are honoured).
 Coordinates follow the project convention: ``(row, col)`` inside the plane,
 where *row* is the first displayed layer axis and *col* the second, in pixel
 index units like napari's data coordinates and
-:class:`napari_sam.predictor.Predictor`: the centre of pixel ``i`` is ``i``,
+:class:`napari_sam.predict.predictor.Predictor`: the centre of pixel ``i`` is ``i``,
 the image spans ``[-0.5, H - 0.5]``.
 """
 
@@ -55,7 +55,7 @@ class PlaneRef:
         """The integer indices of the non-displayed axes (hashable slice id)."""
         return tuple(i for i in self.index if i is not None)
 
-    def with_index(self, axis: int, value: int) -> "PlaneRef":
+    def with_index(self, axis: int, value: int) -> PlaneRef:
         """Return a copy with the non-displayed ``axis`` set to ``value``."""
         if axis in self.axes:
             raise ValueError(f"axis {axis} is displayed; choose a non-displayed axis")

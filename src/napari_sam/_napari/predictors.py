@@ -1,6 +1,6 @@
 """Model choices offered by the widgets and the predictor they build (no Qt).
 
-Besides the registry models of :mod:`napari_sam.models`, the widgets offer a
+Besides the registry models of :mod:`napari_sam.model.registry`, the widgets offer a
 weight-free *stand-in* (:class:`~napari_sam._napari._testing.ThresholdPredictor`)
 so the plugin can be tried, documented and tested without any download.
 """
@@ -19,7 +19,7 @@ STAND_IN = "stand-in (no weights)"
 def model_choices() -> list[str]:
     """Registry model names (``builtin`` first when shipped), then the stand-in."""
     try:
-        from napari_sam.models import available_models
+        from napari_sam.model.registry import available_models
 
         names = list(available_models())
     except ImportError:  # pragma: no cover - core module missing in a broken install
@@ -43,9 +43,9 @@ def make_predictor(name: str, *, checkpoint: str | Path | None = None, device: s
         from napari_sam._napari._testing import ThresholdPredictor
 
         return ThresholdPredictor()
-    from napari_sam.models import load_model, recommended_zoom
-    from napari_sam.predictor import Predictor
-    from napari_sam.zoom import ZoomPredictor
+    from napari_sam.model.registry import load_model, recommended_zoom
+    from napari_sam.predict.predictor import Predictor
+    from napari_sam.predict.zoom import ZoomPredictor
 
     device = None if device in (None, "", "auto") else device
     ckpt = None if checkpoint in (None, "") or not str(checkpoint).strip() or Path(checkpoint).is_dir() else checkpoint

@@ -16,7 +16,8 @@ pixels), when its IoU with the previous slice's mask falls below
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def propagate_object(
     dict of int -> numpy.ndarray of bool (H, W)
         The accepted masks of the other slices, keyed by slice index.
     """
-    from napari_sam.zoom import interior_point  # the same point a recentred click uses
+    from napari_sam.predict.zoom import interior_point  # the same point a recentred click uses
 
     seed_mask = np.asarray(seed_mask, dtype=bool)
     if seed_mask.ndim != 2:

@@ -2,7 +2,7 @@
 
 The session is the Qt-free core of the interactive widget.  It is given a
 predictor-like object (dependency injection: the real
-:class:`napari_sam.predictor.Predictor` or a stand-in from
+:class:`napari_sam.predict.predictor.Predictor` or a stand-in from
 :mod:`napari_sam._napari._testing`) and works on napari model objects only
 (``viewer.dims``, layers), so every behaviour is testable with
 ``ViewerModel``.
@@ -31,8 +31,8 @@ from napari_sam._napari.layers import (
     shapes_to_prompts,
 )
 from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
+from napari_sam.predict.zoom import ZoomPredictor
 from napari_sam.progress import CancelToken, ProgressCallback, report
-from napari_sam.zoom import ZoomPredictor
 
 __all__ = ["ObjectPrediction", "Preview", "Session"]
 
@@ -91,7 +91,7 @@ class Session:
         ``get_embedding`` / ``set_embedding``.
     image_layer : napari.layers.Image
         The image to segment (any ndim, scale/translate, multiscale: level 0).
-    embedding_cache : napari_sam.cache.EmbeddingCache, optional
+    embedding_cache : napari_sam.volume.cache.EmbeddingCache, optional
         On-disk store (``get(slice, tile)``, ``put(slice, tile, embedding)``);
         see also :meth:`open_disk_cache`.
     max_embeddings : int, keyword-only
@@ -201,13 +201,13 @@ class Session:
             self.embedding_cache.put(self._slice_number(ref), 0, emb)
 
     def open_disk_cache(self, path: Any, *, model_id: str, reset: bool = False) -> Any:
-        """Attach an on-disk :class:`napari_sam.cache.EmbeddingCache` at ``path``.
+        """Attach an on-disk :class:`napari_sam.volume.cache.EmbeddingCache` at ``path``.
 
         The cache key covers ``model_id``, the layer's contrast limits and the
         data identity, so a cache made for other data or settings is refused
         (``CacheMismatchError``) unless ``reset=True``.  Returns the cache.
         """
-        from napari_sam.cache import EmbeddingCache, data_identity, make_key
+        from napari_sam.volume.cache import EmbeddingCache, data_identity, make_key
 
         data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
         cl = self.contrast_limits()
@@ -276,7 +276,7 @@ class Session:
         of the mask on screen: SAM's interactive recipe (and the built-in
         model's training) prompts all points together with that mask's logits
         as ``mask_input`` and a single output (a
-        :class:`~napari_sam.zoom.ZoomPredictor` zooms it too).  Otherwise (a new
+        :class:`~napari_sam.predict.zoom.ZoomPredictor` zooms it too).  Otherwise (a new
         object, points moved or removed, boxes): None.
         """
         prev = self.preview
@@ -321,7 +321,7 @@ class Session:
             all(len(q[0]) == 0 for q in per_box) and all(s["mask"] is None for s in shapes) and len(shapes) > 1
         if use_batch:
             boxes = np.stack([s["box_rc"] for s in shapes])
-            if hasattr(p, "masks_from_logits"):  # masks decided at low resolution (napari_sam.upsample)
+            if hasattr(p, "masks_from_logits"):  # masks decided at low resolution (napari_sam.predict.upsample)
                 res = p.predict_batch(boxes_rc=boxes, multimask=False, upsample=False)
                 masks = p.masks_from_logits(res.low_res_logits[:, 0]).cpu().numpy()[:, None]
             else:

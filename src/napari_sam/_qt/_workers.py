@@ -9,7 +9,8 @@ instead of tracebacks.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from magicgui.widgets import ProgressBar
 from napari.qt.threading import create_worker

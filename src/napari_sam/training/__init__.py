@@ -17,8 +17,8 @@ evaluate
 """
 
 from napari_sam.training.data import TrainingPool, make_pool, normalize_to_rgb
-from napari_sam.training.losses import dice_loss, focal_loss, mask_iou, sam_loss
 from napari_sam.training.loop import TrainConfig, train, train_step
+from napari_sam.training.losses import dice_loss, focal_loss, mask_iou, sam_loss
 
 __all__ = [
     "TrainConfig",

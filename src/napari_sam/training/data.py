@@ -1,7 +1,7 @@
 """Training data: a pool of synthetic images and SAM's prompt sampling.
 
 Coordinates handed to the model are SAM's ``(x, y)`` in the encoder-input
-frame (this package talks to ``napari_sam.sam`` directly); everything a user
+frame (this package talks to ``napari_sam.model`` directly); everything a user
 sees elsewhere stays ``(row, col)``.
 """
 

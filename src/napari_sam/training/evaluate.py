@@ -1,20 +1,21 @@
 """Quality of a SAM model on held-out synthetic images, through the public API.
 
-Everything here goes through :class:`napari_sam.predictor.Predictor` (and
-:func:`napari_sam.tiling.segment_image` for automatic segmentation), with
+Everything here goes through :class:`napari_sam.predict.predictor.Predictor` (and
+:func:`napari_sam.tiled.tiles.segment_image` for automatic segmentation), with
 ``(row, col)`` prompts, exactly as a user would call them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_sam.predict.zoom import ZoomPredictor
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 from napari_sam.synthetic import boxes_from_labels, sample_point_prompts
-from napari_sam.zoom import ZoomPredictor
 
 __all__ = [
     "object_diameters",
@@ -220,7 +221,7 @@ def automatic_scores(
     iou_threshold : float
         Match threshold for :func:`match_instances`.
     **amg_params
-        Passed to :func:`napari_sam.tiling.segment_image` (AMG parameters).
+        Passed to :func:`napari_sam.tiled.tiles.segment_image` (AMG parameters).
 
     Returns
     -------
@@ -228,7 +229,7 @@ def automatic_scores(
         Pooled ``tp``, ``fp``, ``fn``, ``precision``, ``recall``, ``f1`` over all images.
     predictions : list of (H, W) uint32 label images
     """
-    from napari_sam.tiling import segment_image
+    from napari_sam.tiled.tiles import segment_image
 
     tp = fp = fn = 0
     preds = []

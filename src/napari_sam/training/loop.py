@@ -323,7 +323,7 @@ def init_for_training(model, *, gain: float = 3.0) -> None:
     the initial values change: the architecture (and the official code's
     ability to load the weights) is untouched.
     """
-    from napari_sam.sam.transformer import Attention
+    from napari_sam.model.transformer import Attention
 
     with torch.no_grad():
         for module in model.mask_decoder.transformer.modules():

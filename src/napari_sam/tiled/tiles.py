@@ -3,10 +3,10 @@
 :func:`segment_image` is the single 2D entry point of the batch runner and
 the napari widget.  The image (numpy, dask or zarr) is read one window at a
 time (tile core + halo), every window is segmented by
-:class:`~napari_sam.amg.AutomaticMaskGenerator` with contrast limits
+:class:`~napari_sam.automatic.generator.AutomaticMaskGenerator` with contrast limits
 estimated ONCE for the whole image, records are merged across tiles by
-:func:`~napari_sam.stitching.stitch_tiles` and painted into ``out`` block by
-block by :func:`~napari_sam.stitching.write_labels`.  Only the mask records
+:func:`~napari_sam.tiled.stitching.stitch_tiles` and painted into ``out`` block by
+block by :func:`~napari_sam.tiled.stitching.write_labels`.  Only the mask records
 (bbox-local) and one window are ever in memory.
 """
 
@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.amg import AutomaticMaskGenerator, MaskRecord
-from napari_sam.amg_utils import crop_image, global_contrast_limits, spatial_shape
+from napari_sam.automatic.generator import AutomaticMaskGenerator
+from napari_sam.automatic.grid import crop_image, global_contrast_limits, spatial_shape
+from napari_sam.automatic.labels import masks_to_labels
+from napari_sam.automatic.records import MaskRecord
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
-from napari_sam.stitching import Tile, masks_to_labels, shift_record, stitch_tiles, write_labels
+from napari_sam.tiled.stitching import Tile, shift_record, stitch_tiles, write_labels
 
 __all__ = ["Tile", "tile_grid", "segment_image", "segment_records"]
 
@@ -149,7 +151,7 @@ def segment_image(
     ----------
     image : (H, W), (H, W, 3) or 3D with ``channel_axis``; numpy, dask or zarr
         Read one window at a time; never modified.
-    predictor : napari_sam.predictor.Predictor
+    predictor : napari_sam.predict.predictor.Predictor
     channel_axis : int, optional
     channels : sequence of int, optional
         Up to three channels / bands mapped to RGB (see :func:`napari_sam.normalize.to_rgb_uint8`).
@@ -166,13 +168,13 @@ def segment_image(
         Written block by block (e.g. a zarr array on disk: the label image is
         never held in memory).  Default: a new numpy array.
     overlap : {"smaller_on_top", "score"}
-        Overlap policy (see :func:`napari_sam.stitching.paint_order`).
+        Overlap policy (see :func:`napari_sam.automatic.labels.paint_order`).
     merge_iou : float
         Mask IoU above which records of neighbouring tiles are the same object.
     progress, cancel
         See :mod:`napari_sam.progress`.
     **amg_params
-        :class:`~napari_sam.amg.AutomaticMaskGenerator` options
+        :class:`~napari_sam.automatic.generator.AutomaticMaskGenerator` options
         (``points_per_side``, ``pred_iou_thresh``, ...), applied to every tile.
 
     Returns

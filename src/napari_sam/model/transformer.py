@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.sam.common import MLPBlock
+from napari_sam.model.common import MLPBlock
 
 
 class Attention(nn.Module):

@@ -1,23 +1,20 @@
 """Headless automatic labelling of images and volumes, slice by slice, with dask.
 
 ``segment_volume`` views the input as a stack of 2-D slices
-(:func:`napari_sam.volume.canonical_view`), estimates one set of contrast
+(:func:`napari_sam.volume.slices.canonical_view`), estimates one set of contrast
 limits for the whole volume, and runs one dask task per slice.  A task reads
 its slice, calls the per-slice segment function (by default
-:func:`napari_sam.tiling.segment_image` with a model cached once per worker
+:func:`napari_sam.tiled.tiles.segment_image` with a model cached once per worker
 thread), writes the labels with the slice's fixed id offset, and only then
 records the slice as done with an atomic marker file.  Memory is bounded by a
 slice, not by the volume.  See ``docs/batch.md``.
 """
-
 from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import dask
@@ -25,50 +22,19 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from napari_sam import volume as vol
-from napari_sam.io import json_safe, ome_zarr_root, open_image, validate_axes, infer_axes
-from napari_sam.io import prepare_labels_array, write_ome_labels_metadata
 from napari_sam.progress import CancelToken, ProgressCallback
-from napari_sam.cache import EmbeddingCache, data_identity, embed_volume, make_key
+from napari_sam.volume import slices as vol
+from napari_sam.volume.cache import EmbeddingCache, data_identity
+from napari_sam.volume.io import json_safe, ome_zarr_root, prepare_labels_array, write_ome_labels_metadata
+from napari_sam.volume.source import (
+    DEFAULT_CHUNK,
+    default_tiles,
+    model_amg_params,
+    prepare_source,
+    worker_predictor,
+)
 
-__all__ = ["segment_volume", "embed_volume", "sam_segment", "model_amg_params", "default_tiles", "DEFAULT_CHUNK"]
-
-#: side of the output chunks (1, chunk, chunk) when no tile shape is given
-DEFAULT_CHUNK = 1024
-#: tile core and halo used for slices larger than one tile when no tile_shape is given
-DEFAULT_TILE = 1024
-DEFAULT_HALO = 64
-_LOCAL = threading.local()
-
-
-# ------------------------------------------------------------------ segment fns
-
-
-def _load_predictor(model: str, checkpoint: str | None, device: str | None) -> Any:
-    """One Predictor per (model, checkpoint, device) per worker thread."""
-    cache = getattr(_LOCAL, "predictors", None)
-    if cache is None:
-        cache = _LOCAL.predictors = {}
-    key = (str(model), None if checkpoint is None else str(checkpoint), device)
-    if key not in cache:
-        from napari_sam.predictor import Predictor
-
-        if str(model).endswith(".json"):  # a model config: random weights unless a checkpoint is given
-            import torch
-
-            from napari_sam.sam.build import build_model
-
-            sam = build_model(str(model))
-            if checkpoint is not None:
-                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-                sam.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-            sam.eval()
-        else:
-            from napari_sam.models import load_model
-
-            sam = load_model(model, checkpoint=checkpoint, device=device)
-        cache[key] = Predictor(sam, device=device)
-    return cache[key]
+__all__ = ['sam_segment', 'segment_volume']
 
 
 def sam_segment(
@@ -88,7 +54,7 @@ def sam_segment(
 ) -> np.ndarray:
     """The default per-slice function: tiled automatic SAM labelling of one 2-D slice.
 
-    With ``cache`` (an :class:`~napari_sam.cache.EmbeddingCache` folder) and its
+    With ``cache`` (an :class:`~napari_sam.volume.cache.EmbeddingCache` folder) and its
     ``cache_key``, tile embeddings of slice ``slice_index`` are read from / written to it.
 
     Returns
@@ -96,11 +62,11 @@ def sam_segment(
     numpy.ndarray
         ``(Y, X)`` uint32 labels, 0 background.
     """
-    from napari_sam.tiling import segment_image
+    from napari_sam.tiled.tiles import segment_image
 
-    predictor = _load_predictor(model, checkpoint, device)
+    predictor = worker_predictor(model, checkpoint, device)
     if cache is not None:
-        from napari_sam.cache import CachingPredictor, EmbeddingCache
+        from napari_sam.volume.cache import CachingPredictor, EmbeddingCache
 
         predictor = CachingPredictor(predictor, EmbeddingCache(cache, cache_key))
         predictor.start_slice(slice_index)
@@ -110,80 +76,9 @@ def sam_segment(
     )
 
 
-def model_amg_params(model: Any, amg_params: dict | None) -> dict:
-    """``amg_params`` over the thresholds the model recommends (the built-in model ships its own).
-
-    SAM's defaults (0.88 / 0.95) suit the official models; the small built-in
-    model rates its masks much lower and would keep almost none with them.
-    """
-    from napari_sam.models import recommended_amg_params
-
-    base = recommended_amg_params(model) if isinstance(model, str) else {}
-    return {**base, **(amg_params or {})}
-
-
-def _prepare_source(source: Any, *, axes: str | None, level: int, channel: int | None,
-                    channels: Sequence[int] | None, contrast_limits: Any) -> SimpleNamespace:
-    """Open ``source``, view it as 2-D slices, and fix the volume's contrast limits."""
-    if isinstance(source, (str, os.PathLike)):
-        data, in_axes, meta = open_image(source, axes=axes, level=level)
-    else:
-        if not hasattr(source, "shape") or not hasattr(source, "dtype"):
-            raise TypeError(f"source must be a path or an array, got {type(source).__name__}")
-        shape = tuple(int(n) for n in source.shape)
-        in_axes = validate_axes(axes, len(shape)) if axes is not None else infer_axes(shape)
-        data = source if isinstance(source, da.Array) else da.from_array(
-            np.asarray(source), chunks=tuple(1 if a in "TZ" else -1 for a in in_axes))  # one chunk per slice
-        meta = {"format": "array", "path": None}
-    if data.dtype.kind not in "uif" and data.dtype != bool:
-        raise TypeError(f"cannot segment an image of dtype {data.dtype}; use integer or float data")
-    chan_tuple = tuple(int(c) for c in channels) if channels is not None else None
-    view, loop_axes, has_ch = vol.canonical_view(data, in_axes, channel=channel, channels=chan_tuple)
-    spec = (meta["path"], in_axes, int(level), channel, chan_tuple) if meta.get("path") else None
-    nloop = len(loop_axes)
-    loop_shape = tuple(int(s) for s in view.shape[:nloop])
-    n_slices = int(np.prod(loop_shape)) if nloop else 1
-    nchan = int(view.shape[-1]) if has_ch else 1
-    if contrast_limits is None:
-        limits = vol.volume_contrast_limits(view, has_channels=has_ch)
-    else:
-        limits = np.asarray(contrast_limits, dtype=np.float64)
-        if limits.size != 2 * nchan or not np.all(limits.reshape(-1, 2)[:, 1] > limits.reshape(-1, 2)[:, 0]):
-            raise ValueError(f"contrast limits must be {nchan} pair(s) LOW HIGH with HIGH > LOW, got "
-                             f"{limits.tolist()}")
-        limits = limits.reshape(-1, 2)
-    indices = [tuple(int(i) for i in np.unravel_index(k, loop_shape)) if nloop else () for k in range(n_slices)]
-    return SimpleNamespace(data=data, in_axes=in_axes, meta=meta, view=view, loop_axes=loop_axes, has_ch=has_ch,
-                           spec=spec, channels=chan_tuple, loop_shape=loop_shape, n_slices=n_slices,
-                           ny=int(view.shape[nloop]), nx=int(view.shape[nloop + 1]), limits=limits,
-                           indices=indices)
-
-
-def default_tiles(ny: int, nx: int, tile_shape: Any, halo: Any) -> tuple:
-    """``(tile_shape, halo)``: tiles of DEFAULT_TILE with DEFAULT_HALO for slices larger than a tile.
-
-    SAM sees 1024-pixel inputs, so a larger slice is cut into 1024-pixel tiles
-    (native resolution) instead of being shrunk; smaller slices are one tile.
-    """
-    if tile_shape is None and max(ny, nx) > DEFAULT_TILE:
-        return (DEFAULT_TILE, DEFAULT_TILE), (DEFAULT_HALO, DEFAULT_HALO) if halo is None else halo
-    return tile_shape, halo
-
-
-def _cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params) -> dict:
-    layout = {"tile_shape": None if tile_shape is None else [int(t) for t in tile_shape],
-              "halo": None if halo is None else [int(h) for h in halo],
-              "crop_n_layers": int(amg_params.get("crop_n_layers", 0))}
-    return make_key(model_id=f"{model}|{checkpoint}", contrast_limits=limits, tile_layout=layout,
-                    data=data_identity(view, path=meta.get("path")))
-
-
 def _out_index(out_axes: str, loop_axes: str, loop_index: tuple) -> tuple:
     pos = dict(zip(loop_axes, loop_index))
     return tuple(pos[a] if a in pos else (0 if a == "C" else slice(None)) for a in out_axes)
-
-
-# ------------------------------------------------------------------ public
 
 
 def segment_volume(
@@ -219,7 +114,7 @@ def segment_volume(
     Parameters
     ----------
     source : path or array
-        A path understood by :func:`napari_sam.io.open_image`, or a numpy/dask array.
+        A path understood by :func:`napari_sam.volume.io.open_image`, or a numpy/dask array.
     output : path, optional
         Zarr labels array to write (uint32, chunks ``(1, ..., tile, tile)``).  Without
         it (and without ``label_name``) the result is a lazy dask array computed on demand.
@@ -228,9 +123,9 @@ def segment_volume(
     axes, level, channel, channels
         Input axes override, multiscale level, one channel or up to three channels as RGB.
     contrast_limits : array-like ``(k, 2)``, optional
-        Default: estimated once for the volume (:func:`napari_sam.volume.volume_contrast_limits`).
+        Default: estimated once for the volume (:func:`napari_sam.volume.slices.volume_contrast_limits`).
     tile_shape, halo, **amg_params
-        Passed to :func:`napari_sam.tiling.segment_image`.
+        Passed to :func:`napari_sam.tiled.tiles.segment_image`.
     scheduler : None, "threads", "processes", "synchronous", address or ``distributed.Client``
         Local dask scheduler by default; an address like ``"tcp://host:8786"`` submits to a cluster.
     workers : int, optional
@@ -243,9 +138,9 @@ def segment_volume(
     link_3d, link_iou
         Join objects of neighbouring Z slices whose IoU exceeds ``link_iou`` into 3-D objects.
     cache : path, optional
-        An :class:`~napari_sam.cache.EmbeddingCache` folder (``napari-sam embed``) whose
+        An :class:`~napari_sam.volume.cache.EmbeddingCache` folder (``napari-sam embed``) whose
         tile embeddings are reused (and filled when missing); a cache made for other
-        data, model, normalisation or tiles raises :class:`~napari_sam.cache.CacheMismatchError`.
+        data, model, normalisation or tiles raises :class:`~napari_sam.volume.cache.CacheMismatchError`.
     label_name : str, optional
         For an OME-Zarr input: write to its ``labels/<label_name>`` group (with NGFF metadata).
     segment_fn : callable, optional
@@ -264,7 +159,7 @@ def segment_volume(
         raise ValueError(f"link_iou must be in [0, 1), got {link_iou}")
     if resume and overwrite:
         raise ValueError("choose either resume or overwrite, not both")
-    src = _prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
+    src = prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
                           contrast_limits=contrast_limits)
     if link_3d and "Z" not in src.in_axes:
         raise ValueError(f"--link-3d joins objects across Z, but the input axes {src.in_axes!r} have no Z")
@@ -276,7 +171,7 @@ def segment_volume(
     if segment_fn is None:
         cache_key = None
         if cache is not None:
-            cache_key = _cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
+            cache_key = cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
             EmbeddingCache(cache, cache_key)  # raises CacheMismatchError now rather than in a worker
         segment_fn = functools.partial(
             sam_segment, model=str(model), checkpoint=None if checkpoint is None else str(checkpoint),

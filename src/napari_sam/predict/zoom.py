@@ -11,8 +11,8 @@ again there, so the object is seen at the scale the model handles best.
 Only single-object :meth:`ZoomPredictor.predict` calls zoom; ``predict_batch``
 (automatic generation), calls with a ``mask_input`` and a box or without
 points (propagation, polygon prompts) and calls after
-:meth:`~napari_sam.predictor.Predictor.set_embedding` (no pixels to crop)
-behave exactly like :class:`~napari_sam.predictor.Predictor`.  Points with a
+:meth:`~napari_sam.predict.predictor.Predictor.set_embedding` (no pixels to crop)
+behave exactly like :class:`~napari_sam.predict.predictor.Predictor`.  Points with a
 ``mask_input`` (a correction of a previous result) are zoomed, the mask
 prompt resampled into the window.
 """
@@ -31,7 +31,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from napari_sam.normalize import to_rgb_uint8
-from napari_sam.predictor import Predictor
+from napari_sam.predict.predictor import Predictor
 
 __all__ = ["ZoomPredictor", "edge_snap_threshold", "interior_point", "split_touching", "zoom_window"]
 
@@ -396,7 +396,7 @@ def _flip_prompts(pts, box, h: int, w: int, flip_rows: bool, flip_cols: bool):
 
 
 class ZoomPredictor(Predictor):
-    """A :class:`~napari_sam.predictor.Predictor` whose single-object prompts zoom in.
+    """A :class:`~napari_sam.predict.predictor.Predictor` whose single-object prompts zoom in.
 
     ``predict`` first prompts on the whole image.  The object's extent (the box
     prompt, or the bounding box of the best mask together with the positive
@@ -408,7 +408,7 @@ class ZoomPredictor(Predictor):
     Parameters
     ----------
     model, device
-        As for :class:`~napari_sam.predictor.Predictor`.
+        As for :class:`~napari_sam.predict.predictor.Predictor`.
     context : float
         Window side over object size (8: the object covers about 1/8 of the
         window's side, the scale the built-in model was trained at).

@@ -5,7 +5,7 @@ patches, so 32 x 32 image tokens and 128 x 128 low-resolution masks) trained by 
 :mod:`napari_sam.synthetic` images.  It ships as
 ``napari_sam/data/builtin_model.pt`` (a plain float32 ``state_dict``, strict
 keys) and ``napari_sam/data/builtin_model.json`` (``config`` in the schema of
-:mod:`napari_sam.sam.build`, ``sha256`` of the ``.pt``, training provenance).
+:mod:`napari_sam.model.build`, ``sha256`` of the ``.pt``, training provenance).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: where the shipped checkpoint and its json live
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "src" / "napari_sam" / "data"
 
 #: training images use seeds TRAIN_SEED_START + i, validation VAL_SEED_START + i (disjoint)
 TRAIN_SEED_START = 0
@@ -101,7 +101,7 @@ def export_builtin(
     state_dict : dict of str to tensor
         Model weights (copied to CPU float32; buffers that are not persistent are absent).
     config : dict
-        Model config in the schema of :mod:`napari_sam.sam.build`.
+        Model config in the schema of :mod:`napari_sam.model.build`.
     provenance : dict
         Training facts (steps, seconds, seeds, metrics, command).
     out_dir : path

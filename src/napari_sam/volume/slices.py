@@ -26,13 +26,12 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from scipy.sparse import coo_matrix
 import zarr
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from napari_sam.io import open_image
-
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, is_cancelled, report
+from napari_sam.volume.io import open_image
 
 __all__ = [
     "canonical_view",
@@ -60,7 +59,7 @@ def canonical_view(
     data : dask.array.Array
         Pixel data with one axis per letter of ``axes``.
     axes : str
-        Letters from ``T Z C Y X S`` (see :mod:`napari_sam.io`).
+        Letters from ``T Z C Y X S`` (see :mod:`napari_sam.volume.io`).
     channel : int, optional
         Index along ``C``/``S`` of the one channel to segment (grayscale).
     channels : sequence of int, optional

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.sam.common import MLP, LayerNorm2d, activate
-from napari_sam.sam.transformer import TwoWayTransformer
+from napari_sam.model.common import MLP, LayerNorm2d, activate
+from napari_sam.model.transformer import TwoWayTransformer
 
 #: Largest rank of :meth:`MaskDecoder._first_upscaling_low_rank`, as a fraction
 #: of the token width, for which it replaces the direct product (vit_b, 2

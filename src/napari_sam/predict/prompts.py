@@ -1,6 +1,6 @@
 """Validation of SAM prompts given in (row, col) pixel coordinates.
 
-Used by :class:`napari_sam.predictor.Predictor`: every user-facing prompt check
+Used by :class:`napari_sam.predict.predictor.Predictor`: every user-facing prompt check
 lives here, so that each error message says what to change.
 """
 

@@ -14,25 +14,23 @@ Layout::
       s<slice>/t<tile>          float32 (1, C, h, w) features; attrs = Embedding fields,
                                 "complete": true written last (a killed write is never read)
 """
-
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from napari_sam.progress import CancelToken, ProgressCallback
+from napari_sam.volume.io import json_safe
 
-from napari_sam.io import json_safe
+__all__ = ['CacheMismatchError', 'data_identity', 'make_key', 'EmbeddingCache', 'CachingPredictor']
 
-__all__ = ["EmbeddingCache", "CacheMismatchError", "data_identity", "make_key", "CachingPredictor", "embed_volume"]
 
 _VERSION = 1
 
@@ -136,7 +134,7 @@ class EmbeddingCache:
         return f"s{int(slice_index)}/t{int(tile_index)}"
 
     def get(self, slice_index: int, tile_index: int = 0) -> Any:
-        """The stored :class:`~napari_sam.predictor.Embedding`, or None when absent or incomplete."""
+        """The stored :class:`~napari_sam.predict.predictor.Embedding`, or None when absent or incomplete."""
         try:
             arr = zarr.open_array(str(self.path / self._name(slice_index, tile_index)), mode="r")
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError, ValueError):
@@ -144,7 +142,7 @@ class EmbeddingCache:
         attrs = dict(arr.attrs)
         if not attrs.get("complete"):
             return None
-        from napari_sam.predictor import Embedding
+        from napari_sam.predict.predictor import Embedding
 
         return Embedding(features=np.asarray(arr[...], dtype=np.float32),
                          original_size=tuple(attrs["original_size"]), input_size=tuple(attrs["input_size"]),
@@ -212,85 +210,3 @@ class CachingPredictor:
 
     def __getattr__(self, name: str) -> Callable:
         return getattr(self._predictor, name)
-
-
-# ------------------------------------------------------------------ filling a cache (napari-sam embed)
-
-
-def _embed_slice(image: Any, *, k: int, src: tuple | None, loop_index: tuple, has_channels: bool,
-                 contrast_limits: np.ndarray, model: str, checkpoint: str | None, device: str | None,
-                 tile_shape: Any, halo: Any, cache: str, cache_key: dict) -> int:
-    """Encode the tiles of slice ``k`` missing from the cache; returns how many were computed."""
-    from napari_sam.amg_utils import crop_image
-    from napari_sam.batch import _load_predictor
-    from napari_sam.tiling import tile_grid
-    from napari_sam.volume import read_slice
-
-    store = EmbeddingCache(cache, cache_key)
-    image = read_slice(image, src, loop_index)
-    shape = image.shape[:2]
-    tiles = tile_grid(shape, shape, 0) if tile_shape is None else tile_grid(shape, tile_shape, halo or 0)
-    missing = [t for t in range(len(tiles)) if (k, t) not in store]
-    if not missing:
-        return 0
-    predictor = _load_predictor(model, checkpoint, device)
-    channel_axis = -1 if has_channels else None
-    for t in missing:
-        window = np.asarray(crop_image(image, tiles[t].window, channel_axis))
-        predictor.set_image(window, channel_axis=channel_axis, contrast_limits=contrast_limits)
-        store.put(k, t, predictor.get_embedding())
-    return len(missing)
-
-
-def embed_volume(
-    source: Any,
-    cache: str | os.PathLike,
-    *,
-    model: str = "builtin",
-    checkpoint: str | os.PathLike | None = None,
-    device: str | None = None,
-    axes: str | None = None,
-    level: int = 0,
-    channel: int | None = None,
-    channels: Sequence[int] | None = None,
-    contrast_limits: Any = None,
-    tile_shape: Sequence[int] | None = None,
-    halo: Sequence[int] | None = None,
-    reset_cache: bool = False,
-    scheduler: Any = None,
-    workers: int | None = 1,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken = None,
-) -> int:
-    """Fill an :class:`~napari_sam.cache.EmbeddingCache` with the embeddings of every slice and tile.
-
-    Uses the same source handling, contrast limits and tile layout as
-    :func:`~napari_sam.batch.segment_volume` with the same options, so ``segment_volume(..., cache=cache)``
-    then skips the image encoder.  Entries already present are kept.
-
-    Returns
-    -------
-    int
-        Number of (slice, tile) embeddings in the cache.
-    """
-    import dask
-
-    from napari_sam.batch import _cache_key, _prepare_source, default_tiles
-    from napari_sam.volume import compute_tasks
-
-    src = _prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
-                          contrast_limits=contrast_limits)
-    tile_shape, halo = default_tiles(src.ny, src.nx, tile_shape, halo)
-    key = _cache_key(src.view, src.meta, model, checkpoint, src.limits, tile_shape, halo, {})
-    store = EmbeddingCache(cache, key, reset=reset_cache)
-    tasks = [
-        dask.delayed(_embed_slice, pure=False)(
-            src.view[idx] if src.spec is None else None, k=k, src=src.spec, loop_index=idx,
-            has_channels=src.has_ch, contrast_limits=src.limits, model=str(model),
-            checkpoint=None if checkpoint is None else str(checkpoint), device=device,
-            tile_shape=tile_shape, halo=halo, cache=str(cache), cache_key=key)
-        for k, idx in enumerate(src.indices)
-    ]
-    compute_tasks(tasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
-                      desc="embedding")
-    return len(store.entries())

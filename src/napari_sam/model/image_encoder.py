@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.sam.common import LayerNorm2d, MLPBlock
+from napari_sam.model.common import LayerNorm2d, MLPBlock
 
 #: bytes of relative-position bias materialised at once by :class:`Attention`
 _BIAS_BUDGET = 256 * 2**20

@@ -17,24 +17,34 @@ Same parameters, defaults and algorithm as the official
 :func:`masks_to_labels` paints the records into a label image.
 The maths lives in :mod:`napari_sam.amg_utils`.
 """
-
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from napari_sam import amg_utils as U
+from napari_sam.automatic.grid import (
+    batch_slices,
+    build_all_layer_point_grids,
+    crop_image,
+    generate_crop_boxes,
+    global_contrast_limits,
+    spatial_shape,
+)
+from napari_sam.automatic.nms import is_box_near_crop_edge, mask_nms, nms
+from napari_sam.automatic.records import MaskRecord, RawMasks
+from napari_sam.automatic.regions import masks_to_boxes, postprocess_small_regions, stability_score
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
-from napari_sam.stitching import masks_to_labels
 
-__all__ = ["MaskRecord", "RawMasks", "AutomaticMaskGenerator", "masks_to_labels"]
+__all__ = ['AutomaticMaskGenerator']
+
 
 #: box IoU above which the mask NMS drops a candidate before comparing masks (SAM's box_nms_thresh)
 _DUPLICATE_BOX_IOU = 0.7
+
+
 _UNSET: Any = object()  # filter(): "use the generator's setting" where None is a value
 
 
@@ -47,79 +57,12 @@ def _check_mask_nms(mask_nms_thresh: float | None, nms_area_bonus: float) -> Non
         raise ValueError(f"nms_area_bonus must be a finite number >= 0; got {nms_area_bonus}.")
 
 
-@dataclass(frozen=True, eq=False)
-class MaskRecord:
-    """One automatically generated object.
-
-    Attributes
-    ----------
-    mask : (r1 - r0, c1 - c0) bool ndarray
-        The object inside its bounding box (bbox-local).
-    bbox_rc : (r0, c0, r1, c1) ints
-        Bounding box in image coordinates, half-open: ``image[r0:r1, c0:c1]``
-        is the box, ``r1``/``c1`` are the last row/column + 1.
-    area : int
-        Number of True pixels.
-    predicted_iou : float
-        The decoder's IoU prediction.
-    stability_score : float
-        IoU of the mask thresholded at ``threshold +/- stability_score_offset``.
-    point_rc : (row, col) floats
-        The grid point that prompted it, in image coordinates.
-    crop_box_rc : (r0, c0, r1, c1) ints
-        The crop it was found in (half-open, image coordinates).
-    """
-
-    mask: np.ndarray
-    bbox_rc: tuple[int, int, int, int]
-    area: int
-    predicted_iou: float
-    stability_score: float
-    point_rc: tuple[float, float]
-    crop_box_rc: tuple[int, int, int, int]
-
-
-@dataclass
-class RawMasks:
-    """Output of the expensive phase: every candidate any cheap re-filter may keep.
-
-    Attributes
-    ----------
-    masks : list of bool ndarrays (bbox-local)
-    boxes_rc : (K, 4) int64, half-open image coordinates
-    predicted_iou, stability_score : (K,) float32
-    points_rc : (K, 2) float64
-    crop_index : (K,) int64, index into ``crop_boxes_rc``
-    crop_boxes_rc : (M, 4) int64
-    image_shape : (H, W)
-    min_pred_iou, min_stability_score : floats
-        Floors used to keep candidates: thresholds below them cannot be
-        re-filtered cheaply (``-inf`` means nothing was dropped).
-    """
-
-    masks: list[np.ndarray]
-    boxes_rc: np.ndarray
-    predicted_iou: np.ndarray
-    stability_score: np.ndarray
-    points_rc: np.ndarray
-    crop_index: np.ndarray
-    crop_boxes_rc: np.ndarray
-    image_shape: tuple[int, int]
-    min_pred_iou: float
-    min_stability_score: float
-    stability_score_offset: float
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.masks)
-
-
 class AutomaticMaskGenerator:
     """Grid-prompted SAM over one 2D image (optionally with crop layers).
 
     Parameters
     ----------
-    predictor : napari_sam.predictor.Predictor
+    predictor : napari_sam.predict.predictor.Predictor
         Anything with ``set_image``, ``predict_batch(..., upsample=False)``,
         ``upsample_logits`` and ``mask_threshold``.
     points_per_side : int or None
@@ -149,7 +92,7 @@ class AutomaticMaskGenerator:
     mask_nms_thresh : float or None
         None (default): SAM's box NMS (``box_nms_thresh`` in each crop, then
         ``crop_nms_thresh`` across crops).  A value in [0, 1]: mask NMS
-        instead, over all crops at once (:func:`napari_sam.amg_utils.mask_nms`):
+        instead, over all crops at once (:func:`napari_sam.automatic.nms.mask_nms`):
         a mask is dropped when it overlaps an already kept, better-scored
         mask by more than this fraction of the smaller of the two.  It keeps
         touching objects (whose boxes overlap, their masks hardly) and drops
@@ -198,7 +141,7 @@ class AutomaticMaskGenerator:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
         _check_mask_nms(mask_nms_thresh, nms_area_bonus)
         if points_per_side is not None:
-            grids = U.build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+            grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
         else:
             grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]  # type: ignore[union-attr]
             if len(grids) != crop_n_layers + 1:
@@ -286,14 +229,14 @@ class AutomaticMaskGenerator:
         """
         import time
 
-        image_shape = U.spatial_shape(image, channel_axis)
+        image_shape = spatial_shape(image, channel_axis)
         if min(image_shape) < 1:
             raise ValueError(f"image is empty (spatial shape {image_shape})")
         floor_iou = self._floor(self.pred_iou_thresh, min_pred_iou)
         floor_stab = self._floor(self.stability_score_thresh, min_stability_score)
-        crop_boxes, layer_idx = U.generate_crop_boxes(image_shape, self.crop_n_layers, self.crop_overlap_ratio)
+        crop_boxes, layer_idx = generate_crop_boxes(image_shape, self.crop_n_layers, self.crop_overlap_ratio)
         if len(crop_boxes) > 1 and contrast_limits is None:  # one normalisation for every crop
-            contrast_limits = U.global_contrast_limits(image, channel_axis, channels)
+            contrast_limits = global_contrast_limits(image, channel_axis, channels)
         n_batches = [
             -(-len(self.point_grids[int(layer)]) // self.points_per_batch) for layer in layer_idx
         ]
@@ -306,14 +249,14 @@ class AutomaticMaskGenerator:
             check_cancelled(cancel)
             r0, c0, r1, c1 = (int(v) for v in box)
             t0, p0 = time.perf_counter(), time.process_time()
-            crop = np.asarray(U.crop_image(image, box, channel_axis))
+            crop = np.asarray(crop_image(image, box, channel_axis))
             kw = {} if channels is None else {"channels": channels}
             self.predictor.set_image(crop, channel_axis=channel_axis, contrast_limits=contrast_limits, **kw)
             self._tick("encoder", t0, p0)
             done += 1
             report(progress, done, total, f"embedding crop {ci + 1}/{len(crop_boxes)}")
             grid = self.point_grids[int(layer)] * np.array([r1 - r0, c1 - c0], dtype=np.float64)
-            for sl in U.batch_slices(len(grid), self.points_per_batch):
+            for sl in batch_slices(len(grid), self.points_per_batch):
                 check_cancelled(cancel)
                 self._process_batch(grid[sl], box, image_box, thr, floor_iou, floor_stab, ci, out)
                 done += 1
@@ -404,17 +347,17 @@ class AutomaticMaskGenerator:
         for ci in range(len(raw.crop_boxes_rc)):
             sel = np.flatnonzero(raw.crop_index[idx] == ci)
             if len(sel):
-                kept.append(sel[U.nms(raw.boxes_rc[idx[sel]], score[sel], box_t)])
+                kept.append(sel[nms(raw.boxes_rc[idx[sel]], score[sel], box_t)])
         pos = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
         # NMS across crops: the smaller crop wins
         if len(raw.crop_boxes_rc) > 1 and len(pos):
             cb = raw.crop_boxes_rc[raw.crop_index[idx[pos]]]
             crop_area = ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).astype(np.float64)
-            order = U.nms(raw.boxes_rc[idx[pos]], 1.0 / crop_area, crop_t, tiebreak=score[pos])
+            order = nms(raw.boxes_rc[idx[pos]], 1.0 / crop_area, crop_t, tiebreak=score[pos])
             pos = np.sort(pos[order])
         records = [self._record(raw, int(i)) for i in idx[pos]]
         if min_area > 0 and records:
-            records = U.postprocess_small_regions(records, min_area, box_t)
+            records = postprocess_small_regions(records, min_area, box_t)
         self._tick("postprocess", t0, p0)
         return records
 
@@ -423,12 +366,12 @@ class AutomaticMaskGenerator:
         self, raw: RawMasks, idx: np.ndarray, score: np.ndarray, thresh: float, min_area: int
     ) -> list[MaskRecord]:
         """Near-duplicate box NMS, small-region cleanup, then mask NMS, over all crops."""
-        pos = np.sort(U.nms(raw.boxes_rc[idx], score, _DUPLICATE_BOX_IOU))
+        pos = np.sort(nms(raw.boxes_rc[idx], score, _DUPLICATE_BOX_IOU))
         records = [self._record(raw, int(i)) for i in idx[pos]]
         if min_area > 0 and records:  # nms_thresh 1: clean up only, drop nothing
-            records = U.postprocess_small_regions(records, min_area, 1.0)
+            records = postprocess_small_regions(records, min_area, 1.0)
         boxes = np.array([r.bbox_rc for r in records], dtype=np.int64).reshape(-1, 4)
-        keep = U.mask_nms([r.mask for r in records], boxes, score[pos], thresh)
+        keep = mask_nms([r.mask for r in records], boxes, score[pos], thresh)
         return [records[i] for i in sorted(keep)]
 
     def _tick(self, phase: str, t0: float, p0: float) -> None:
@@ -472,18 +415,18 @@ class AutomaticMaskGenerator:
         survivors = np.flatnonzero(scores > floor_iou) if np.isfinite(floor_iou) else np.arange(b * c)
         r0, c0 = int(crop_box[0]), int(crop_box[1])
         offset = np.array([r0, c0, r0, c0], dtype=np.int64)
-        for sl in U.batch_slices(len(survivors), self.upsample_batch):
+        for sl in batch_slices(len(survivors), self.upsample_batch):
             sel = survivors[sl]
             logits = self.predictor.upsample_logits(low[torch.as_tensor(sel, device=low.device)])
             if logits.device.type == "cpu":
                 logits = logits.numpy()  # numpy's reductions are far faster than torch's on CPU
-            stab = U.stability_score(logits, thr, self.stability_score_offset)
+            stab = stability_score(logits, thr, self.stability_score_offset)
             masks = logits > thr
             del logits
-            boxes, nonempty = U.masks_to_boxes(masks)
+            boxes, nonempty = masks_to_boxes(masks)
             boxes_img = boxes + offset
             ok = nonempty & (stab >= floor_stab if np.isfinite(floor_stab) else True)
-            ok &= ~U.is_box_near_crop_edge(boxes_img, crop_box, image_box)
+            ok &= ~is_box_near_crop_edge(boxes_img, crop_box, image_box)
             for j in np.flatnonzero(ok):
                 lr0, lc0, lr1, lc1 = (int(v) for v in boxes[j])
                 local = masks[j, lr0:lr1, lc0:lc1]

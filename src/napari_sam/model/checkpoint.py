@@ -1,6 +1,6 @@
 """Reading checkpoints and checking them against a model, tensor by tensor.
 
-Used by :mod:`napari_sam.models`; nothing here knows about the registry.
+Used by :mod:`napari_sam.model.registry`; nothing here knows about the registry.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from napari_sam.sam.build import build_model
+from napari_sam.model.build import build_sam
 
 
 class CheckpointError(ValueError):
@@ -62,7 +62,7 @@ def shape_signature(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=16)
 def _signature_of_json(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    model = build_model(json.loads(config_json), device="meta")
+    model = build_sam(json.loads(config_json), device="meta")
     return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 

@@ -22,17 +22,17 @@ from typing import Any
 
 import torch
 
-from napari_sam.sam.build import build_model, resolve_config
-from napari_sam.sam.checkpoint import (
+from napari_sam.model.build import build_sam, resolve_config
+from napari_sam.model.checkpoint import (
     CheckpointError,
     check_state,
     read_checkpoint,
     shape_signature,
 )
-from napari_sam.sam.model import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD, Sam
+from napari_sam.model.sam import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD, Sam
 
 CACHE_ENV = "NAPARI_SAM_CACHE"
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 BUILTIN_JSON = DATA_DIR / "builtin_model.json"
 BUILTIN_WEIGHTS = DATA_DIR / "builtin_model.pt"
 
@@ -55,7 +55,7 @@ class ModelSpec:
     name : str
         Registry name (``"vit_b"``...).
     config : dict
-        Model configuration (schema of :mod:`napari_sam.sam.build`).
+        Model configuration (schema of :mod:`napari_sam.model.build`).
     url : str or None
         Where the checkpoint is downloaded from (None: shipped with the package).
     filename : str
@@ -214,7 +214,7 @@ def recommended_zoom(name: str) -> dict[str, Any] | None:
     """Zoom window for single-object prompts recommended for a registry model, or None.
 
     The built-in model sees the whole image at 256 x 256 px and segments small
-    objects far better on a window around them (:class:`napari_sam.zoom.ZoomPredictor`);
+    objects far better on a window around them (:class:`napari_sam.predict.zoom.ZoomPredictor`);
     its json's ``"zoom"`` entry holds ``context`` and ``min_side`` picked on
     selection images.  Official models return None (prompt on the whole image).
     """
@@ -378,6 +378,41 @@ def _matching_variant(shapes: dict[str, tuple[int, ...]], exclude: str | None) -
     return None
 
 
+def _config_of(name_or_config: str | Mapping[str, Any] | os.PathLike[str]) -> dict[str, Any]:
+    """A config dict from a registry name, a config dict or a path to a config.json."""
+    if isinstance(name_or_config, Mapping):
+        return resolve_config(dict(name_or_config))
+    if isinstance(name_or_config, str):
+        path = Path(name_or_config)
+        if path.suffix != ".json" and not path.exists():
+            return get_config(name_or_config)  # a registry name (raises for an unknown one)
+    return resolve_config(name_or_config)
+
+
+def build_model(
+    config_or_name: str | Mapping[str, Any] | os.PathLike[str],
+    *,
+    device: torch.device | str | None = None,
+) -> Sam:
+    """Build a randomly initialised :class:`Sam` in eval mode.
+
+    Parameters
+    ----------
+    config_or_name : dict, str or path
+        A config dict (schema in :mod:`napari_sam.model.build`), a path to a
+        ``config.json`` (or a folder holding one), or a registry name
+        (``"vit_b"``, ``"vit_l"``, ``"vit_h"``, ``"vit_t"``, ``"builtin"``).
+    device : torch.device or str, optional
+        Device to allocate on; ``"meta"`` builds without memory (shapes only).
+
+    Returns
+    -------
+    Sam
+        The model with ``model.config`` set to the resolved config.
+    """
+    return build_sam(_config_of(config_or_name), device=device)
+
+
 def load_model(
     name_or_config: str | Mapping[str, Any] | os.PathLike[str] = "builtin",
     *,
@@ -418,10 +453,7 @@ def load_model(
         if checkpoint is None:
             checkpoint = fetch_checkpoint(name)
     else:
-        if isinstance(name_or_config, Mapping):
-            config = resolve_config(dict(name_or_config))
-        else:
-            config = resolve_config(name_or_config)
+        config = _config_of(name_or_config)
         label = "the given config"
         if checkpoint is None:
             raise ValueError(
@@ -439,7 +471,7 @@ def load_model(
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     # allocate without random initialisation (seconds for vit_h): every persistent
     # tensor is overwritten by the strict load, the others are recomputed
-    model = build_model(config, device="meta").to_empty(device="cpu")
+    model = build_sam(config, device="meta").to_empty(device="cpu")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # pragma: no cover - shapes were checked above

@@ -6,7 +6,7 @@ Lifecycle: :meth:`Predictor.set_image` (runs the image encoder once) ->
 :meth:`Predictor.set_embedding` let a cache skip the encoder.
 
 Public coordinates are ``(row, col)`` and boxes ``(r0, c0, r1, c1)`` in pixels
-of the original image.  This module is the only place (with ``napari_sam.sam``)
+of the original image.  This module is the only place (with ``napari_sam.model``)
 where SAM's ``(x, y)`` appears: the conversion and the rescaling to the encoder
 input happen in :func:`_to_model_xy` and nowhere else.
 
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from napari_sam._malloc import tune_malloc
-from napari_sam._prompts import check_prompts
 from napari_sam.normalize import to_rgb_uint8
-from napari_sam.upsample import (
+from napari_sam.predict._malloc import tune_malloc
+from napari_sam.predict.prompts import check_prompts
+from napari_sam.predict.upsample import (
     POLYPHASE_MAX_FACTOR,
     UpsamplePlan,
     make_plan,
@@ -135,7 +135,7 @@ def model_identity(model: torch.nn.Module) -> str:
 
 def _resolve_device(device: Any) -> torch.device:
     try:
-        from napari_sam.models import resolve_device
+        from napari_sam.model.registry import resolve_device
     except ImportError:  # pragma: no cover - models.py is part of the package
         if device is not None:
             return torch.device(device)
@@ -153,7 +153,7 @@ class Predictor:
         ``preprocess``, ``image_size`` and ``mask_threshold``.  It is moved to
         ``device`` and put in eval mode.
     device : str or torch.device, optional
-        Default: :func:`napari_sam.models.resolve_device` (CUDA, MPS, CPU).
+        Default: :func:`napari_sam.model.registry.resolve_device` (CUDA, MPS, CPU).
     """
 
     def __init__(self, model: torch.nn.Module, *, device: Any = None) -> None:
@@ -162,7 +162,7 @@ class Predictor:
                 raise TypeError(f"model has no {part!r}: pass a Sam model (napari_sam.build_model).")
         self.device = _resolve_device(device)
         if self.device.type == "cpu":
-            tune_malloc()  # reuse the decoder's large temporaries (see napari_sam._malloc)
+            tune_malloc()  # reuse the decoder's large temporaries (see napari_sam.predict._malloc)
         self.model = model.to(self.device).eval()
         encoder_size = getattr(model.image_encoder, "img_size", None)
         self.image_size = int(getattr(model, "image_size", None) or encoder_size)
@@ -477,9 +477,9 @@ class Predictor:
         Where the output is a plain upsampling of at most 4x per axis (the
         image's long side is the encoder size, e.g. 1024 x 1024 or 768 x 1024
         for the official models) every pixel is computed by phases
-        (:func:`~napari_sam.upsample.threshold_polyphase`); otherwise most
+        (:func:`~napari_sam.predict.upsample.threshold_polyphase`); otherwise most
         pixels are decided at low resolution
-        (:func:`~napari_sam.upsample.threshold_upsampled`), with a dense
+        (:func:`~napari_sam.predict.upsample.threshold_upsampled`), with a dense
         fallback for noise-like logits.  Equal to the dense result except,
         at most, for pixels whose upsampled logit is within float rounding of
         the threshold.
@@ -507,7 +507,7 @@ class Predictor:
         return masks
 
     def _upsample_plan_for(self, low_res: int) -> UpsamplePlan | None:
-        """The (cached) :func:`~napari_sam.upsample.make_plan` of the current image."""
+        """The (cached) :func:`~napari_sam.predict.upsample.make_plan` of the current image."""
         key = (low_res, self.image_size, self.input_size, self.original_size)
         if self._upsample_plan is None or self._upsample_plan[0] != key:
             plan = make_plan(*key)

@@ -10,7 +10,6 @@ to contiguous label ids.  Nothing depends on the order in which tiles were
 processed: tiles are visited by their grid index, and every tie is broken by
 record content or tile index.
 """
-
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,24 +20,14 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from napari_sam.amg_utils import box_iou
+from napari_sam.automatic.labels import id_order, paint_order, paint_record, relabel_sequential
+from napari_sam.automatic.nms import box_iou
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_sam.amg import MaskRecord
+    from napari_sam.automatic.records import MaskRecord
 
-__all__ = [
-    "Tile",
-    "OVERLAP_POLICIES",
-    "paint_order",
-    "masks_to_labels",
-    "id_order",
-    "relabel_sequential",
-    "paint_record",
-    "shift_record",
-    "touches_inner_edge",
-    "stitch_tiles",
-    "write_labels",
-]
+
+__all__ = ['Tile', 'shift_record', 'touches_inner_edge', 'stitch_tiles', 'write_labels']
 
 
 @dataclass(frozen=True)
@@ -57,120 +46,6 @@ class Tile:
     index: tuple[int, int]
     core: tuple[int, int, int, int]
     window: tuple[int, int, int, int]
-
-
-OVERLAP_POLICIES = ("smaller_on_top", "score")
-
-
-def paint_order(records: Sequence[MaskRecord], overlap: str = "smaller_on_top") -> np.ndarray:
-    """Order in which records are painted (later ones win where they overlap).
-
-    ``"smaller_on_top"``: larger areas first, so small objects lying on big
-    ones stay visible; ``"score"``: lowest predicted IoU first, so the
-    highest-scoring mask wins.  Remaining ties are broken by predicted IoU /
-    area, then by the bounding box, so the order depends only on the records'
-    content, never on their order in the list.
-    """
-    if overlap not in OVERLAP_POLICIES:
-        raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {overlap!r}")
-    n = len(records)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    area = np.array([r.area for r in records], dtype=np.float64)
-    score = np.array([r.predicted_iou for r in records], dtype=np.float64)
-    bbox = np.array([r.bbox_rc for r in records], dtype=np.float64).reshape(n, 4)
-    stab = np.array([r.stability_score for r in records], dtype=np.float64)
-    tail = [np.arange(n), bbox[:, 3], bbox[:, 2], bbox[:, 1], bbox[:, 0], stab]
-    if overlap == "smaller_on_top":
-        keys = [*tail, score, -area]
-    else:
-        keys = [*tail, -area, score]
-    return np.lexsort(keys)
-
-
-def masks_to_labels(
-    records: Sequence[MaskRecord],
-    shape: tuple[int, int],
-    *,
-    overlap: str = "smaller_on_top",
-    origin: tuple[int, int] = (0, 0),
-) -> np.ndarray:
-    """Paint mask records into a label image.
-
-    Parameters
-    ----------
-    records : sequence of MaskRecord
-        Boxes in image coordinates.
-    shape : (H, W)
-        Output shape.
-    overlap : {"smaller_on_top", "score"}
-        Overlap policy, see :func:`paint_order`.
-    origin : (row, col)
-        Image coordinate of the output's ``[0, 0]`` (to paint one window of a
-        larger image); parts outside the window are clipped.
-
-    Returns
-    -------
-    labels : (H, W) uint32 ndarray
-        0 is background; ids 1..N are contiguous, numbered in the order of the
-        objects' bounding boxes (top-left first), and every id is visible
-        (objects entirely covered by others are left out).
-    """
-    order = paint_order(records, overlap)
-    canvas = np.zeros(tuple(int(s) for s in shape), dtype=np.uint32)
-    rank = id_order(records)
-    provisional = np.empty(len(records), dtype=np.int64)
-    provisional[rank] = np.arange(1, len(records) + 1)
-    for k in order:
-        paint_record(canvas, records[k], int(provisional[k]), origin)
-    return relabel_sequential(canvas, np.unique(canvas))
-
-
-def id_order(records: Sequence[MaskRecord]) -> np.ndarray:
-    """Record indices in label-id order: by bounding box (top-left first), then area, then score."""
-    n = len(records)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    bbox = np.array([r.bbox_rc for r in records], dtype=np.int64).reshape(n, 4)
-    area = np.array([r.area for r in records], dtype=np.int64)
-    score = np.array([r.predicted_iou for r in records], dtype=np.float64)
-    return np.lexsort([np.arange(n), -score, area, bbox[:, 3], bbox[:, 2], bbox[:, 1], bbox[:, 0]])
-
-
-def relabel_sequential(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """Map the sorted nonzero ids in ``present`` to 1..N (order kept); 0 stays 0.
-
-    Parameters
-    ----------
-    labels : integer ndarray
-    present : 1D integer ndarray
-        Every id that occurs anywhere in the full label image (may be a superset of ``labels``' ids).
-
-    Returns
-    -------
-    uint32 ndarray of ``labels``' shape
-    """
-    present = np.unique(np.asarray(present, dtype=np.int64))
-    present = present[present > 0]
-    idx = np.searchsorted(present, labels)
-    idx = np.minimum(idx, max(len(present) - 1, 0))
-    found = (labels > 0) & (len(present) > 0)
-    if len(present):
-        found &= present[idx] == labels
-    return np.where(found, idx + 1, 0).astype(np.uint32)
-
-
-def paint_record(canvas: np.ndarray, rec: MaskRecord, value: int, origin: tuple[int, int] = (0, 0)) -> None:
-    """Write ``value`` where ``rec.mask`` is True into ``canvas`` whose ``[0, 0]`` is image pixel ``origin``."""
-    r0, c0, r1, c1 = rec.bbox_rc
-    h, w = canvas.shape
-    a0, b0 = r0 - origin[0], c0 - origin[1]
-    a1, b1 = r1 - origin[0], c1 - origin[1]
-    ca0, cb0, ca1, cb1 = max(a0, 0), max(b0, 0), min(a1, h), min(b1, w)
-    if ca0 >= ca1 or cb0 >= cb1:
-        return
-    m = rec.mask[ca0 - a0 : ca1 - a0, cb0 - b0 : cb1 - b0]
-    canvas[ca0:ca1, cb0:cb1][m] = value
 
 
 def shift_record(rec: MaskRecord, dr: int, dc: int) -> MaskRecord:

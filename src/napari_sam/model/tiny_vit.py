@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.sam.common import LayerNorm2d
+from napari_sam.model.common import LayerNorm2d
 
 
 class Conv2dBN(nn.Sequential):

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from napari_sam.sam.common import LayerNorm2d
+from napari_sam.model.common import LayerNorm2d
 
 
 class PositionEmbeddingRandom(nn.Module):

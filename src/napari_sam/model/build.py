@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_sam.sam.image_encoder import ImageEncoderViT
-from napari_sam.sam.mask_decoder import MaskDecoder
-from napari_sam.sam.model import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD, Sam
-from napari_sam.sam.prompt_encoder import PromptEncoder
-from napari_sam.sam.tiny_vit import TinyViT
-from napari_sam.sam.transformer import TwoWayTransformer
+from napari_sam.model.image_encoder import ImageEncoderViT
+from napari_sam.model.mask_decoder import MaskDecoder
+from napari_sam.model.prompt_encoder import PromptEncoder
+from napari_sam.model.sam import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD, Sam
+from napari_sam.model.tiny_vit import TinyViT
+from napari_sam.model.transformer import TwoWayTransformer
 
 _VIT_KEYS = (
     "embed_dim", "depth", "num_heads", "global_attn_indexes", "window_size",
@@ -50,7 +50,7 @@ def _require(section: dict[str, Any], keys: tuple[str, ...], where: str) -> None
     if missing:
         raise ValueError(
             f"Model config section {where!r} lacks {missing}; see the schema in "
-            "napari_sam.sam.build's docstring (the reference fixtures' config.json)."
+            "napari_sam.model.build's docstring (the reference fixtures' config.json)."
         )
 
 
@@ -71,11 +71,12 @@ def resolve_config(config_or_name: dict[str, Any] | str | os.PathLike[str]) -> d
                 raise ValueError(f"Model config file {path} does not exist.")
             with open(path, encoding="utf-8") as f:
                 return json.load(f)
-        from napari_sam import models  # registry lives in models.py (imports us lazily)
-
-        return models.get_config(text)
+        raise ValueError(
+            f"{text!r} is neither a config dict nor a path to a config.json; for a registry name "
+            "use napari_sam.build_model (napari_sam.model.registry)."
+        )
     raise TypeError(
-        "build_model expects a config dict, a path to config.json or a model name, "
+        "build_sam expects a config dict or a path to config.json, "
         f"got {type(config_or_name).__name__}."
     )
 
@@ -116,7 +117,7 @@ def _build_encoder(enc: dict[str, Any], out_chans: int) -> nn.Module:
     )
 
 
-def build_model(
+def build_sam(
     config_or_name: dict[str, Any] | str | os.PathLike[str],
     *,
     device: torch.device | str | None = None,
@@ -126,9 +127,9 @@ def build_model(
     Parameters
     ----------
     config_or_name : dict, str or path
-        A config dict (schema in this module's docstring), a path to a
-        ``config.json`` (or a folder holding one), or a registry name
-        (``"vit_b"``, ``"vit_l"``, ``"vit_h"``, ``"vit_t"``, ``"builtin"``).
+        A config dict (schema in this module's docstring) or a path to a
+        ``config.json`` (or a folder holding one).  Registry names are resolved
+        by :func:`napari_sam.model.registry.build_model`.
     device : torch.device or str, optional
         Device to allocate on; ``"meta"`` builds without memory (shapes only).
 
@@ -140,7 +141,7 @@ def build_model(
     config = resolve_config(config_or_name)
     for key in ("image_encoder", "prompt_embed_dim", "image_size", "mask_in_chans", "decoder"):
         if key not in config:
-            raise ValueError(f"Model config lacks {key!r}; see napari_sam.sam.build's docstring.")
+            raise ValueError(f"Model config lacks {key!r}; see napari_sam.model.build's docstring.")
     enc = config["image_encoder"]
     dec = config["decoder"]
     _require(dec, _DECODER_KEYS, "decoder")

@@ -1,0 +1,158 @@
+"""Box tests and non-maximum suppression for automatic mask generation.
+
+Boxes are ``(r0, c0, r1, c1)`` half-open: ``image[r0:r1, c0:c1]`` is the box.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ['is_box_near_crop_edge', 'box_iou', 'nms', 'mask_nms']
+
+
+def is_box_near_crop_edge(
+    boxes_rc: np.ndarray, crop_box_rc: Sequence[int], image_box_rc: Sequence[int], *, atol: float = 20.0
+) -> np.ndarray:
+    """Which boxes lie within ``atol`` pixels of an edge of the crop that is not an image edge.
+
+    Parameters
+    ----------
+    boxes_rc : (K, 4) array
+        Boxes in image coordinates.
+    crop_box_rc, image_box_rc : (4,) sequences
+        The crop and the whole image (``(0, 0, H, W)``), half-open.
+
+    Returns
+    -------
+    (K,) bool ndarray
+    """
+    boxes = np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)
+    crop = np.asarray(crop_box_rc, dtype=np.float64)[None, :]
+    whole = np.asarray(image_box_rc, dtype=np.float64)[None, :]
+    near_crop = np.abs(boxes - crop) <= atol
+    near_image = np.abs(boxes - whole) <= atol
+    return np.any(near_crop & ~near_image, axis=1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of half-open boxes.
+
+    Parameters
+    ----------
+    a : (N, 4) array, b : (M, 4) array
+
+    Returns
+    -------
+    (N, M) float64 ndarray (0 where both boxes are empty)
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    r0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    c0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    r1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    c1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = (r1 - r0).clip(0) * (c1 - c0).clip(0)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def nms(boxes_rc: np.ndarray, scores: np.ndarray, iou_thresh: float, *, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Greedy non-maximum suppression (the torchvision rule, written in numpy).
+
+    Boxes are visited by decreasing score; a box is dropped when its IoU with
+    an already kept box is strictly greater than ``iou_thresh``.  Equal scores
+    are ordered by decreasing ``tiebreak`` (if given), then by index, so the
+    result is deterministic.
+
+    Parameters
+    ----------
+    boxes_rc : (N, 4) array
+    scores : (N,) array
+    iou_thresh : float
+    tiebreak : (N,) array, optional
+
+    Returns
+    -------
+    keep : (K,) int64 ndarray
+        Indices of kept boxes, in decreasing score order.
+    """
+    boxes = np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = len(boxes)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = [np.arange(n)]
+    if tiebreak is not None:
+        keys.append(-np.asarray(tiebreak, dtype=np.float64))
+    keys.append(-scores)
+    order = np.lexsort(keys)
+    suppressed = np.zeros(n, dtype=bool)
+    keep = []
+    # Work in blocks of the IoU matrix so memory stays O(block * N).
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        ious = box_iou(boxes[i : i + 1], boxes)[0]
+        suppressed |= ious > iou_thresh
+    return np.asarray(keep, dtype=np.int64)
+
+
+def mask_nms(
+    masks: Sequence[np.ndarray], boxes_rc: np.ndarray, scores: np.ndarray, overlap_thresh: float
+) -> np.ndarray:
+    """Greedy NMS on masks: drop a mask that overlaps a kept one by more than ``overlap_thresh``
+    of the smaller of the two.
+
+    The overlap is the intersection over the smaller area, so a fragment lying
+    inside a kept object is dropped like a duplicate, while touching objects
+    (whose bounding boxes may overlap a lot, the masks hardly) are both kept.
+    Masks are visited by decreasing score (ties by index).
+
+    Parameters
+    ----------
+    masks : sequence of (r1 - r0, c1 - c0) bool ndarrays
+        Bbox-local masks (as :class:`napari_sam.automatic.records.MaskRecord`).
+    boxes_rc : (N, 4) int array
+        Half-open ``(r0, c0, r1, c1)`` of each mask in image coordinates.
+    scores : (N,) array
+    overlap_thresh : float in [0, 1]
+
+    Returns
+    -------
+    keep : (K,) int64 ndarray
+        Indices of kept masks, in decreasing score order.
+    """
+    boxes = np.asarray(boxes_rc, dtype=np.int64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = len(boxes)
+    if len(masks) != n or len(scores) != n:
+        raise ValueError(f"{len(masks)} masks, {n} boxes and {len(scores)} scores: one of each per mask")
+    areas = np.array([int(np.count_nonzero(m)) for m in masks], dtype=np.int64)
+    kept_boxes = np.empty((n, 4), dtype=np.int64)
+    keep: list[int] = []
+    for i in np.lexsort((np.arange(n), -scores)):
+        b = boxes[i]
+        kb = kept_boxes[: len(keep)]
+        r0, c0 = np.maximum(kb[:, 0], b[0]), np.maximum(kb[:, 1], b[1])
+        r1, c1 = np.minimum(kb[:, 2], b[2]), np.minimum(kb[:, 3], b[3])
+        suppressed = False
+        for k in np.flatnonzero((r1 > r0) & (c1 > c0)):  # kept masks whose boxes meet this one's
+            j = keep[k]
+            bj = boxes[j]
+            rows, cols = slice(r0[k], r1[k]), slice(c0[k], c1[k])
+            inter = np.count_nonzero(
+                masks[i][rows.start - b[0] : rows.stop - b[0], cols.start - b[1] : cols.stop - b[1]]
+                & masks[j][rows.start - bj[0] : rows.stop - bj[0], cols.start - bj[1] : cols.stop - bj[1]]
+            )
+            smaller = min(areas[i], areas[j])
+            if inter and inter > overlap_thresh * smaller:
+                suppressed = True
+                break
+        if not suppressed:
+            kept_boxes[len(keep)] = b
+            keep.append(int(i))
+    return np.asarray(keep, dtype=np.int64)

@@ -1,0 +1,127 @@
+"""Opening a volume for segmentation: slice view, contrast limits, tile layout, cache key and the per-thread predictor.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from napari_sam.volume import slices as vol
+from napari_sam.volume.cache import data_identity, make_key
+from napari_sam.volume.io import infer_axes, open_image, validate_axes
+
+__all__ = ['DEFAULT_CHUNK', 'DEFAULT_TILE', 'DEFAULT_HALO', 'worker_predictor', 'model_amg_params', 'prepare_source', 'default_tiles', 'cache_key']
+
+
+#: side of the output chunks (1, chunk, chunk) when no tile shape is given
+DEFAULT_CHUNK = 1024
+
+
+#: tile core and halo used for slices larger than one tile when no tile_shape is given
+DEFAULT_TILE = 1024
+
+
+DEFAULT_HALO = 64
+
+
+_LOCAL = threading.local()
+
+
+def worker_predictor(model: str, checkpoint: str | None, device: str | None) -> Any:
+    """One Predictor per (model, checkpoint, device) per worker thread."""
+    cache = getattr(_LOCAL, "predictors", None)
+    if cache is None:
+        cache = _LOCAL.predictors = {}
+    key = (str(model), None if checkpoint is None else str(checkpoint), device)
+    if key not in cache:
+        from napari_sam.predict.predictor import Predictor
+
+        if str(model).endswith(".json"):  # a model config: random weights unless a checkpoint is given
+            import torch
+
+            from napari_sam.model.build import build_sam
+
+            sam = build_sam(str(model))
+            if checkpoint is not None:
+                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+                sam.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            sam.eval()
+        else:
+            from napari_sam.model.registry import load_model
+
+            sam = load_model(model, checkpoint=checkpoint, device=device)
+        cache[key] = Predictor(sam, device=device)
+    return cache[key]
+
+
+def model_amg_params(model: Any, amg_params: dict | None) -> dict:
+    """``amg_params`` over the thresholds the model recommends (the built-in model ships its own).
+
+    SAM's defaults (0.88 / 0.95) suit the official models; the small built-in
+    model rates its masks much lower and would keep almost none with them.
+    """
+    from napari_sam.model.registry import recommended_amg_params
+
+    base = recommended_amg_params(model) if isinstance(model, str) else {}
+    return {**base, **(amg_params or {})}
+
+
+def prepare_source(source: Any, *, axes: str | None, level: int, channel: int | None,
+                    channels: Sequence[int] | None, contrast_limits: Any) -> SimpleNamespace:
+    """Open ``source``, view it as 2-D slices, and fix the volume's contrast limits."""
+    if isinstance(source, (str, os.PathLike)):
+        data, in_axes, meta = open_image(source, axes=axes, level=level)
+    else:
+        if not hasattr(source, "shape") or not hasattr(source, "dtype"):
+            raise TypeError(f"source must be a path or an array, got {type(source).__name__}")
+        shape = tuple(int(n) for n in source.shape)
+        in_axes = validate_axes(axes, len(shape)) if axes is not None else infer_axes(shape)
+        data = source if isinstance(source, da.Array) else da.from_array(
+            np.asarray(source), chunks=tuple(1 if a in "TZ" else -1 for a in in_axes))  # one chunk per slice
+        meta = {"format": "array", "path": None}
+    if data.dtype.kind not in "uif" and data.dtype != bool:
+        raise TypeError(f"cannot segment an image of dtype {data.dtype}; use integer or float data")
+    chan_tuple = tuple(int(c) for c in channels) if channels is not None else None
+    view, loop_axes, has_ch = vol.canonical_view(data, in_axes, channel=channel, channels=chan_tuple)
+    spec = (meta["path"], in_axes, int(level), channel, chan_tuple) if meta.get("path") else None
+    nloop = len(loop_axes)
+    loop_shape = tuple(int(s) for s in view.shape[:nloop])
+    n_slices = int(np.prod(loop_shape)) if nloop else 1
+    nchan = int(view.shape[-1]) if has_ch else 1
+    if contrast_limits is None:
+        limits = vol.volume_contrast_limits(view, has_channels=has_ch)
+    else:
+        limits = np.asarray(contrast_limits, dtype=np.float64)
+        if limits.size != 2 * nchan or not np.all(limits.reshape(-1, 2)[:, 1] > limits.reshape(-1, 2)[:, 0]):
+            raise ValueError(f"contrast limits must be {nchan} pair(s) LOW HIGH with HIGH > LOW, got "
+                             f"{limits.tolist()}")
+        limits = limits.reshape(-1, 2)
+    indices = [tuple(int(i) for i in np.unravel_index(k, loop_shape)) if nloop else () for k in range(n_slices)]
+    return SimpleNamespace(data=data, in_axes=in_axes, meta=meta, view=view, loop_axes=loop_axes, has_ch=has_ch,
+                           spec=spec, channels=chan_tuple, loop_shape=loop_shape, n_slices=n_slices,
+                           ny=int(view.shape[nloop]), nx=int(view.shape[nloop + 1]), limits=limits,
+                           indices=indices)
+
+
+def default_tiles(ny: int, nx: int, tile_shape: Any, halo: Any) -> tuple:
+    """``(tile_shape, halo)``: tiles of DEFAULT_TILE with DEFAULT_HALO for slices larger than a tile.
+
+    SAM sees 1024-pixel inputs, so a larger slice is cut into 1024-pixel tiles
+    (native resolution) instead of being shrunk; smaller slices are one tile.
+    """
+    if tile_shape is None and max(ny, nx) > DEFAULT_TILE:
+        return (DEFAULT_TILE, DEFAULT_TILE), (DEFAULT_HALO, DEFAULT_HALO) if halo is None else halo
+    return tile_shape, halo
+
+
+def cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params) -> dict:
+    layout = {"tile_shape": None if tile_shape is None else [int(t) for t in tile_shape],
+              "halo": None if halo is None else [int(h) for h in halo],
+              "crop_n_layers": int(amg_params.get("crop_n_layers", 0))}
+    return make_key(model_id=f"{model}|{checkpoint}", contrast_limits=limits, tile_layout=layout,
+                    data=data_identity(view, path=meta.get("path")))
