@@ -1,4 +1,4 @@
-"""Draw docs/images/click_floor.png: a click's time against the official click, its products alone, the target.
+"""Draw benchmarks/figures/click_floor.png: a click's time against the official click, its products alone, the target.
 
 Reads the JSON written by ``python benchmarks/predictor.py --models vit_b --floor --json FILE``
 (paired rounds: ours and the click's matrix products alone, each against the official click) and
@@ -58,7 +58,7 @@ if __name__ == "__main__":
     parser.add_argument("results", nargs="?", type=Path,
                         default=ROOT / "benchmarks/results/predictor_vit_b_2026-11-23.json",
                         help="benchmarks/predictor.py --floor --json output (default: %(default)s)")
-    parser.add_argument("output", nargs="?", type=Path, default=ROOT / "docs/images/click_floor.png",
+    parser.add_argument("output", nargs="?", type=Path, default=ROOT / "benchmarks/figures/click_floor.png",
                         help="PNG to write (default: %(default)s)")
     args = parser.parse_args()
     main(args.results, args.output)

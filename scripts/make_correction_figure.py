@@ -1,4 +1,4 @@
-"""Draw docs/images/second_click.png: what a second click does as a correction of the shown mask.
+"""Draw benchmarks/figures/second_click.png: what a second click does as a correction of the shown mask.
 
 Built-in model through the plugin's ``ZoomPredictor`` (the json's ``"zoom"``)
 on an unseen cells image (the evaluation seed of
@@ -85,6 +85,6 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", nargs="?", type=Path, default=Path("docs/images/second_click.png"),
+    parser.add_argument("output", nargs="?", type=Path, default=Path("benchmarks/figures/second_click.png"),
                         help="PNG to write (default: %(default)s)")
     main(parser.parse_args().output)

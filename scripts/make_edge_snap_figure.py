@@ -1,4 +1,4 @@
-"""Draw docs/images/edge_snap.png: what the built-in model's edge snapping does.
+"""Draw benchmarks/figures/edge_snap.png: what the built-in model's edge snapping does.
 
 Top row: a few objects of evaluation images clicked at their most interior
 pixel through the plugin's ``ZoomPredictor`` (the json's ``"zoom"``): the
@@ -126,6 +126,6 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", nargs="?", type=Path, default=Path("docs/images/edge_snap.png"),
+    parser.add_argument("output", nargs="?", type=Path, default=Path("benchmarks/figures/edge_snap.png"),
                         help="PNG to write (default: %(default)s)")
     main(parser.parse_args().output)

@@ -1,4 +1,4 @@
-"""Draw docs/images/small_mask_threshold.png: how the built-in model's small-mask rule was picked.
+"""Draw benchmarks/figures/small_mask_threshold.png: how the built-in model's small-mask rule was picked.
 
 Reads the selection grid stored in the built-in model's json
 (``"small_mask_threshold_tuning"``, measured on selection seeds, never on the
@@ -55,6 +55,6 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", nargs="?", type=Path, default=Path("docs/images/small_mask_threshold.png"),
+    parser.add_argument("output", nargs="?", type=Path, default=Path("benchmarks/figures/small_mask_threshold.png"),
                         help="PNG to write (default: %(default)s)")
     main(parser.parse_args().output)

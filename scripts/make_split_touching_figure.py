@@ -1,4 +1,4 @@
-"""Draw docs/images/split_touching.png: what the built-in model's cut of touching nuclei does.
+"""Draw benchmarks/figures/split_touching.png: what the built-in model's cut of touching nuclei does.
 
 Clicks (one per object at a random inner pixel, as in the evaluation) on an
 unseen image of dense small nuclei through the plugin's ``ZoomPredictor``
@@ -66,4 +66,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/images/split_touching.png"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("benchmarks/figures/split_touching.png"))
