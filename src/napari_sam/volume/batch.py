@@ -31,6 +31,7 @@ from napari_sam.volume.source import (
     default_tiles,
     model_amg_params,
     prepare_source,
+    volume_cache_key,
     worker_predictor,
 )
 
@@ -171,7 +172,7 @@ def segment_volume(
     if segment_fn is None:
         cache_key = None
         if cache is not None:
-            cache_key = cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
+            cache_key = volume_cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
             EmbeddingCache(cache, cache_key)  # raises CacheMismatchError now rather than in a worker
         segment_fn = functools.partial(
             sam_segment, model=str(model), checkpoint=None if checkpoint is None else str(checkpoint),

@@ -73,12 +73,12 @@ def embed_volume(
     import dask
 
     from napari_sam.volume.slices import compute_tasks
-    from napari_sam.volume.source import cache_key, default_tiles, prepare_source
+    from napari_sam.volume.source import default_tiles, prepare_source, volume_cache_key
 
     src = prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
                           contrast_limits=contrast_limits)
     tile_shape, halo = default_tiles(src.ny, src.nx, tile_shape, halo)
-    key = cache_key(src.view, src.meta, model, checkpoint, src.limits, tile_shape, halo, {})
+    key = volume_cache_key(src.view, src.meta, model, checkpoint, src.limits, tile_shape, halo, {})
     store = EmbeddingCache(cache, key, reset=reset_cache)
     tasks = [
         dask.delayed(_embed_slice, pure=False)(

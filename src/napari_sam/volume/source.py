@@ -15,7 +15,7 @@ from napari_sam.volume import slices as vol
 from napari_sam.volume.cache import data_identity, make_key
 from napari_sam.volume.io import infer_axes, open_image, validate_axes
 
-__all__ = ['DEFAULT_CHUNK', 'DEFAULT_TILE', 'DEFAULT_HALO', 'worker_predictor', 'model_amg_params', 'prepare_source', 'default_tiles', 'cache_key']
+__all__ = ['DEFAULT_CHUNK', 'DEFAULT_TILE', 'DEFAULT_HALO', 'worker_predictor', 'model_amg_params', 'prepare_source', 'default_tiles', 'volume_cache_key']
 
 
 #: side of the output chunks (1, chunk, chunk) when no tile shape is given
@@ -119,7 +119,7 @@ def default_tiles(ny: int, nx: int, tile_shape: Any, halo: Any) -> tuple:
     return tile_shape, halo
 
 
-def cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params) -> dict:
+def volume_cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params) -> dict:
     layout = {"tile_shape": None if tile_shape is None else [int(t) for t in tile_shape],
               "halo": None if halo is None else [int(h) for h in halo],
               "crop_n_layers": int(amg_params.get("crop_n_layers", 0))}
