@@ -26,6 +26,7 @@ from napari_sam.progress import CancelToken, ProgressCallback
 from napari_sam.volume import slices as vol
 from napari_sam.volume.cache import EmbeddingCache, data_identity
 from napari_sam.volume.io import json_safe, ome_zarr_root, prepare_labels_array, write_ome_labels_metadata
+from napari_sam.volume import source as _source
 from napari_sam.volume.source import (
     DEFAULT_CHUNK,
     default_tiles,
@@ -169,14 +170,14 @@ def segment_volume(
     block = vol.id_block_for(n_slices)
     tile_shape, halo = default_tiles(ny, nx, tile_shape, halo)
     if segment_fn is None:
-        cache_key = None
+        key = None
         if cache is not None:
-            cache_key = cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
-            EmbeddingCache(cache, cache_key)  # raises CacheMismatchError now rather than in a worker
+            key = _source.cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
+            EmbeddingCache(cache, key)  # raises CacheMismatchError now rather than in a worker
         segment_fn = functools.partial(
             sam_segment, model=str(model), checkpoint=None if checkpoint is None else str(checkpoint),
             device=device, tile_shape=tile_shape, halo=halo, amg_params=dict(amg_params),
-            cache=None if cache is None else str(cache), cache_key=cache_key,
+            cache=None if cache is None else str(cache), cache_key=key,
         )
         fn_name = f"sam:{model}"
         workers = 1 if workers is None else workers
