@@ -13,6 +13,11 @@ Layout::
     cache.zarr/                 group, attrs["napari_sam_cache"] = {"version": 1, "key": {...}}
       s<slice>/t<tile>          float32 (1, C, h, w) features; attrs = Embedding fields,
                                 "complete": true written last (a killed write is never read)
+
+An entry is written under a temporary name (``s<slice>/.t<tile>.<pid>.<thread>.tmp``)
+and renamed into place, so concurrent writers (several ``napari-sam embed`` runs on
+one cache) never leave an entry that mixes two writes or holds zeros: the first
+rename wins and the other writer's copy is discarded.
 """
 from __future__ import annotations
 
@@ -99,6 +104,9 @@ class EmbeddingCache:
 
     def __init__(self, path: str | os.PathLike, key: dict | None = None, *, reset: bool = False) -> None:
         self.path = Path(path)
+        if self.path.is_file():
+            raise ValueError(f"the embedding cache {self.path} is a file; give a folder (new or made by "
+                             "napari-sam embed)")
         stored = self._stored_key()
         if key is None:
             if stored is None:
@@ -144,20 +152,42 @@ class EmbeddingCache:
             return None
         from napari_sam.predict.predictor import Embedding
 
-        return Embedding(features=np.asarray(arr[...], dtype=np.float32),
+        try:
+            features = np.asarray(arr[...], dtype=np.float32)
+        except Exception as exc:  # a damaged chunk file: say which entry, and how to start again
+            raise ValueError(
+                f"the embedding cache {self.path} has an unreadable entry {self._name(slice_index, tile_index)} "
+                f"({type(exc).__name__}: {exc}); rebuild it with `napari-sam embed ... --reset-cache` "
+                f"or delete {self.path}") from None
+        return Embedding(features=features,
                          original_size=tuple(attrs["original_size"]), input_size=tuple(attrs["input_size"]),
                          image_size=int(attrs["image_size"]), model_id=str(attrs["model_id"]))
 
     def put(self, slice_index: int, tile_index: int, embedding: Any) -> None:
         """Store an embedding (anything with the fields of ``Embedding``)."""
         features = np.asarray(embedding.features, dtype=np.float32)
-        name = self._name(slice_index, tile_index)
-        arr = zarr.create_array(store=str(self.path / name), shape=features.shape, dtype="float32",
-                                chunks=features.shape, zarr_format=3, overwrite=True)
+        final = self.path / self._name(slice_index, tile_index)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        arr = zarr.create_array(store=str(tmp), shape=features.shape, dtype="float32",
+                                chunks=features.shape, zarr_format=3)
         arr[...] = features
         arr.attrs.update(json_safe({
             "original_size": embedding.original_size, "input_size": embedding.input_size,
             "image_size": embedding.image_size, "model_id": embedding.model_id, "complete": True}))
+        if final.exists() and (slice_index, tile_index) not in self:  # an incomplete entry of an older version
+            old = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.old")
+            try:
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass  # another writer moved it first
+        # a complete entry is never moved (a reader may be reading it): the first writer's entry stays
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another writer's complete entry is already in place
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def __contains__(self, index: tuple[int, int]) -> bool:
         arr_path = self.path / self._name(*index) / "zarr.json"
