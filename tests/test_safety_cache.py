@@ -68,3 +68,41 @@ def test_cache_path_that_is_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "c").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         EmbeddingCache(tmp_path / "c", _key())
+
+
+def test_weights_identity_follows_the_content_not_the_path(tmp_path, monkeypatch):
+    import hashlib
+
+    from napari_sam.volume import cache as cache_mod
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "models"))
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"first weights")
+    first = cache_mod.weights_identity("vit_b", ckpt)
+    assert first == "vit_b|sha256:" + hashlib.sha256(b"first weights").hexdigest()
+    ckpt.write_bytes(b"other weights, same path")
+    os.utime(ckpt, ns=(1, 2))
+    assert cache_mod.weights_identity("vit_b", ckpt) != first
+    # remembered by size + mtime: a second process reads the digest instead of hashing again
+    cache_mod._DIGESTS.clear()
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(cache_mod.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    assert cache_mod.weights_identity("vit_b", ckpt).endswith(real(b"other weights, same path").hexdigest())
+    assert calls == []
+
+
+def test_new_weights_at_the_same_path_do_not_reuse_the_cache(tmp_path, monkeypatch):
+    from napari_sam.volume.cache import CacheMismatchError
+    from napari_sam.volume.source import cache_key
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "models"))
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"a")
+    view = np.zeros((2, 8, 8), np.uint16)
+    meta = {"path": None}
+    key = cache_key(view, meta, "vit_b", ckpt, [[0, 1]], None, None, {})
+    EmbeddingCache(tmp_path / "c", key)
+    ckpt.write_bytes(b"b")
+    with pytest.raises(CacheMismatchError, match="model"):
+        EmbeddingCache(tmp_path / "c", cache_key(view, meta, "vit_b", ckpt, [[0, 1]], None, None, {}))

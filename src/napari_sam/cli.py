@@ -94,8 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--pred-iou-thresh", type=float, help="AMG predicted-IoU filter")
     seg.add_argument("--stability-score-thresh", type=float, help="AMG stability-score filter")
     seg.add_argument("--min-mask-region-area", type=int, help="remove holes/islands smaller than this")
-    seg.add_argument("--strict", action="store_true",
-                     help="treat missing input chunks as errors (default: warn)")
     seg.add_argument("--quiet", action="store_true", help="no progress bars")
 
     emb = sub.add_parser("embed", help="precompute image embeddings into a cache",
@@ -169,7 +167,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.cache is not None and Path(args.cache).is_file():
         raise ValueError(f"--cache {args.cache} is a file; give a folder for the embedding cache")
     bars = _Bars(not args.quiet)
-    run = RunOptions(scheduler=args.scheduler, workers=args.workers, progress=bars, strict=args.strict)
+    run = RunOptions(scheduler=args.scheduler, workers=args.workers, progress=bars)
     start = time.perf_counter()
     try:
         result = segment_volume(args.input, args.output, source_options=source, tiles=tiles, output_options=output,

@@ -26,7 +26,7 @@ import zarr
 
 from napari_sam.volume import slices as vol
 from napari_sam.volume import source as _source
-from napari_sam.volume.cache import EmbeddingCache, data_identity
+from napari_sam.volume.cache import EmbeddingCache, data_identity, weights_identity
 from napari_sam.volume.io import json_safe, ome_zarr_root, prepare_labels_array, write_ome_labels_metadata
 from napari_sam.volume.options import (
     OutputOptions,
@@ -141,7 +141,7 @@ def segment_volume(
         ``scheduler`` (None, "threads", "processes", "synchronous", an address such as
         ``"tcp://host:8786"`` or a ``distributed.Client``), ``workers`` (default 1 with the
         SAM model, which uses all cores itself), ``progress(done, total, desc)``, ``cancel``
-        token (see ``napari_sam.progress``), ``strict`` (missing input chunks are errors).
+        token (see ``napari_sam.progress``).
     cache : path, optional
         An :class:`~napari_sam.volume.cache.EmbeddingCache` folder (``napari-sam embed``) whose
         tile embeddings are reused (and filled when missing); a cache made for other
@@ -181,6 +181,7 @@ def segment_volume(
     block = vol.id_block_for(n_slices)
     tile_shape, halo = default_tiles(ny, nx, to.tile_shape, to.halo)
     workers = ro.workers
+    weights = None
     if segment_fn is None:
         worker_predictor(str(model), None if checkpoint is None else str(checkpoint), device)  # fail early
         key = None
@@ -193,6 +194,7 @@ def segment_volume(
             cache=None if cache is None else str(cache), cache_key=key,
         )
         fn_name = f"sam:{model}"
+        weights = weights_identity(model, checkpoint)  # by content: new weights at the same path are noticed
         workers = 1 if workers is None else workers
     else:
         if cache is not None:
@@ -217,7 +219,7 @@ def segment_volume(
     signature = json_safe({
         "data": data_identity(view, path=meta.get("path")), "axes": src.in_axes, "level": so.level,
         "channel": so.channel, "channels": src.channels, "block": block, "contrast_limits": limits,
-        "segment_fn": fn_name, "checkpoint": None if checkpoint is None else str(checkpoint),
+        "segment_fn": fn_name, "weights": weights,
         "tile_shape": tile_shape, "halo": halo, "amg_params": amg_params,
         "compact": oo.compact, "link_3d": oo.link_3d, "link_iou": oo.link_iou, "out_axes": target.axes,
     })

@@ -22,6 +22,7 @@ rename wins and the other writer's copy is discarded.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -34,7 +35,7 @@ import zarr
 
 from napari_sam.volume.io import json_safe
 
-__all__ = ['CacheMismatchError', 'data_identity', 'make_key', 'EmbeddingCache', 'CachingPredictor']
+__all__ = ['CacheMismatchError', 'data_identity', 'weights_identity', 'file_sha256', 'make_key', 'EmbeddingCache', 'CachingPredictor']
 
 
 _VERSION = 1
@@ -66,6 +67,72 @@ def data_identity(data: Any, *, path: str | os.PathLike | None = None, n_samples
         digests.append(hashlib.sha1(block.tobytes()).hexdigest())
     return {"path": None if path is None else str(Path(path).resolve()), "shape": list(shape),
             "dtype": str(np.dtype(data.dtype)), "samples": digests}
+
+
+_DIGESTS: dict[tuple, str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` of a file's content, computed once per (path, size, mtime).
+
+    The digest is remembered in this process and in ``digests.json`` of the
+    checkpoint cache folder (when writable), so a large checkpoint is hashed once.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_key = (str(path), st.st_size, st.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        if memo_key in _DIGESTS:
+            return _DIGESTS[memo_key]
+    disk_key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = None
+    try:
+        from napari_sam.model.registry import cache_dir
+
+        memo_file = Path(cache_dir()) / "digests.json"
+        known = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
+    except (OSError, ValueError, ImportError):
+        known = {}
+    digest = known.get(disk_key) if isinstance(known, dict) else None
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        digest = f"sha256:{h.hexdigest()}"
+        if memo_file is not None:
+            try:
+                known = {**(known if isinstance(known, dict) else {}), disk_key: digest}
+                memo_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = memo_file.with_name(f".digests.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(known))
+                os.replace(tmp, memo_file)
+            except OSError:
+                pass
+    with _DIGESTS_LOCK:
+        _DIGESTS[memo_key] = digest
+    return digest
+
+
+def weights_identity(model: Any, checkpoint: str | os.PathLike | None) -> str:
+    """Identity of a model's weights by content: ``"<model>|sha256:<hex>"``.
+
+    A checkpoint file is hashed (:func:`file_sha256`); a registry model without one
+    uses its known hash (downloads are hash-checked); a config ``.json`` alone
+    (random weights) is identified by the config's content.
+    """
+    if checkpoint is not None:
+        return f"{model}|{file_sha256(checkpoint)}"
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".json") and Path(model).is_file():
+        return f"config|{file_sha256(model)}|random-weights"
+    try:
+        from napari_sam.model.registry import get_spec
+
+        known = get_spec(str(model)).known_hash
+    except (KeyError, ValueError, ImportError):
+        known = None
+    return f"{model}|{known}"
 
 
 def make_key(*, model_id: str, contrast_limits: Any, tile_layout: dict, data: dict) -> dict:

@@ -87,13 +87,12 @@ class OutputOptions:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run: dask scheduler, local workers, progress callback, cancel token, strict input checks."""
+    """How to run: dask scheduler, local workers, progress callback, cancel token."""
 
     scheduler: Any = None
     workers: int | None = None
     progress: ProgressCallback | None = None
     cancel: CancelToken = None
-    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):

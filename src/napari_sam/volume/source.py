@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 
 from napari_sam.volume import slices as vol
-from napari_sam.volume.cache import data_identity, make_key
+from napari_sam.volume.cache import data_identity, make_key, weights_identity
 from napari_sam.volume.io import infer_axes, open_image, validate_axes
 
 __all__ = ['DEFAULT_CHUNK', 'DEFAULT_TILE', 'DEFAULT_HALO', 'worker_predictor', 'model_amg_params', 'prepare_source', 'default_tiles', 'cache_key']
@@ -128,5 +128,5 @@ def cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_param
     layout = {"tile_shape": None if tile_shape is None else [int(t) for t in tile_shape],
               "halo": None if halo is None else [int(h) for h in halo],
               "crop_n_layers": int(amg_params.get("crop_n_layers", 0))}
-    return make_key(model_id=f"{model}|{checkpoint}", contrast_limits=limits, tile_layout=layout,
+    return make_key(model_id=weights_identity(model, checkpoint), contrast_limits=limits, tile_layout=layout,
                     data=data_identity(view, path=meta.get("path")))
