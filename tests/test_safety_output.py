@@ -284,3 +284,34 @@ def test_cache_that_is_a_file_is_a_usage_error(tmp_path, capsys, standin):
                  str(tmp_path / "cache"), "--quiet"]) == 2
     assert "is a file" in capsys.readouterr().err
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_ctrl_c_stops_quickly_keeps_finished_slices_and_prints_no_traceback(tmp_path):
+    import signal
+
+    from napari_sam.volume.slices import STATE_DIR
+
+    np.save(tmp_path / "v.npy", blobs_volume(nz=6))
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               NAPARI_SAM_TEST_DELAY="4", NAPARI_SAM_TEST_STANDIN="slow_threshold_segment")
+    proc = subprocess.Popen([sys.executable, str(tests / "test_batch_standins.py"), "segment", str(tmp_path / "v.npy"),
+                             "-o", str(tmp_path / "o.zarr"), "--quiet", "--workers", "1", "--contrast-limits", "0",
+                             "1000"], env=env, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "o.zarr" / STATE_DIR
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(state.glob("slice-*.json")):
+        assert proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the next (4 s) slice
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=30)
+    elapsed = time.monotonic() - start
+    err = proc.stderr.read()
+    assert code == 130 and elapsed < 2.5, (code, elapsed, err)
+    assert "Traceback" not in err and "--resume" in err
+    assert len(list(state.glob("slice-*.json"))) >= 1
+    assert not (tmp_path / ".o.zarr.lock").exists()
