@@ -1,5 +1,6 @@
 """Deterministic stand-ins for the SAM per-slice function, importable by dask workers
-and by CLI subprocesses (``--segment-fn test_batch_standins:threshold_segment``)."""
+and by CLI subprocesses (``python tests/test_batch_standins.py segment ...`` runs the CLI
+with :func:`use_standin_model` applied)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,37 @@ def pid_threshold_segment(image, *, channel_axis=None, contrast_limits=None):
         with open(os.path.join(folder, str(os.getpid())), "a") as fh:
             fh.write("x")
     return threshold_segment(image, channel_axis=channel_axis, contrast_limits=contrast_limits)
+
+
+def use_standin_model(patch=None, fn=None):
+    """Make the CLI / ``segment_volume`` use a stand-in instead of the SAM model.
+
+    ``patch`` is pytest's ``monkeypatch`` (restored after the test); without it the
+    module attributes are set for the rest of the process (CLI subprocesses).
+    """
+    import napari_sam.volume.batch as batch
+
+    fn = fn or threshold_segment
+
+    def fake_sam(image, *, channel_axis, contrast_limits, model=None, **kwargs):
+        if model == "vit_zz" or kwargs.get("device") == "banana":
+            raise AssertionError("the model must be checked before any slice runs")
+        return fn(image, channel_axis=channel_axis, contrast_limits=contrast_limits)
+
+    def fake_predictor(model, checkpoint, device):
+        if str(model) != "builtin" or device not in (None, "cpu"):  # what load_model would refuse
+            raise ValueError(f"unknown model {model!r} or device {device!r}")
+        return None
+
+    setter = patch.setattr if patch is not None else setattr
+    setter(batch, "sam_segment", fake_sam)
+    setter(batch, "worker_predictor", fake_predictor)
+
+
+if __name__ == "__main__":  # the CLI with the stand-in: used by subprocess tests
+    import sys
+
+    from napari_sam.cli import main
+
+    use_standin_model(fn=globals()[os.environ.get("NAPARI_SAM_TEST_STANDIN", "threshold_segment")])
+    sys.exit(main())

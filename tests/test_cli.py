@@ -13,12 +13,19 @@ import numpy as np
 import pytest
 import zarr
 from test_batch import assert_compacted_equals_reference, blobs_volume, reference_slices
+from test_batch_standins import use_standin_model
 
 from napari_sam.cli import main
 from napari_sam.volume.slices import STATE_DIR
 
 TESTS = Path(__file__).resolve().parent
-STANDIN = "test_batch_standins:threshold_segment"
+STANDIN_CLI = [sys.executable, str(TESTS / "test_batch_standins.py")]
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """The CLI runs a deterministic threshold stand-in instead of the SAM model."""
+    use_standin_model(monkeypatch)
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -37,7 +44,7 @@ def test_help_of_every_subcommand(capsys, argv, expected):
     text = capsys.readouterr().out
     for word in expected:
         assert word in text
-    assert "--segment-fn" not in text  # the test hook stays hidden
+    assert "--segment-fn" not in text  # no test hook in the product
 
 
 def test_module_entry_point_runs():
@@ -46,10 +53,16 @@ def test_module_entry_point_runs():
     assert res.returncode == 0 and "segment" in res.stdout
 
 
-def test_segment_writes_labels_and_refuses_to_overwrite(tmp_path, capsys):
+def test_segment_fn_hook_is_gone(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"), "--segment-fn", "m:f"])
+    assert exc.value.code == 2
+
+
+def test_segment_writes_labels_and_refuses_to_overwrite(tmp_path, capsys, standin):
     vol = blobs_volume(nz=3)
     np.save(tmp_path / "v.npy", vol)
-    args = ["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"), "--segment-fn", STANDIN,
+    args = ["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"),
             "--contrast-limits", "0", "1000", "--quiet"]
     assert main(args) == 0
     assert "wrote labels (3, 48, 40)" in capsys.readouterr().out
@@ -65,17 +78,17 @@ def test_segment_writes_labels_and_refuses_to_overwrite(tmp_path, capsys):
     (["--channel", "0"], "no channel axis"),
     (["--contrast-limits", "0"], "LOW HIGH pairs"),
 ])
-def test_bad_options_give_clear_errors(tmp_path, capsys, extra, message):
+def test_bad_options_give_clear_errors(tmp_path, capsys, standin, extra, message):
     np.save(tmp_path / "v.npy", blobs_volume(nz=2))
-    code = main(["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"), "--segment-fn", STANDIN,
+    code = main(["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"),
                  "--quiet", *extra])
     assert code == 2
     assert message in capsys.readouterr().err
 
 
-def test_segment_without_output_errors(tmp_path, capsys):
+def test_segment_without_output_errors(tmp_path, capsys, standin):
     np.save(tmp_path / "v.npy", blobs_volume(nz=2))
-    assert main(["segment", str(tmp_path / "v.npy"), "--segment-fn", STANDIN]) == 2
+    assert main(["segment", str(tmp_path / "v.npy")]) == 2
     assert "--output" in capsys.readouterr().err
 
 
@@ -129,9 +142,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     vol = blobs_volume(nz=n, seed=7)
     np.save(tmp_path / "v.npy", vol)
     env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               NAPARI_SAM_TEST_DELAY="0.7")
-    cmd = [sys.executable, "-m", "napari_sam.cli", "segment", str(tmp_path / "v.npy"), "-o",
-           str(tmp_path / "o.zarr"), "--segment-fn", "test_batch_standins:slow_threshold_segment",
+               NAPARI_SAM_TEST_DELAY="0.7", NAPARI_SAM_TEST_STANDIN="slow_threshold_segment")
+    cmd = [*STANDIN_CLI, "segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"),
            "--contrast-limits", "0", "1000", "--workers", "1", "--link-3d", "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = tmp_path / "o.zarr" / STATE_DIR
@@ -148,7 +160,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     env["NAPARI_SAM_TEST_DELAY"] = "0"
     resume = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr
-    full = subprocess.run([*cmd[:6], str(tmp_path / "full.zarr"), *cmd[7:]], env=env, capture_output=True,
+    full = subprocess.run([*cmd[:5], str(tmp_path / "full.zarr"), *cmd[6:]], env=env, capture_output=True,
                           text=True, timeout=300)
     assert full.returncode == 0, full.stderr
     resumed = zarr.open_array(str(tmp_path / "o.zarr"), mode="r")[...]
@@ -157,12 +169,12 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert resumed.max() > 0
 
 
-def test_segment_ome_zarr_defaults_to_labels_group(tmp_path, capsys):
+def test_segment_ome_zarr_defaults_to_labels_group(tmp_path, capsys, standin):
     from test_io import make_ome_zarr
 
     vol = blobs_volume(nz=2, ny=32, nx=32)
     path = make_ome_zarr(tmp_path / "img.zarr", vol, axes="zyx", zarr_format=2, levels=2)
-    assert main(["segment", str(path), "--segment-fn", STANDIN, "--contrast-limits", "0", "1000", "--quiet"]) == 0
+    assert main(["segment", str(path), "--contrast-limits", "0", "1000", "--quiet"]) == 0
     assert str(path / "labels" / "sam") in capsys.readouterr().out
     out = zarr.open_array(str(path / "labels" / "sam" / "0"), mode="r")[...]
     assert_compacted_equals_reference(out, reference_slices(vol))

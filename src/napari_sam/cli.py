@@ -7,7 +7,6 @@ subcommand has its own ``--help``.  See ``docs/cli.md``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import sys
@@ -47,13 +46,6 @@ class _Bars:
             self.bar = None
 
 
-def _load_callable(spec: str) -> Any:
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--segment-fn must look like module:function, got {spec!r}")
-    return getattr(importlib.import_module(module), name)
-
-
 def _input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="image or volume: .tif/.tiff (OME-TIFF, GeoTIFF), .npy, zarr array, OME-Zarr")
     p.add_argument("--axes", help="axes of the input, e.g. YX, ZYX, TZYX, ZCYX, YXS (overrides metadata)")
@@ -76,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="napari-sam", description="Segment Anything for scientific images: headless tools.",
         epilog="Run `napari-sam COMMAND --help` for the options of each command.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     seg = sub.add_parser("segment", help="automatic labelling of an image or volume into a labels zarr",
@@ -102,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--stability-score-thresh", type=float, help="AMG stability-score filter")
     seg.add_argument("--min-mask-region-area", type=int, help="remove holes/islands smaller than this")
     seg.add_argument("--quiet", action="store_true", help="no progress bars")
-    seg.add_argument("--segment-fn", help=argparse.SUPPRESS)  # tests: module:function stand-in
 
     emb = sub.add_parser("embed", help="precompute image embeddings into a cache",
                          description="Run the SAM image encoder on every slice/tile and store the "
@@ -160,23 +152,26 @@ def _common(args: argparse.Namespace) -> dict:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from napari_sam.volume.batch import segment_volume
     from napari_sam.volume.io import ome_zarr_root
+    from napari_sam.volume.options import OutputOptions, RunOptions, SourceOptions, TileOptions
 
-    kwargs = _common(args)
+    common = _common(args)
     label_name = args.label_name
     if args.output is None and label_name is None:
         if ome_zarr_root(args.input) is None:
             raise ValueError("give an output with -o/--output (for an OME-Zarr input, --label-name also works)")
         label_name = "sam"
-    fn = _load_callable(args.segment_fn) if args.segment_fn else None
+    source = SourceOptions(**{k: common.pop(k) for k in ("axes", "level", "channel", "channels", "contrast_limits")})
+    tiles = TileOptions(tile_shape=common.pop("tile_shape"), halo=common.pop("halo"))
+    output = OutputOptions(resume=args.resume, overwrite=args.overwrite, compact=args.compact,
+                           label_name=label_name, link_3d=args.link_3d, link_iou=args.link_iou)
+    if args.cache is not None and Path(args.cache).is_file():
+        raise ValueError(f"--cache {args.cache} is a file; give a folder for the embedding cache")
     bars = _Bars(not args.quiet)
+    run = RunOptions(scheduler=args.scheduler, workers=args.workers, progress=bars)
     start = time.perf_counter()
     try:
-        result = segment_volume(
-            args.input, args.output, label_name=label_name, scheduler=args.scheduler, workers=args.workers,
-            resume=args.resume, overwrite=args.overwrite, compact=args.compact, link_3d=args.link_3d,
-            link_iou=args.link_iou, cache=args.cache, segment_fn=fn, progress=bars,
-            **kwargs, **_amg_params(args),
-        )
+        result = segment_volume(args.input, args.output, source_options=source, tiles=tiles, output_options=output,
+                                run=run, cache=args.cache, **common, **_amg_params(args))
     finally:
         bars.close()
     where = args.output or str(Path(args.input) / "labels" / label_name)
@@ -187,6 +182,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 def _cmd_embed(args: argparse.Namespace) -> int:
     from napari_sam.volume.embed import embed_volume
 
+    if Path(args.cache).is_file():
+        raise ValueError(f"--cache {args.cache} is a file; give a folder for the embedding cache")
     bars = _Bars(not args.quiet)
     try:
         n = embed_volume(args.input, args.cache, reset_cache=args.reset_cache, progress=bars, **_common(args))
@@ -356,8 +353,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_demo(Path(args.out), model=args.model, quiet=args.quiet, amg_overrides=_amg_params(args))
 
 
+#: exceptions that mean "the command was used wrongly" (exit 2); anything else is a run error (exit 1)
+_USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """What happened and what to do, in one line."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"the disk is full ({exc.filename or exc}); free some space and rerun with --resume "
+                "(finished slices are kept)")
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {exc.filename or ''} ({exc.strerror}); choose a writable output folder"
+    if isinstance(exc, MemoryError):
+        return "out of memory; use a smaller --tile or fewer --workers"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, _USAGE_ERRORS):
+        return text
+    return f"{text} (run with --debug for the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``napari-sam`` console script."""
+    """Entry point of the ``napari-sam`` console script.
+
+    Exit codes: 0 success, 1 a run error, 2 a usage error (bad option or input),
+    130 interrupted.  Errors are one line on stderr; ``--debug`` shows the traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"segment": _cmd_segment, "embed": _cmd_embed, "models": _cmd_models,
@@ -368,11 +390,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         print("\ninterrupted: finished slices are kept; rerun with --resume to continue", file=sys.stderr)
+        if argv is None:  # the console command: do not wait for a running slice to finish
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"napari-sam {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable line
+        if args.debug:
+            raise
+        print(f"napari-sam {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, _USAGE_ERRORS) else 1
+
+
+def _ignore_further_interrupts() -> None:
+    """A second Ctrl-C while shutting down must not print a traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

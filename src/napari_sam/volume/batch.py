@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dask
@@ -22,10 +24,25 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from napari_sam.progress import CancelToken, ProgressCallback
 from napari_sam.volume import slices as vol
-from napari_sam.volume.cache import EmbeddingCache, data_identity
+from napari_sam.volume.cache import EmbeddingCache, data_identity, weights_identity
 from napari_sam.volume.io import json_safe, ome_zarr_root, prepare_labels_array, write_ome_labels_metadata
+from napari_sam.volume.options import (
+    OutputOptions,
+    RunOptions,
+    SourceOptions,
+    TileOptions,
+    check_amg_params,
+    split_options,
+)
+from napari_sam.volume.output import (
+    OutputLock,
+    check_no_overlap,
+    refuse_foreign,
+    staging_path,
+    store_paths,
+    swap_in,
+)
 from napari_sam.volume.source import (
     DEFAULT_CHUNK,
     default_tiles,
@@ -89,26 +106,13 @@ def segment_volume(
     model: str = "builtin",
     checkpoint: str | os.PathLike | None = None,
     device: str | None = None,
-    axes: str | None = None,
-    level: int = 0,
-    channel: int | None = None,
-    channels: Sequence[int] | None = None,
-    contrast_limits: Any = None,
-    tile_shape: Sequence[int] | None = None,
-    halo: Sequence[int] | None = None,
-    scheduler: Any = None,
-    workers: int | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    compact: bool = True,
-    link_3d: bool = False,
-    link_iou: float = 0.5,
-    label_name: str | None = None,
+    source_options: SourceOptions | None = None,
+    tiles: TileOptions | None = None,
+    output_options: OutputOptions | None = None,
+    run: RunOptions | None = None,
     cache: str | os.PathLike | None = None,
     segment_fn: Callable[..., np.ndarray] | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken = None,
-    **amg_params: Any,
+    **options: Any,
 ) -> da.Array:
     """Label every 2-D slice of an image or volume with automatic SAM segmentation.
 
@@ -121,65 +125,76 @@ def segment_volume(
         it (and without ``label_name``) the result is a lazy dask array computed on demand.
     model, checkpoint, device
         Model for the default segment function (``load_model`` name, or a config ``.json``).
-    axes, level, channel, channels
-        Input axes override, multiscale level, one channel or up to three channels as RGB.
-    contrast_limits : array-like ``(k, 2)``, optional
-        Default: estimated once for the volume (:func:`napari_sam.volume.slices.volume_contrast_limits`).
-    tile_shape, halo, **amg_params
-        Passed to :func:`napari_sam.tiled.tiles.segment_image`.
-    scheduler : None, "threads", "processes", "synchronous", address or ``distributed.Client``
-        Local dask scheduler by default; an address like ``"tcp://host:8786"`` submits to a cluster.
-    workers : int, optional
-        Local workers (default 1 with the SAM model, which uses all cores itself).
-    resume, overwrite : bool
-        Continue an interrupted run (slices with a done marker are skipped) / replace the output.
-    compact : bool
-        Renumber ids to ``1..N`` after all slices are written (else slice ``k`` keeps
-        ``(k+1) * id_block + 1..n_k``).
-    link_3d, link_iou
-        Join objects of neighbouring Z slices whose IoU exceeds ``link_iou`` into 3-D objects.
+        It is loaded before any output is touched, so a wrong name fails early.
+    source_options : SourceOptions, optional
+        ``axes``, ``level``, ``channel``, ``channels``, ``contrast_limits`` (default:
+        estimated once for the volume, :func:`napari_sam.volume.slices.volume_contrast_limits`).
+    tiles : TileOptions, optional
+        ``tile_shape``, ``halo`` for :func:`napari_sam.tiled.tiles.segment_image`.
+    output_options : OutputOptions, optional
+        ``resume`` (skip slices with a done marker), ``overwrite`` (replace an output
+        napari-sam wrote: the new one is written beside it and swapped in when complete),
+        ``compact`` (renumber ids to ``1..N``), ``label_name`` (OME-Zarr input: write to its
+        ``labels/<label_name>`` group), ``link_3d`` / ``link_iou`` (join objects of
+        neighbouring Z slices whose IoU exceeds ``link_iou``).
+    run : RunOptions, optional
+        ``scheduler`` (None, "threads", "processes", "synchronous", an address such as
+        ``"tcp://host:8786"`` or a ``distributed.Client``), ``workers`` (default 1 with the
+        SAM model, which uses all cores itself), ``progress(done, total, desc)``, ``cancel``
+        token (see ``napari_sam.progress``).
     cache : path, optional
         An :class:`~napari_sam.volume.cache.EmbeddingCache` folder (``napari-sam embed``) whose
         tile embeddings are reused (and filled when missing); a cache made for other
         data, model, normalisation or tiles raises :class:`~napari_sam.volume.cache.CacheMismatchError`.
-    label_name : str, optional
-        For an OME-Zarr input: write to its ``labels/<label_name>`` group (with NGFF metadata).
     segment_fn : callable, optional
         ``segment_fn(image2d, *, channel_axis, contrast_limits) -> (Y, X) int labels``;
         replaces the SAM model (used by tests and custom pipelines; must be picklable for
         process and cluster schedulers).
-    progress, cancel
-        ``progress(done, total, desc)`` per finished slice; cancel token (see ``napari_sam.progress``).
+    **options
+        Any field of the four option classes by name (``overwrite=True``, ``axes="ZYX"``,
+        ...); everything else is an AMG parameter for ``segment_image`` (``points_per_side``,
+        ``pred_iou_thresh``, ...).
 
     Returns
     -------
     dask.array.Array
         ``(*loop, Y, X)`` uint32 labels (for an OME-Zarr label, the image's axes with C of size 1).
     """
-    if link_3d and not 0.0 <= float(link_iou) < 1.0:
-        raise ValueError(f"link_iou must be in [0, 1), got {link_iou}")
-    if resume and overwrite:
-        raise ValueError("choose either resume or overwrite, not both")
-    src = prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
-                          contrast_limits=contrast_limits)
-    if link_3d and "Z" not in src.in_axes:
+    (so, to, oo, ro), amg_params = split_options(
+        {SourceOptions: source_options, TileOptions: tiles, OutputOptions: output_options, RunOptions: run},
+        options)
+    check_amg_params(amg_params)
+    if output is not None and oo.label_name is not None:
+        raise ValueError("give either an output path or label_name, not both")
+    if output is not None:  # checks that need no reading, before the input is opened
+        check_no_overlap(Path(output), [Path(source)] if isinstance(source, (str, os.PathLike))
+                         else store_paths(source))
+        if oo.overwrite or Path(output).is_file():
+            refuse_foreign(Path(output))
+    src = prepare_source(source, axes=so.axes, level=so.level, channel=so.channel, channels=so.channels,
+                          contrast_limits=so.contrast_limits)
+    if oo.link_3d and "Z" not in src.in_axes:
         raise ValueError(f"--link-3d joins objects across Z, but the input axes {src.in_axes!r} have no Z")
-    view, loop_axes, has_ch, src_spec, meta = src.view, src.loop_axes, src.has_ch, src.spec, src.meta
-    in_axes, chan_tuple, limits, indices = src.in_axes, src.channels, src.limits, src.indices
+    view, has_ch, src_spec, meta = src.view, src.has_ch, src.spec, src.meta
+    limits, indices = src.limits, src.indices
     loop_shape, ny, nx, n_slices, nloop = src.loop_shape, src.ny, src.nx, src.n_slices, len(src.loop_axes)
     block = vol.id_block_for(n_slices)
-    tile_shape, halo = default_tiles(ny, nx, tile_shape, halo)
+    tile_shape, halo = default_tiles(ny, nx, to.tile_shape, to.halo)
+    workers = ro.workers
+    weights = None
     if segment_fn is None:
-        cache_key = None
+        worker_predictor(str(model), None if checkpoint is None else str(checkpoint), device)  # fail early
+        key = None
         if cache is not None:
-            cache_key = volume_cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
-            EmbeddingCache(cache, cache_key)  # raises CacheMismatchError now rather than in a worker
+            key = volume_cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, amg_params)
+            EmbeddingCache(cache, key)  # raises CacheMismatchError now rather than in a worker
         segment_fn = functools.partial(
             sam_segment, model=str(model), checkpoint=None if checkpoint is None else str(checkpoint),
             device=device, tile_shape=tile_shape, halo=halo, amg_params=dict(amg_params),
-            cache=None if cache is None else str(cache), cache_key=cache_key,
+            cache=None if cache is None else str(cache), cache_key=key,
         )
         fn_name = f"sam:{model}"
+        weights = weights_identity(model, checkpoint)  # by content: new weights at the same path are noticed
         workers = 1 if workers is None else workers
     else:
         if cache is not None:
@@ -188,8 +203,8 @@ def segment_volume(
             raise TypeError(f"unexpected options {sorted(amg_params)} with a custom segment_fn")
         fn_name = _callable_name(segment_fn)
 
-    if output is None and label_name is None:
-        if link_3d:
+    if output is None and oo.label_name is None:
+        if oo.link_3d:
             raise ValueError("link_3d needs an output path (the linking reads the written slices)")
         parts = [
             da.from_delayed(dask.delayed(vol._lazy_slice)(
@@ -200,60 +215,97 @@ def segment_volume(
         ]
         return da.stack(parts).reshape(loop_shape + (ny, nx)) if nloop else parts[0]
 
-    # ---------------- output target
+    target = _output_target(output, oo, src, tile_shape)
+    signature = json_safe({
+        "data": data_identity(view, path=meta.get("path")), "axes": src.in_axes, "level": so.level,
+        "channel": so.channel, "channels": src.channels, "block": block, "contrast_limits": limits,
+        "segment_fn": fn_name, "weights": weights,
+        "tile_shape": tile_shape, "halo": halo, "amg_params": amg_params,
+        "compact": oo.compact, "link_3d": oo.link_3d, "link_iou": oo.link_iou, "out_axes": target.axes,
+    })
+    with OutputLock(target.path):
+        write_path = _choose_write_path(target.path, oo)
+        if target.ome is not None and not target.path.exists():
+            scale = list(meta.get("scale") or [1.0] * len(target.axes))
+            scale = [1.0 if a == "C" else s for a, s in zip(target.axes, scale)]
+            write_ome_labels_metadata(target.ome["root"], oo.label_name, axes=list(target.ome["multiscale"]["axes"]),
+                                      scale=scale, version=target.ome["version"], zarr_format=target.zarr_format)
+        prepare_labels_array(write_path, shape=target.shape, chunks=target.chunks, signature=signature,
+                             attrs=target.attrs, resume=oo.resume and write_path.exists(), overwrite=False,
+                             zarr_format=target.zarr_format)
+        _run_slices(write_path, src, oo, ro, workers, block, segment_fn, target.axes)
+        if write_path != target.path:
+            swap_in(write_path, target.path)
+    return da.from_zarr(zarr.open_array(str(target.path), mode="r"))
+
+
+def _output_target(output: Any, oo: OutputOptions, src: Any, tile_shape: Any) -> SimpleNamespace:
+    """Path, axes, shape, chunks and attributes of the output, checked against the input."""
+    meta, loop_axes, view = src.meta, src.loop_axes, src.view
     chunk = int(tile_shape[0]) if tile_shape else DEFAULT_CHUNK
-    attrs: dict[str, Any] = {}
     ome = None
-    if label_name is not None:
+    inputs = [Path(meta["path"])] if meta.get("path") else store_paths(src.data)
+    if oo.label_name is not None:
         ome = ome_zarr_root(meta["path"]) if meta.get("format") == "ome-zarr" else None
         if ome is None:
             raise ValueError("label_name (--label-name) needs an OME-Zarr image as input")
-        if output is not None:
-            raise ValueError("give either an output path or label_name, not both")
         out_axes = ome["axes"]
-        out_path = Path(ome["root"]) / "labels" / label_name / "0"
+        out_path = Path(ome["root"]) / "labels" / oo.label_name / "0"
         zarr_format = int(ome["zarr_format"])
+        inputs = [Path(ome["root"]) / d["path"] for d in ome["datasets"]]
+        what = f"label group labels/{oo.label_name}"
     else:
         out_axes = loop_axes + "YX"
         out_path = Path(output)
-        if meta.get("path"):
-            src_path, dst = Path(meta["path"]).resolve(), out_path.resolve()
-            if dst == src_path or dst in src_path.parents or src_path in dst.parents:
-                raise ValueError(f"the output {out_path} overlaps the input {meta['path']}; choose another "
-                                 "output path (for OME-Zarr labels inside the image use --label-name)")
         zarr_format = 3
+        what = "output"
+    check_no_overlap(out_path, inputs, what=what)
+    if out_path.exists() and not (oo.resume or oo.overwrite):
+        refuse_foreign(out_path)
+        raise ValueError(f"output {out_path} already exists; pass --resume to continue an interrupted run "
+                         "or --overwrite to replace it (resume=True / overwrite=True in Python)")
+    if out_path.exists():
+        refuse_foreign(out_path)
     out_shape = tuple(1 if a == "C" else view.shape[loop_axes.index(a)] if a in loop_axes
-                      else (ny if a == "Y" else nx) for a in out_axes)
+                      else (src.ny if a == "Y" else src.nx) for a in out_axes)
     out_chunks = tuple(min(chunk, s) if a in "YX" else 1 for a, s in zip(out_axes, out_shape))
-    signature = json_safe({
-        "data": data_identity(view, path=meta.get("path")), "axes": in_axes, "level": level,
-        "channel": channel, "channels": chan_tuple, "block": block, "contrast_limits": limits,
-        "segment_fn": fn_name, "checkpoint": None if checkpoint is None else str(checkpoint),
-        "tile_shape": tile_shape, "halo": halo, "amg_params": amg_params,
-        "compact": compact, "link_3d": link_3d, "link_iou": link_iou, "out_axes": out_axes,
-    })
-    attrs["napari_sam"] = {"axes": out_axes, "id_block": block, "source": meta.get("path"), "state": "running"}
+    attrs: dict[str, Any] = {"napari_sam": {"axes": out_axes, "id_block": vol.id_block_for(src.n_slices),
+                                            "source": meta.get("path"), "state": "running"}}
     if "geotiff" in meta:
         attrs["geotiff"] = meta["geotiff"]
     if meta.get("scale") is not None:
         attrs["napari_sam"]["scale"] = meta["scale"]
-    if ome is not None and not out_path.exists():
-        scale = list(meta.get("scale") or [1.0] * len(out_axes))
-        scale = [1.0 if a == "C" else s for a, s in zip(out_axes, scale)]
-        axes_meta = [a for a in ome["multiscale"]["axes"]]
-        write_ome_labels_metadata(ome["root"], label_name, axes=axes_meta, scale=scale,
-                                  version=ome["version"], zarr_format=zarr_format)
-    prepare_labels_array(out_path, shape=out_shape, chunks=out_chunks, signature=signature, attrs=attrs,
-                         resume=resume, overwrite=overwrite, zarr_format=zarr_format)
+    return SimpleNamespace(path=out_path, axes=out_axes, shape=out_shape, chunks=out_chunks, attrs=attrs,
+                           ome=ome, zarr_format=zarr_format)
+
+
+def _choose_write_path(out_path: Path, oo: OutputOptions) -> Path:
+    """Where this run writes: the output itself, or (replacing one) a staging folder beside it."""
+    staged = staging_path(out_path)
+    if staged.exists():
+        refuse_foreign(staged)
+        if oo.resume:
+            return staged  # continue an interrupted --overwrite run
+        if oo.overwrite:
+            shutil.rmtree(staged)
+    if oo.overwrite and out_path.exists():
+        return staged
+    return out_path
+
+
+def _run_slices(out_path: Path, src: Any, oo: OutputOptions, ro: RunOptions, workers: Any, block: int,
+                segment_fn: Callable, out_axes: str) -> None:
+    """Segment the slices without a done marker, then relabel, then mark the output complete."""
+    view, loop_axes, loop_shape, indices, n_slices = src.view, src.loop_axes, src.loop_shape, src.indices, src.n_slices
+    scheduler, progress, cancel = ro.scheduler, ro.progress, ro.cancel
     state = out_path / vol.STATE_DIR
     state.mkdir(exist_ok=True)
     out_idx = [_out_index(out_axes, loop_axes, idx) for idx in indices]
-
-    # ---------------- slices
     tasks = [
         dask.delayed(vol._segment_slice, pure=False)(
-            view[idx] if src_spec is None else None, k=k, src=src_spec, loop_index=idx, out_path=str(out_path),
-            out_index=out_idx[k], block=block, contrast_limits=limits, has_channels=has_ch, segment_fn=segment_fn)
+            view[idx] if src.spec is None else None, k=k, src=src.spec, loop_index=idx, out_path=str(out_path),
+            out_index=out_idx[k], block=block, contrast_limits=src.limits, has_channels=src.has_ch,
+            segment_fn=segment_fn)
         for k, idx in enumerate(indices) if not (state / f"slice-{k}.json").exists()
     ]
     done_before = n_slices - len(tasks)
@@ -264,16 +316,16 @@ def segment_volume(
     # ---------------- relabel (compaction and/or 3-D linking)
     arr = zarr.open_array(str(out_path), mode="r+")
     n_final = int(sum(counts))
-    if compact or link_3d:
+    if oo.compact or oo.link_3d:
         tables_path = state / "tables.npz"
         if not tables_path.exists():
             edges: list = []
-            if link_3d:
+            if oo.link_3d:
                 zpos = loop_axes.index("Z")
                 pairs = [(k, j) for k, idx in enumerate(indices) for j in [k + _stride(loop_shape, zpos)]
                          if idx[zpos] + 1 < loop_shape[zpos]]
                 etasks = [dask.delayed(vol._edges_task)(str(out_path), out_idx[a], out_idx[b], (a + 1) * block,
-                                                        (b + 1) * block, float(link_iou)) for a, b in pairs]
+                                                        (b + 1) * block, float(oo.link_iou)) for a, b in pairs]
                 results = vol.compute_tasks(etasks, scheduler=scheduler, workers=workers, progress=progress,
                                             cancel=cancel, desc="linking")
                 edges = [(a, b, e) for (a, b), e in zip(pairs, results)]
@@ -294,9 +346,8 @@ def segment_volume(
         vol.compute_tasks(rtasks, scheduler=scheduler, workers=workers, progress=progress, cancel=cancel,
                           desc="relabelling")
     info = dict(arr.attrs.get("napari_sam", {}))
-    info.update({"state": "complete", "n_labels": n_final, "ids": "1..N" if (compact or link_3d) else "block"})
+    info.update({"state": "complete", "n_labels": n_final, "ids": "1..N" if (oo.compact or oo.link_3d) else "block"})
     arr.attrs["napari_sam"] = json_safe(info)
-    return da.from_zarr(zarr.open_array(str(out_path), mode="r"))
 
 
 def _callable_name(fn: Callable) -> str:

@@ -13,10 +13,16 @@ Layout::
     cache.zarr/                 group, attrs["napari_sam_cache"] = {"version": 1, "key": {...}}
       s<slice>/t<tile>          float32 (1, C, h, w) features; attrs = Embedding fields,
                                 "complete": true written last (a killed write is never read)
+
+An entry is written under a temporary name (``s<slice>/.t<tile>.<pid>.<thread>.tmp``)
+and renamed into place, so concurrent writers (several ``napari-sam embed`` runs on
+one cache) never leave an entry that mixes two writes or holds zeros: the first
+rename wins and the other writer's copy is discarded.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -29,7 +35,7 @@ import zarr
 
 from napari_sam.volume.io import json_safe
 
-__all__ = ['CacheMismatchError', 'data_identity', 'make_key', 'EmbeddingCache', 'CachingPredictor']
+__all__ = ['CacheMismatchError', 'data_identity', 'weights_identity', 'file_sha256', 'make_key', 'EmbeddingCache', 'CachingPredictor']
 
 
 _VERSION = 1
@@ -61,6 +67,72 @@ def data_identity(data: Any, *, path: str | os.PathLike | None = None, n_samples
         digests.append(hashlib.sha1(block.tobytes()).hexdigest())
     return {"path": None if path is None else str(Path(path).resolve()), "shape": list(shape),
             "dtype": str(np.dtype(data.dtype)), "samples": digests}
+
+
+_DIGESTS: dict[tuple, str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` of a file's content, computed once per (path, size, mtime).
+
+    The digest is remembered in this process and in ``digests.json`` of the
+    checkpoint cache folder (when writable), so a large checkpoint is hashed once.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_key = (str(path), st.st_size, st.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        if memo_key in _DIGESTS:
+            return _DIGESTS[memo_key]
+    disk_key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = None
+    try:
+        from napari_sam.model.registry import cache_dir
+
+        memo_file = Path(cache_dir()) / "digests.json"
+        known = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
+    except (OSError, ValueError, ImportError):
+        known = {}
+    digest = known.get(disk_key) if isinstance(known, dict) else None
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        digest = f"sha256:{h.hexdigest()}"
+        if memo_file is not None:
+            try:
+                known = {**(known if isinstance(known, dict) else {}), disk_key: digest}
+                memo_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = memo_file.with_name(f".digests.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(known))
+                os.replace(tmp, memo_file)
+            except OSError:
+                pass
+    with _DIGESTS_LOCK:
+        _DIGESTS[memo_key] = digest
+    return digest
+
+
+def weights_identity(model: Any, checkpoint: str | os.PathLike | None) -> str:
+    """Identity of a model's weights by content: ``"<model>|sha256:<hex>"``.
+
+    A checkpoint file is hashed (:func:`file_sha256`); a registry model without one
+    uses its known hash (downloads are hash-checked); a config ``.json`` alone
+    (random weights) is identified by the config's content.
+    """
+    if checkpoint is not None:
+        return f"{model}|{file_sha256(checkpoint)}"
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".json") and Path(model).is_file():
+        return f"config|{file_sha256(model)}|random-weights"
+    try:
+        from napari_sam.model.registry import get_spec
+
+        known = get_spec(str(model)).known_hash
+    except (KeyError, ValueError, ImportError):
+        known = None
+    return f"{model}|{known}"
 
 
 def make_key(*, model_id: str, contrast_limits: Any, tile_layout: dict, data: dict) -> dict:
@@ -99,6 +171,9 @@ class EmbeddingCache:
 
     def __init__(self, path: str | os.PathLike, key: dict | None = None, *, reset: bool = False) -> None:
         self.path = Path(path)
+        if self.path.is_file():
+            raise ValueError(f"the embedding cache {self.path} is a file; give a folder (new or made by "
+                             "napari-sam embed)")
         stored = self._stored_key()
         if key is None:
             if stored is None:
@@ -144,20 +219,42 @@ class EmbeddingCache:
             return None
         from napari_sam.predict.predictor import Embedding
 
-        return Embedding(features=np.asarray(arr[...], dtype=np.float32),
+        try:
+            features = np.asarray(arr[...], dtype=np.float32)
+        except Exception as exc:  # a damaged chunk file: say which entry, and how to start again
+            raise ValueError(
+                f"the embedding cache {self.path} has an unreadable entry {self._name(slice_index, tile_index)} "
+                f"({type(exc).__name__}: {exc}); rebuild it with `napari-sam embed ... --reset-cache` "
+                f"or delete {self.path}") from None
+        return Embedding(features=features,
                          original_size=tuple(attrs["original_size"]), input_size=tuple(attrs["input_size"]),
                          image_size=int(attrs["image_size"]), model_id=str(attrs["model_id"]))
 
     def put(self, slice_index: int, tile_index: int, embedding: Any) -> None:
         """Store an embedding (anything with the fields of ``Embedding``)."""
         features = np.asarray(embedding.features, dtype=np.float32)
-        name = self._name(slice_index, tile_index)
-        arr = zarr.create_array(store=str(self.path / name), shape=features.shape, dtype="float32",
-                                chunks=features.shape, zarr_format=3, overwrite=True)
+        final = self.path / self._name(slice_index, tile_index)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        arr = zarr.create_array(store=str(tmp), shape=features.shape, dtype="float32",
+                                chunks=features.shape, zarr_format=3)
         arr[...] = features
         arr.attrs.update(json_safe({
             "original_size": embedding.original_size, "input_size": embedding.input_size,
             "image_size": embedding.image_size, "model_id": embedding.model_id, "complete": True}))
+        if final.exists() and (slice_index, tile_index) not in self:  # an incomplete entry of an older version
+            old = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.old")
+            try:
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass  # another writer moved it first
+        # a complete entry is never moved (a reader may be reading it): the first writer's entry stays
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another writer's complete entry is already in place
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def __contains__(self, index: tuple[int, int]) -> bool:
         arr_path = self.path / self._name(*index) / "zarr.json"

@@ -347,6 +347,9 @@ def prepare_labels_array(
     """
     if out_path.exists():
         if overwrite:
+            from napari_sam.volume.output import refuse_foreign
+
+            refuse_foreign(out_path)  # never delete what napari-sam did not write
             shutil.rmtree(out_path)
         elif resume:
             try:

@@ -340,7 +340,14 @@ def compute_tasks(
             return list(dask.compute(*tasks, scheduler=local[scheduler], **kwargs))
     from distributed import Client, as_completed
 
-    client = scheduler if isinstance(scheduler, Client) else Client(str(scheduler))
+    if isinstance(scheduler, Client):
+        client = scheduler
+    else:
+        try:
+            client = Client(str(scheduler), timeout=5)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionError(f"cannot reach the dask scheduler {scheduler} within 5 s ({exc}); check the "
+                                  "address and that `dask scheduler` runs there, or drop --scheduler") from None
     try:
         futures = client.compute(tasks)
         order = {f.key: i for i, f in enumerate(futures)}

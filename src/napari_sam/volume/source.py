@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 
 from napari_sam.volume import slices as vol
-from napari_sam.volume.cache import data_identity, make_key
+from napari_sam.volume.cache import data_identity, make_key, weights_identity
 from napari_sam.volume.io import infer_axes, open_image, validate_axes
 
 __all__ = ['DEFAULT_CHUNK', 'DEFAULT_TILE', 'DEFAULT_HALO', 'worker_predictor', 'model_amg_params', 'prepare_source', 'default_tiles', 'volume_cache_key']
@@ -33,7 +33,7 @@ _LOCAL = threading.local()
 
 
 def worker_predictor(model: str, checkpoint: str | None, device: str | None) -> Any:
-    """One Predictor per (model, checkpoint, device) per worker thread."""
+    """One Predictor per (model, checkpoint, device) per worker thread; the weights are loaded once per process."""
     cache = getattr(_LOCAL, "predictors", None)
     if cache is None:
         cache = _LOCAL.predictors = {}
@@ -41,22 +41,25 @@ def worker_predictor(model: str, checkpoint: str | None, device: str | None) -> 
     if key not in cache:
         from napari_sam.predict.predictor import Predictor
 
-        if str(model).endswith(".json"):  # a model config: random weights unless a checkpoint is given
-            import torch
-
-            from napari_sam.model.build import build_sam
-
-            sam = build_sam(str(model))
-            if checkpoint is not None:
-                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-                sam.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-            sam.eval()
-        else:
-            from napari_sam.model.registry import load_model
-
-            sam = load_model(model, checkpoint=checkpoint, device=device)
-        cache[key] = Predictor(sam, device=device)
+        with _MODELS_LOCK:
+            if key not in _MODELS:
+                _MODELS[key] = _load_sam(*key)
+        cache[key] = Predictor(_MODELS[key], device=device)
     return cache[key]
+
+
+_MODELS: dict = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _load_sam(model: str, checkpoint: str | None, device: str | None) -> Any:
+    if model.endswith(".json") and checkpoint is None:  # a model config alone: random weights
+        from napari_sam.model.build import build_sam
+
+        return build_sam(model).eval()
+    from napari_sam.model.registry import load_model  # strict reader: wrappers, shapes, corrupt files
+
+    return load_model(model, checkpoint=checkpoint, device=device)
 
 
 def model_amg_params(model: Any, amg_params: dict | None) -> dict:
@@ -84,6 +87,8 @@ def prepare_source(source: Any, *, axes: str | None, level: int, channel: int | 
         data = source if isinstance(source, da.Array) else da.from_array(
             np.asarray(source), chunks=tuple(1 if a in "TZ" else -1 for a in in_axes))  # one chunk per slice
         meta = {"format": "array", "path": None}
+    if 0 in tuple(data.shape):
+        raise ValueError(f"the input has shape {tuple(data.shape)}: it holds no pixels to segment")
     if data.dtype.kind not in "uif" and data.dtype != bool:
         raise TypeError(f"cannot segment an image of dtype {data.dtype}; use integer or float data")
     chan_tuple = tuple(int(c) for c in channels) if channels is not None else None
@@ -123,5 +128,5 @@ def volume_cache_key(view, meta, model, checkpoint, limits, tile_shape, halo, am
     layout = {"tile_shape": None if tile_shape is None else [int(t) for t in tile_shape],
               "halo": None if halo is None else [int(h) for h in halo],
               "crop_n_layers": int(amg_params.get("crop_n_layers", 0))}
-    return make_key(model_id=f"{model}|{checkpoint}", contrast_limits=limits, tile_layout=layout,
+    return make_key(model_id=weights_identity(model, checkpoint), contrast_limits=limits, tile_layout=layout,
                     data=data_identity(view, path=meta.get("path")))
