@@ -5,7 +5,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: env demo test test-fast lint bench docs-screens clean
+.PHONY: env demo test test-fast quality lint bench docs docs-screens clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: env
 
 test-fast: env
 	$(VPY) -m pytest -ra -m "not gui and not slow"
+
+# model-quality checks with tolerance bands measured on one model (benchmarks/quality/README.md)
+quality: env
+	$(VPY) -m pytest benchmarks/quality $(QUALITY_ARGS)
 
 bench: env
 	$(VPY) benchmarks/predictor.py
