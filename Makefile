@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==$(TORCH_VERSION)
-	$(VPY) -m pip install -q -e ".[napari,test,lint]"
+	$(VPY) -m pip install -q -e ".[napari,test,lint,docs]"
 	touch $@
 
 env: $(VENV)/.installed
@@ -42,6 +42,10 @@ bench: env
 	$(VPY) benchmarks/predictor.py
 	$(VPY) benchmarks/amg.py
 	$(VPY) benchmarks/batch.py --shape 8 1024 1024 --model-seconds 0.5
+
+# the user docs and the API reference generated from the docstrings (mkdocs.yml); warnings are errors
+docs: env
+	$(VPY) -m mkdocs build --strict -d out/site
 
 docs-screens: env xvfb
 	xvfb-run -a -s "-screen 0 1400x1000x24" $(VPY) scripts/make_screenshots.py
