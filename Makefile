@@ -5,13 +5,13 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: env demo test test-fast lint bench docs-screens clean
+.PHONY: env demo test test-fast quality lint bench docs docs-screens clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==$(TORCH_VERSION)
-	$(VPY) -m pip install -q -e ".[napari,test,lint]"
+	$(VPY) -m pip install -q -e ".[napari,test,lint,docs]"
 	touch $@
 
 env: $(VENV)/.installed
@@ -34,10 +34,18 @@ lint: env
 test-fast: env
 	$(VPY) -m pytest -ra -m "not gui and not slow"
 
+# model-quality checks with tolerance bands measured on one model (benchmarks/quality/README.md)
+quality: env
+	$(VPY) -m pytest benchmarks/quality $(QUALITY_ARGS)
+
 bench: env
 	$(VPY) benchmarks/predictor.py
 	$(VPY) benchmarks/amg.py
 	$(VPY) benchmarks/batch.py --shape 8 1024 1024 --model-seconds 0.5
+
+# the user docs and the API reference generated from the docstrings (mkdocs.yml); warnings are errors
+docs: env
+	$(VPY) -m mkdocs build --strict -d out/site
 
 docs-screens: env xvfb
 	xvfb-run -a -s "-screen 0 1400x1000x24" $(VPY) scripts/make_screenshots.py

@@ -70,11 +70,12 @@ def main() -> int:
     import napari
 
     from napari_sam._napari._sample_data import nuclei_2d, nuclei_3d
-    from napari_sam._napari.predictors import STAND_IN
     from napari_sam.model.registry import builtin_available
     from napari_sam.synthetic import make_nuclei_image
 
-    MODEL = "builtin" if builtin_available() else STAND_IN  # noqa: N806
+    if not builtin_available():
+        raise SystemExit("the screenshots show the built-in model: src/napari_sam/data/builtin_model.pt is missing")
+    MODEL = "builtin"  # noqa: N806
 
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)

@@ -33,3 +33,25 @@ def sam_reference_dir() -> Path:
             "folder that contains sam_reference/ (normally ../shared/fixtures)."
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def builtin_model():
+    """The shipped built-in model, loaded once (hash-checked, strict) for the whole run.
+
+    Tests use it as *a* model (a real decoder with meaningful masks); what it
+    scores on data is a benchmark (benchmarks/quality), not a test.  Do not
+    modify it: build another model for tests that train or change weights.
+    """
+    from napari_sam.model.registry import load_model
+
+    return load_model("builtin", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_tiny_vit(sam_reference_dir):
+    """The reference fixtures' random-weight ``tiny_vit`` SAM (config + weights), loaded once."""
+    from napari_sam.model.registry import load_model
+
+    ref = sam_reference_dir / "tiny_vit"
+    return load_model(ref / "config.json", checkpoint=ref / "weights.pt", device="cpu")

@@ -123,17 +123,7 @@ def test_demo_offline_writes_labels_and_overlay(tmp_path, capsys):
 
     if not builtin_available():
         assert "RANDOM" in text  # the fallback says so
-    else:  # the built-in model must find real nuclei: compare with the generator's ground truth
-        from napari_sam.synthetic import make_nuclei_image
-        from napari_sam.training.evaluate import match_instances
-
-        _, truth = make_nuclei_image((256, 256), seed=0)
-        found = np.asarray(lab2d[:])
-        assert found.max() >= 10
-        on_foreground = (truth[found > 0] > 0).mean()
-        assert on_foreground > 0.8, on_foreground  # labels sit on nuclei, not on background
-        scores = match_instances(found, truth.astype(np.int64), iou_threshold=0.5)
-        assert scores["tp"] >= 5, scores
+    # how many nuclei the built-in model finds here is a benchmark (benchmarks/quality)
 
 
 @pytest.mark.slow

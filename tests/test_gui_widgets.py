@@ -21,9 +21,25 @@ def _blobs(shape=(96, 128)):
     return image, gt
 
 
-def _open(viewer, name):
-    from napari_sam._napari.predictors import STAND_IN
+STAND_IN = "stand-in (test)"
 
+
+@pytest.fixture(autouse=True)
+def stand_in_model(monkeypatch):
+    """Adds a weight-free stand-in (exact masks: the bright component under a prompt) to the widgets'
+    model lists; the product's list offers only real models."""
+    from napari_sam._napari._testing import ThresholdPredictor
+    from napari_sam._qt import automatic, interactive
+
+    for module in (interactive, automatic):
+        real_choices, real_make = module.model_choices, module.make_predictor
+        monkeypatch.setattr(module, "model_choices", lambda real=real_choices: [*real(), STAND_IN])
+        monkeypatch.setattr(module, "make_predictor", lambda name, real=real_make, **kw:
+                            ThresholdPredictor() if name == STAND_IN else real(name, **kw))
+    return STAND_IN
+
+
+def _open(viewer, name):
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam", name)
     widget.model_combo.value = STAND_IN
     return widget
@@ -190,9 +206,11 @@ def test_alt_click_adds_a_negative_point(viewer, qtbot, monkeypatch):
 
 def test_automatic_widget_uses_the_models_recommended_thresholds(viewer):
     from napari_sam._napari.automatic import DEFAULT_PARAMS
+    from napari_sam._napari.predictors import model_choices
     from napari_sam.model.registry import builtin_available, recommended_amg_params
 
     assert builtin_available()  # the package ships the built-in model
+    assert model_choices()[0] == "builtin" and STAND_IN not in model_choices()  # no stand-in in the product
     widget = _open(viewer, AUTOMATIC)  # stand-in model: the widget's microscopy defaults
     assert widget.pred_iou_thresh.value == DEFAULT_PARAMS["pred_iou_thresh"]
     widget.model_combo.value = "builtin"

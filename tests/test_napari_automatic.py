@@ -183,23 +183,25 @@ def test_real_amg_and_tiling_with_the_stand_in_model():
     assert not session.can_refilter
 
 
-def test_builtin_models_recommended_params_run_and_refilter_in_the_session():
-    """The built-in model's shipped AMG parameters (mask NMS included) pass the session's checks,
-    find the nuclei of an unseen image, and re-filter without the model."""
-    from napari_sam.model.registry import load_model, recommended_amg_params
+def test_builtin_models_recommended_params_run_and_refilter_in_the_session(builtin_model):
+    """The built-in model's shipped AMG parameters (mask NMS included) pass the session's checks
+    and re-filter without the model to what a fresh run at the stricter threshold gives.
+    How well they find nuclei is a benchmark (benchmarks/quality)."""
+    from napari_sam.model.registry import recommended_amg_params
     from napari_sam.predict.predictor import Predictor
     from napari_sam.synthetic import make_nuclei_image
-    from napari_sam.training.evaluate import match_instances
 
-    image, truth = make_nuclei_image((256, 256), kind="nuclei", seed=1_001_004)
+    image, _ = make_nuclei_image((128, 128), kind="nuclei", seed=1_001_004)
     viewer = ViewerModel()
     img = viewer.add_image(image)
-    params = recommended_amg_params("builtin")
+    params = {**recommended_amg_params("builtin"), "points_per_side": 12}
     assert params.get("mask_nms_thresh") is not None
-    session = AutomaticSession(Predictor(load_model("builtin", device="cpu"), device="cpu"), img)
+    session = AutomaticSession(Predictor(builtin_model, device="cpu"), img)
     refs = session.planes(viewer.dims)
     labels = session.run(refs, params=params)[refs[0]]
-    f1 = match_instances(labels, truth)["f1"]
-    assert f1 > 0.7, f1
-    stricter = session.refilter(pred_iou_thresh=0.9)[refs[0]]
-    assert 0 < len(np.unique(stricter)) < len(np.unique(labels))
+    assert labels.max() > 0
+    stricter = session.refilter(pred_iou_thresh=0.8)[refs[0]]
+    fresh = AutomaticSession(Predictor(builtin_model, device="cpu"), img)
+    expected = fresh.run(refs, params={**params, "pred_iou_thresh": 0.8})[refs[0]]
+    assert _as_sets(stricter) == _as_sets(expected)
+    assert len(_as_sets(stricter)) <= len(_as_sets(labels))

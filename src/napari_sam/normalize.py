@@ -234,6 +234,19 @@ def estimate_contrast_limits(
     ValueError
         Bad shape, channel selection, dtype or percentiles, or NaN/inf values in
         the sample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.array([[0, 100], [200, 400]], dtype=np.uint16)
+    >>> estimate_contrast_limits(image, percentiles=(0, 100))
+    array([[  0., 400.]])
+
+    One row per channel of a channels-first stack:
+
+    >>> estimate_contrast_limits(np.stack([image, 2 * image]), channel_axis=0, percentiles=(0, 100))
+    array([[  0., 400.],
+           [  0., 800.]])
     """
     lo_pct, hi_pct = (float(p) for p in percentiles)
     if not 0.0 <= lo_pct <= hi_pct <= 100.0:
@@ -313,6 +326,26 @@ def to_rgb_uint8(
     ------
     ValueError
         Bad shape, dtype, channel selection or limits, or NaN/inf values.
+
+    Examples
+    --------
+    A grayscale image is stretched linearly from its limits to 0..255 and
+    copied into the three channels:
+
+    >>> import numpy as np
+    >>> image = np.array([[0, 100], [200, 400]], dtype=np.uint16)
+    >>> rgb = to_rgb_uint8(image, contrast_limits=(0, 400))
+    >>> rgb.shape, rgb.dtype
+    ((2, 2, 3), dtype('uint8'))
+    >>> rgb[..., 0]
+    array([[  0,  64],
+           [127, 255]], dtype=uint8)
+
+    Two channels become red and green, each with its own limits:
+
+    >>> two = np.stack([image, image[::-1]])
+    >>> to_rgb_uint8(two, channel_axis=0, contrast_limits=[(0, 400), (0, 200)])[0, 1]
+    array([ 64, 255,   0], dtype=uint8)
     """
     array = _as_array(image)
     view = _channels_last(array, channel_axis, channels)

@@ -1,7 +1,8 @@
 """Deterministic stand-in predictors with the :class:`napari_sam.predict.predictor.Predictor` interface.
 
-Used by the tests, the screenshot script and the "demo" model entry of the
-widgets.  They need no weights and give exactly predictable masks:
+Test helpers (never offered in the widgets' model list): they need no weights
+and give exactly predictable masks, so tests of the napari glue can compare
+with a known answer:
 
 - :class:`DiskPredictor` answers a point with a disk around it, a box with the
   ellipse inscribed in it; negative points cut disks out.

@@ -1,8 +1,7 @@
 """Model choices offered by the widgets and the predictor they build (no Qt).
 
-Besides the registry models of :mod:`napari_sam.model.registry`, the widgets offer a
-weight-free *stand-in* (:class:`~napari_sam._napari._testing.ThresholdPredictor`)
-so the plugin can be tried, documented and tested without any download.
+The widgets offer the registry models of :mod:`napari_sam.model.registry`
+(the built-in model first; it needs no download).
 """
 
 from __future__ import annotations
@@ -10,21 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAND_IN", "model_choices", "make_predictor", "model_identity"]
+from napari_sam.model.registry import available_models
 
-#: Name of the weight-free stand-in in the model list.
-STAND_IN = "stand-in (no weights)"
+__all__ = ["model_choices", "make_predictor", "model_identity"]
 
 
 def model_choices() -> list[str]:
-    """Registry model names (``builtin`` first when shipped), then the stand-in."""
-    try:
-        from napari_sam.model.registry import available_models
-
-        names = list(available_models())
-    except ImportError:  # pragma: no cover - core module missing in a broken install
-        names = []
-    return [*names, STAND_IN]
+    """Registry model names, ``builtin`` first when shipped."""
+    return list(available_models())
 
 
 def make_predictor(name: str, *, checkpoint: str | Path | None = None, device: str | None = None) -> Any:
@@ -39,10 +31,6 @@ def make_predictor(name: str, *, checkpoint: str | Path | None = None, device: s
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"mps"``; None or ``"auto"`` picks the best available.
     """
-    if name == STAND_IN:
-        from napari_sam._napari._testing import ThresholdPredictor
-
-        return ThresholdPredictor()
     from napari_sam.model.registry import load_model, recommended_zoom
     from napari_sam.predict.predictor import Predictor
     from napari_sam.predict.zoom import ZoomPredictor

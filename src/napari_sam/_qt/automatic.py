@@ -26,7 +26,7 @@ from napari.utils.notifications import show_warning
 from napari_sam._napari import prompt_layers as pl
 from napari_sam._napari.automatic import DEFAULT_PARAMS, THRESHOLDS, AutomaticSession
 from napari_sam._napari.labels import next_free_id
-from napari_sam._napari.predictors import STAND_IN, make_predictor, model_choices
+from napari_sam._napari.predictors import make_predictor, model_choices
 from napari_sam._qt._workers import Runner
 from napari_sam.model.registry import recommended_amg_params
 
@@ -48,8 +48,6 @@ class AutomaticWidget(Container):
 
         self.image_combo = ComboBox(label="image", choices=self._image_choices)
         self.model_combo = ComboBox(label="model", choices=model_choices())
-        if STAND_IN in self.model_combo.choices and len(self.model_combo.choices) > 1:
-            self.model_combo.value = self.model_combo.choices[0]
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pth *.pt", value="")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
         p = DEFAULT_PARAMS

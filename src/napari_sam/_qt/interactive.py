@@ -27,7 +27,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_sam._napari import prompt_layers as pl
-from napari_sam._napari.predictors import STAND_IN, make_predictor, model_choices, model_identity
+from napari_sam._napari.predictors import make_predictor, model_choices, model_identity
 from napari_sam._napari.session import Session
 from napari_sam._qt._workers import Runner
 
@@ -58,8 +58,6 @@ class InteractiveWidget(Container):
 
         self.image_combo = ComboBox(label="image", choices=self._image_choices)
         self.model_combo = ComboBox(label="model", choices=model_choices())
-        if STAND_IN in self.model_combo.choices and len(self.model_combo.choices) > 1:
-            self.model_combo.value = self.model_combo.choices[0]
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pth *.pt", value="")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
         self.start_button = PushButton(text="Start session")

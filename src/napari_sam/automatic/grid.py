@@ -27,6 +27,19 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
     grid : (n_per_side**2, 2) float64 ndarray
         ``(row, col)`` in ``[0, 1]``, row-major (column varies fastest), i.e.
         the official grid with its ``(x, y)`` columns swapped.
+
+    Examples
+    --------
+    >>> build_point_grid(2)
+    array([[0.25, 0.25],
+           [0.25, 0.75],
+           [0.75, 0.25],
+           [0.75, 0.75]])
+
+    Multiply by the image's ``(height, width)`` for pixel coordinates:
+
+    >>> (build_point_grid(2) * (100, 200))[1]
+    array([ 25., 150.])
     """
     if int(n_per_side) < 1:
         raise ValueError(f"points per side must be at least 1, got {n_per_side}")

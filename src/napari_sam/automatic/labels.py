@@ -70,6 +70,21 @@ def masks_to_labels(
         0 is background; ids 1..N are contiguous, numbered in the order of the
         objects' bounding boxes (top-left first), and every id is visible
         (objects entirely covered by others are left out).
+
+    Examples
+    --------
+    A 3 x 3 square with a single pixel on it (the smaller object stays on top):
+
+    >>> import numpy as np
+    >>> from napari_sam.automatic.records import MaskRecord
+    >>> square = MaskRecord(np.ones((3, 3), bool), (1, 1, 4, 4), 9, 0.9, 0.95, (2.0, 2.0), (0, 0, 5, 6))
+    >>> dot = MaskRecord(np.ones((1, 1), bool), (2, 4, 3, 5), 1, 0.8, 0.95, (2.0, 4.0), (0, 0, 5, 6))
+    >>> masks_to_labels([square, dot], (5, 6))
+    array([[0, 0, 0, 0, 0, 0],
+           [0, 1, 1, 1, 0, 0],
+           [0, 1, 1, 1, 2, 0],
+           [0, 1, 1, 1, 0, 0],
+           [0, 0, 0, 0, 0, 0]], dtype=uint32)
     """
     order = paint_order(records, overlap)
     canvas = np.zeros(tuple(int(s) for s in shape), dtype=np.uint32)

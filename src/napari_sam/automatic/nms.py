@@ -45,6 +45,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Returns
     -------
     (N, M) float64 ndarray (0 where both boxes are empty)
+
+    Examples
+    --------
+    Boxes are ``(r0, c0, r1, c1)``; the second box overlaps half of the first:
+
+    >>> import numpy as np
+    >>> boxes = np.array([[0, 0, 10, 10], [0, 5, 10, 15], [20, 20, 30, 30]])
+    >>> box_iou(boxes[:1], boxes).round(3)
+    array([[1.   , 0.333, 0.   ]])
     """
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
@@ -78,6 +87,18 @@ def nms(boxes_rc: np.ndarray, scores: np.ndarray, iou_thresh: float, *, tiebreak
     -------
     keep : (K,) int64 ndarray
         Indices of kept boxes, in decreasing score order.
+
+    Examples
+    --------
+    Box 1 overlaps box 0 (IoU 1/3) and scores lower:
+
+    >>> import numpy as np
+    >>> boxes = np.array([[0, 0, 10, 10], [0, 5, 10, 15], [20, 20, 30, 30]])
+    >>> scores = np.array([0.9, 0.8, 0.7])
+    >>> nms(boxes, scores, iou_thresh=0.3)
+    array([0, 2])
+    >>> nms(boxes, scores, iou_thresh=0.5)
+    array([0, 1, 2])
     """
     boxes = np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)

@@ -8,7 +8,9 @@ trim thresholds once per process so that freed buffers are reused.  Memory is
 still returned to the kernel above the trim threshold (256 MB of free heap), and
 buffers above 64 MB (encoder activations) still use ``mmap``.
 
-Set ``NAPARI_SAM_MALLOC_TUNING=0`` to leave the allocator alone.
+It changes a process-wide setting (napari and every other library in the
+process share the allocator), so it is opt-in: set ``NAPARI_SAM_TUNE_MALLOC=1``
+before starting Python.  Without it :func:`tune_malloc` does nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["tune_malloc"]
+__all__ = ["ENV_VAR", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -26,13 +28,24 @@ TRIM_THRESHOLD = 256 * 2**20
 _done: bool | None = None
 
 
+#: environment variable that switches the tuning on ("1", "true", "yes" or "on")
+ENV_VAR = "NAPARI_SAM_TUNE_MALLOC"
+
+
 def tune_malloc() -> bool:
-    """Apply the thresholds once (Linux/glibc); return whether they are in effect."""
+    """Apply the thresholds once when ``NAPARI_SAM_TUNE_MALLOC=1`` (Linux/glibc).
+
+    Returns
+    -------
+    bool
+        Whether the thresholds are in effect: False without the environment
+        variable, on other platforms and with other C libraries.
+    """
     global _done
     if _done is not None:
         return _done
     _done = False
-    if os.environ.get("NAPARI_SAM_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get(ENV_VAR, "").strip().lower() not in ("1", "true", "yes", "on"):
         return False
     if not sys.platform.startswith("linux"):
         return False

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from napari_sam.model.registry import resolve_device
 from napari_sam.normalize import to_rgb_uint8
 from napari_sam.predict._malloc import tune_malloc
 from napari_sam.predict.prompts import check_prompts
@@ -133,16 +134,6 @@ def model_identity(model: torch.nn.Module) -> str:
     return f"{type(model).__name__}-{getattr(model, 'image_size', '')}"
 
 
-def _resolve_device(device: Any) -> torch.device:
-    try:
-        from napari_sam.model.registry import resolve_device
-    except ImportError:  # pragma: no cover - models.py is part of the package
-        if device is not None:
-            return torch.device(device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_device(device)
-
-
 class Predictor:
     """SAM predictor with a ``(row, col)`` API.
 
@@ -160,9 +151,9 @@ class Predictor:
         for part in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess"):
             if not hasattr(model, part):
                 raise TypeError(f"model has no {part!r}: pass a Sam model (napari_sam.build_model).")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if self.device.type == "cpu":
-            tune_malloc()  # reuse the decoder's large temporaries (see napari_sam.predict._malloc)
+            tune_malloc()  # opt-in (NAPARI_SAM_TUNE_MALLOC=1): reuse the decoder's large temporaries
         self.model = model.to(self.device).eval()
         encoder_size = getattr(model.image_encoder, "img_size", None)
         self.image_size = int(getattr(model, "image_size", None) or encoder_size)

@@ -64,6 +64,17 @@ def tile_grid(
     Returns
     -------
     list of Tile, in row-major tile order.
+
+    Examples
+    --------
+    A 100 x 150 image in 64 px tiles with an 8 px halo; cores and windows are
+    half-open ``(r0, c0, r1, c1)`` boxes:
+
+    >>> tiles = tile_grid((100, 150), 64, halo=8)
+    >>> len(tiles)
+    6
+    >>> tiles[4]
+    Tile(index=(1, 1), core=(64, 64, 100, 128), window=(56, 56, 100, 136))
     """
     h, w = (int(s) for s in image_shape)
     th, tw = _pair(tile_shape, "tile_shape", minimum=1)

@@ -63,6 +63,23 @@ def validate_axes(axes: str, ndim: int) -> str:
     -------
     str
         The upper-case axes string.
+
+    Raises
+    ------
+    TypeError
+        ``axes`` is not a string.
+    ValueError
+        Unknown or repeated letters, a length other than ``ndim``, no Y or X,
+        X before Y, or S (RGB samples) not last.
+
+    Examples
+    --------
+    >>> validate_axes("zyx", 3)
+    'ZYX'
+    >>> validate_axes("ZXY", 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: axes 'ZXY': Y must come before X (row, column order)
     """
     if not isinstance(axes, str):
         raise TypeError(f"axes must be a string such as 'ZYX', got {type(axes).__name__}")

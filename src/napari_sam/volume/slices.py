@@ -183,6 +183,16 @@ def sequential_labels(labels: np.ndarray, *, offset: int = 0) -> tuple[np.ndarra
         Same shape, uint32.
     n : int
         Number of objects.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> relabelled, n = sequential_labels(np.array([[0, 7, 7], [3, 0, 9]]), offset=10)
+    >>> relabelled
+    array([[ 0, 12, 12],
+           [11,  0, 13]], dtype=uint32)
+    >>> n
+    3
     """
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu" and labels.dtype != bool:
