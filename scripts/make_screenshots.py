@@ -71,10 +71,10 @@ def main() -> int:
 
     from napari_sam._napari._sample_data import nuclei_2d, nuclei_3d
     from napari_sam._napari.predictors import STAND_IN
-    from napari_sam.model.registry import builtin_available
+    from napari_sam.model.registry import available_models
     from napari_sam.synthetic import make_nuclei_image
 
-    MODEL = "builtin" if builtin_available() else STAND_IN  # noqa: N806
+    MODEL = "builtin" if "builtin" in available_models() else STAND_IN  # noqa: N806
 
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)

@@ -17,7 +17,7 @@ STAND_IN = "stand-in (no weights)"
 
 
 def model_choices() -> list[str]:
-    """Registry model names (``builtin`` first when shipped), then the stand-in."""
+    """Registry model names (the shipped ones first), then the stand-in."""
     try:
         from napari_sam.model.registry import available_models
 
@@ -43,17 +43,11 @@ def make_predictor(name: str, *, checkpoint: str | Path | None = None, device: s
         from napari_sam._napari._testing import ThresholdPredictor
 
         return ThresholdPredictor()
-    from napari_sam.model.registry import load_model, recommended_zoom
-    from napari_sam.predict.predictor import Predictor
-    from napari_sam.predict.zoom import ZoomPredictor
+    from napari_sam.predict.factory import make_predictor as card_predictor
 
     device = None if device in (None, "", "auto") else device
     ckpt = None if checkpoint in (None, "") or not str(checkpoint).strip() or Path(checkpoint).is_dir() else checkpoint
-    model = load_model(name, checkpoint=ckpt, device=device)
-    zoom = recommended_zoom(name)  # the built-in model: single-object prompts re-run on a window around the object
-    if zoom is not None:
-        return ZoomPredictor(model, device=device, **zoom)
-    return Predictor(model, device=device)
+    return card_predictor(name, checkpoint=ckpt, device=device)  # configured by the model's card
 
 
 def model_identity(name: str, checkpoint: str | Path | None = None) -> str:

@@ -39,36 +39,35 @@ def worker_predictor(model: str, checkpoint: str | None, device: str | None) -> 
         cache = _LOCAL.predictors = {}
     key = (str(model), None if checkpoint is None else str(checkpoint), device)
     if key not in cache:
-        from napari_sam.predict.predictor import Predictor
+        from napari_sam.model.registry import is_card_file
 
-        if str(model).endswith(".json"):  # a model config: random weights unless a checkpoint is given
+        if str(model).endswith(".json") and not is_card_file(str(model)):
+            # a model config: random weights unless a checkpoint is given
             import torch
 
             from napari_sam.model.build import build_sam
+            from napari_sam.predict.predictor import Predictor
 
             sam = build_sam(str(model))
             if checkpoint is not None:
                 state = torch.load(checkpoint, map_location="cpu", weights_only=True)
                 sam.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
             sam.eval()
-        else:
-            from napari_sam.model.registry import load_model
+            cache[key] = Predictor(sam, device=device)
+        else:  # a registry name or a model card: the predictor its card configures
+            from napari_sam.predict.factory import make_predictor
 
-            sam = load_model(model, checkpoint=checkpoint, device=device)
-        cache[key] = Predictor(sam, device=device)
+            cache[key] = make_predictor(model, checkpoint=checkpoint, device=device)
     return cache[key]
 
 
 def model_amg_params(model: Any, amg_params: dict | None) -> dict:
-    """``amg_params`` over the thresholds the model recommends (the built-in model ships its own).
+    """The explicit AMG parameters (the generator adds the model card's recommendations itself).
 
-    SAM's defaults (0.88 / 0.95) suit the official models; the small built-in
-    model rates its masks much lower and would keep almost none with them.
+    ``model`` is unused: the card travels with the predictor's model
+    (:class:`~napari_sam.AutomaticMaskGenerator` reads ``predictor.model.card``).
     """
-    from napari_sam.model.registry import recommended_amg_params
-
-    base = recommended_amg_params(model) if isinstance(model, str) else {}
-    return {**base, **(amg_params or {})}
+    return dict(amg_params or {})
 
 
 def prepare_source(source: Any, *, axes: str | None, level: int, channel: int | None,
