@@ -49,18 +49,15 @@ def test_real_model_volume_equals_per_slice_segment_image(tmp_path, sam_referenc
 
 def test_builtin_model_gets_its_own_thresholds_by_default():
     """`napari-sam segment` / segment_volume with the default (built-in) model and no
-    thresholds uses the model's shipped ones: with SAM's 0.88 / 0.95 the small model
+    thresholds uses its card's: with SAM's 0.88 / 0.95 the small model
     keeps almost nothing.  Checked against the generator's ground truth."""
-    from napari_sam.model.registry import recommended_amg_params
+    from napari_sam.model.registry import model_card
     from napari_sam.normalize import estimate_contrast_limits
     from napari_sam.synthetic import make_nuclei_image
     from napari_sam.training.evaluate import match_instances
-    from napari_sam.volume.batch import model_amg_params, sam_segment
+    from napari_sam.volume.batch import sam_segment
 
-    shipped = recommended_amg_params("builtin")
-    assert shipped and model_amg_params("builtin", None) == shipped
-    assert model_amg_params("builtin", {"pred_iou_thresh": 0.9})["pred_iou_thresh"] == 0.9  # user wins
-    assert model_amg_params("vit_b", None) == {}
+    assert model_card("builtin").amg["pred_iou_thresh"] < 0.88  # the card's own thresholds
     img, truth = make_nuclei_image((256, 256), kind="nuclei", seed=1_001_003)
     limits = estimate_contrast_limits(img)
     default = sam_segment(img, channel_axis=None, contrast_limits=limits)
