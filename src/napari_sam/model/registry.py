@@ -13,7 +13,6 @@ strict: any missing, unexpected or mis-shaped tensor raises
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from napari_sam.model import download
 from napari_sam.model.build import build_sam, resolve_config
 from napari_sam.model.cards import CARD_SUFFIX, ModelCard
 from napari_sam.model.checkpoint import (
@@ -31,7 +31,7 @@ from napari_sam.model.checkpoint import (
 )
 from napari_sam.model.sam import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD, Sam
 
-CACHE_ENV = "NAPARI_SAM_CACHE"
+CACHE_ENV = download.CACHE_ENV
 #: folder of the cards (and weights) shipped with the package
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
@@ -266,16 +266,7 @@ def _mps_available() -> bool:
 
 def cache_dir() -> Path:
     """Checkpoint cache folder: ``$NAPARI_SAM_CACHE`` or pooch's per-user cache."""
-    return _default_cache_dir()
-
-
-def _default_cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import pooch
-
-    return Path(pooch.os_cache("napari-sam"))
+    return download.cache_dir()
 
 
 def fetch_checkpoint(
@@ -297,62 +288,7 @@ def fetch_checkpoint(
     Path
         Local path of the verified checkpoint.
     """
-    return _fetch(get_card(name), cache_dir=cache_dir, progress=progress)
-
-
-def _fetch(card: ModelCard, *, cache_dir: str | os.PathLike[str] | None = None, progress: bool = False) -> Path:
-    file = card.weights_file()
-    if file is not None:  # beside the card (shipped with the package, or a user's card)
-        if not file.is_file():
-            raise CheckpointError(
-                f"The weights of model {card.name!r} ({file}, named by its card) are missing from this "
-                "install. Use an official checkpoint instead, e.g. load_model('vit_b') to download SAM "
-                "ViT-B once, or load_model('vit_t', checkpoint='path/to/mobile_sam.pt') for a local file."
-            )
-        _verify_hash(file, card.sha256)
-        return file
-    url = card.weights_url
-    if url is None:
-        raise CheckpointError(
-            f"The card of model {card.name!r} names no weights; pass checkpoint=<path to its weights>."
-        )
-    import pooch
-
-    folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    filename = url.rsplit("/", 1)[-1]
-    known_hash = f"sha256:{card.sha256}" if card.sha256 else None
-    try:
-        path = pooch.retrieve(url, known_hash=known_hash, fname=filename, path=folder, progressbar=progress)
-    except ValueError as exc:  # pooch: hash mismatch
-        raise CheckpointError(
-            f"The download of {url} does not have the expected hash {known_hash} "
-            f"({exc}). The file was discarded; retry, or download it yourself and pass "
-            "checkpoint=<path>."
-        ) from exc
-    except Exception as exc:  # network errors (requests), permissions...
-        raise OSError(
-            f"Could not download the {card.name!r} checkpoint from {url}: {exc}. Without "
-            f"internet, copy {filename} into {folder} (or set ${CACHE_ENV}) or pass "
-            "checkpoint=<local path>."
-        ) from exc
-    return Path(path)
-
-
-def _verify_hash(path: Path, expected: str) -> None:
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint file {path} does not exist.")
-    if not expected:
-        return
-    algo = "sha256"
-    digest = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected.lower():
-        raise CheckpointError(
-            f"{path} has {algo} {digest.hexdigest()}, expected {expected}: the file is corrupt "
-            "or was replaced; reinstall napari-sam."
-        )
+    return download.fetch_weights(get_card(name), cache_dir=cache_dir, progress=progress)
 
 
 def _matching_variant(shapes: dict[str, tuple[int, ...]], exclude: str | None) -> str | None:
@@ -452,7 +388,7 @@ def load_model(
     if card is not None:
         label = repr(card.name) if card.path is None else f"{card.name!r} ({card.path})"
         if checkpoint is None:
-            checkpoint = _fetch(card)
+            checkpoint = download.fetch_weights(card)
     else:
         if checkpoint is None:
             raise ValueError(
