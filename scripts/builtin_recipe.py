@@ -4,13 +4,15 @@ The built-in model is a small SAM ("vit" encoder, 256 x 256 input, 8 px
 patches, so 32 x 32 image tokens and 128 x 128 low-resolution masks) trained by ``scripts/train_builtin.py`` on
 :mod:`napari_sam.synthetic` images.  It ships as
 ``napari_sam/data/builtin_model.pt`` (a plain float32 ``state_dict``, strict
-keys) and ``napari_sam/data/builtin_model.json`` (``config`` in the schema of
-:mod:`napari_sam.model.build`, ``sha256`` of the ``.pt``, training provenance).
+keys) and its model card ``napari_sam/data/builtin_model.card.json`` (config,
+sha256 of the ``.pt``, recommended settings, two lines of provenance).  The full
+provenance and every measurement go to ``benchmarks/results/builtin_model_history.json``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -20,7 +22,9 @@ import torch
 
 __all__ = [
     "BUILTIN_CONFIG",
+    "CARD",
     "DATA_DIR",
+    "HISTORY",
     "TRAIN_SEED_START",
     "VAL_SEED_START",
     "builtin_config",
@@ -28,8 +32,12 @@ __all__ = [
     "sha256_file",
 ]
 
-#: where the shipped checkpoint and its json live
+#: where the shipped checkpoint and its card live
 DATA_DIR = Path(__file__).resolve().parents[1] / "src" / "napari_sam" / "data"
+#: the shipped model card
+CARD = DATA_DIR / "builtin_model.card.json"
+#: training provenance and tuning records of every exported model (not shipped)
+HISTORY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "builtin_model_history.json"
 
 #: training images use seeds TRAIN_SEED_START + i, validation VAL_SEED_START + i (disjoint)
 TRAIN_SEED_START = 0
@@ -78,6 +86,26 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _training_line(provenance: dict[str, Any]) -> str:
+    """One line of provenance for the card (the full record goes to the history file)."""
+    parts = [str(provenance.get("trained_by", "scripts/train_builtin.py"))]
+    if "steps" in provenance:
+        parts.append(f"{provenance['steps']} steps")
+    if "seconds" in provenance:
+        parts.append(f"{round(float(provenance['seconds']) / 60)} min")
+    if "machine" in provenance:
+        parts.append(str(provenance["machine"]))
+    return ", ".join(parts)[:300]
+
+
+def append_history(entry: dict[str, Any], history: str | Path = HISTORY) -> None:
+    """Append ``entry`` to the history file's ``exports`` list (the file is created if missing)."""
+    path = Path(history)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault("exports", []).append(entry)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def export_builtin(
     state_dict: dict[str, torch.Tensor],
     config: dict[str, Any],
@@ -86,15 +114,16 @@ def export_builtin(
     out_dir: str | Path = DATA_DIR,
     name: str = "builtin_model",
     merge: bool = False,
+    history: str | Path = HISTORY,
 ) -> tuple[Path, Path]:
-    """Write ``<name>.pt`` (float32 state_dict) and ``<name>.json`` (config, sha256, provenance).
+    """Write ``<name>.pt`` (float32 state_dict) and its card ``<name>.card.json``; append to the history.
 
-    With ``merge=True`` and an existing ``<name>.json``, the new json keeps that
-    file's other entries (the tuned ``zoom`` and ``amg`` settings, the tuning
-    records): a new model is first run through the pipeline tuned for the old
-    one. The old model's ``sha256``, ``training`` and ``metrics*`` entries move to the
-    front of ``previous_models`` (its ``metrics`` describe the old weights, so
-    the new json has none until ``scripts/eval_builtin.py --update-json``).
+    With ``merge=True`` and an existing card, the new card keeps that card's
+    recommended settings (``amg``, ``prompt_pipeline``), description and
+    source: a new model is first run through the settings tuned for the old
+    one.  The card gets one line of provenance; the full ``provenance`` (and
+    the sha256 of the model it replaces) is appended to ``history``'s
+    ``exports`` list, where measurements of the model belong too.
 
     Parameters
     ----------
@@ -107,32 +136,37 @@ def export_builtin(
     out_dir : path
         Destination folder (created).
     merge : bool
-        Keep the existing json's other entries (see above).
+        Keep the existing card's settings (see above).
+    history : path
+        The history json to append to.
 
     Returns
     -------
-    (pt_path, json_path)
+    (pt_path, card_path)
     """
+    from napari_sam.model.cards import ModelCard
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
-    pt_path, json_path = out / f"{name}.pt", out / f"{name}.json"
-    old = json.loads(json_path.read_text()) if merge and json_path.is_file() else None
+    pt_path, card_path = out / f"{name}.pt", out / f"{name}.card.json"
+    old = ModelCard.from_json(card_path) if card_path.is_file() else None
     torch.save(clean, pt_path)
-    meta = {
-        "name": "builtin",
-        "config": config,
-        "sha256": sha256_file(pt_path),
-        "dtype": "float32",
+    sha = sha256_file(pt_path)
+    card = ModelCard(
+        name="builtin", config=config, sha256=sha, weights=pt_path.name,
+        description="Small built-in model shipped with napari-sam for offline use",
+        source="napari-sam project, trained from random weights (BSD-3-Clause, like the package)",
+        training=_training_line(provenance),
+    )
+    if merge and old is not None:
+        card = dataclasses.replace(old, config=config, sha256=sha, weights=pt_path.name, training=card.training)
+    card.to_json(card_path)
+    append_history({
+        "sha256": sha,
+        "replaces": None if old is None else old.sha256,
         "n_parameters": int(sum(v.numel() for v in clean.values())),
+        "card_settings_kept": bool(merge and old is not None),
         "training": provenance,
-    }
-    if old is not None:
-        previous = {k: old.pop(k) for k in list(old) if k in ("sha256", "training") or k.startswith("metrics")}
-        history = old.pop("previous_models", [])
-        for k in meta:
-            old.pop(k, None)
-        meta.update(old)
-        meta["previous_models"] = [previous, *history]
-    json_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return pt_path, json_path
+    }, history)
+    return pt_path, card_path

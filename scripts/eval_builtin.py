@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from builtin_recipe import DATA_DIR, VAL_SEED_START, builtin_config
+from builtin_recipe import VAL_SEED_START, builtin_config
 
 from napari_sam.model.registry import recommended_amg_params, recommended_zoom
 from napari_sam.predict.zoom import ZoomPredictor
@@ -186,11 +186,11 @@ def main(argv=None) -> int:
     p.add_argument("--tune-amg", type=int, default=0, help="pick AMG thresholds on this many selection images")
     p.add_argument("--tune-zoom", type=int, default=0, help="pick the zoom window on this many selection images")
     p.add_argument("--no-zoom", action="store_true",
-                   help="prompt on the whole image only (default: the zoom of the model's json, if any)")
+                   help="prompt on the whole image only (default: the prompt pipeline of the model's card, if any)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/builtin_eval"))
     p.add_argument("--figures", type=Path, default=None, help="folder for builtin_examples.png")
-    p.add_argument("--update-json", action="store_true", help="store metrics in data/builtin_model.json")
+    p.add_argument("--update-json", action="store_true", help="store metrics in benchmarks/results/builtin_model_history.json, tuned settings in the card")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from napari_sam.predict.predictor import Predictor
@@ -294,17 +294,24 @@ def main(argv=None) -> int:
         args.figures.mkdir(parents=True, exist_ok=True)
         figure(prompter, images, labels, preds, args.figures / "builtin_examples.png")
         synthetic_figure(args.figures / "builtin_synthetic.png")
-    if args.update_json:
-        path = DATA_DIR / "builtin_model.json"
-        meta = json.loads(path.read_text())
-        meta["metrics"] = {k: results[k] for k in ("nuclei", *(k for k in sets if k != "nuclei"))}
-        meta["metrics"]["set_image_seconds_256"] = set_image_s
+    if args.update_json:  # measurements go to the history file, tuned settings into the card
+        import dataclasses
+
+        from builtin_recipe import CARD, append_history
+
+        from napari_sam.model.cards import ModelCard
+
+        metrics = {k: results[k] for k in ("nuclei", *(k for k in sets if k != "nuclei"))}
+        metrics["set_image_seconds_256"] = set_image_s
+        card = ModelCard.from_json(CARD)
         tuned = results.get("amg_tuning", {})
         if "pred_iou_thresh" in tuned:  # thresholds picked on selection seeds, not the eval set
-            meta["amg"] = {k: tuned[k] for k in AMG_TUNED}
+            card = dataclasses.replace(card, amg={k: tuned[k] for k in AMG_TUNED})
         if "zoom_tuning" in results:  # also picked on selection seeds
-            meta["zoom"] = dict(zoom)
-        path.write_text(json.dumps(meta, indent=2) + "\n")
+            card = dataclasses.replace(card, prompt_pipeline=dict(zoom))
+        card.to_json(CARD)
+        append_history({"sha256": card.sha256, "metrics": metrics,
+                        "amg": card.amg, "prompt_pipeline": card.prompt_pipeline})
     return 0
 
 

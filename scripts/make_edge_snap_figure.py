@@ -24,10 +24,11 @@ from scipy import ndimage as ndi
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from napari_sam.model.registry import BUILTIN_JSON, load_model, recommended_zoom
+from napari_sam.model.registry import load_model, recommended_zoom
 from napari_sam.predict.zoom import ZoomPredictor, interior_point
 from napari_sam.synthetic import make_nuclei_image
 
+HISTORY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "builtin_model_history.json"
 EVAL_SEED = 1_001_000  # evaluation images of scripts/eval_builtin.py
 #: (kind, seed offset, diameters in px, snapped thresholds) of the objects shown: in a seeded
 #: random order, the first object of that size whose snapped threshold is in that range
@@ -96,7 +97,7 @@ def main(out: Path) -> None:
         ax.set_title(f"{kind}, {d:.0f} px: IoU {iou[int(np.argmin(np.abs(ts)))]:.2f} at 0 (red), "
                      f"{snapped_iou:.2f} snapped (green)", fontsize=9)
         ax.axis("off")
-    tuning = json.loads(BUILTIN_JSON.read_text(encoding="utf-8"))["edge_snap_tuning"]
+    tuning = json.loads(HISTORY.read_text(encoding="utf-8"))["edge_snap_tuning"]
     runs = tuning["posthoc_selection_no_small_mask_rule"]
     for j, (name, title) in enumerate((("nuclei", "nuclei"), ("pool_kinds", "training-pool kinds"), ("cells", "cells"))):
         run = runs[name]

@@ -70,10 +70,10 @@ def main() -> int:
     import napari
 
     from napari_sam._napari._sample_data import nuclei_2d, nuclei_3d
-    from napari_sam.model.registry import builtin_available
+    from napari_sam.model.registry import available_models
     from napari_sam.synthetic import make_nuclei_image
 
-    if not builtin_available():
+    if "builtin" not in available_models():
         raise SystemExit("the screenshots show the built-in model: src/napari_sam/data/builtin_model.pt is missing")
     MODEL = "builtin"  # noqa: N806
 

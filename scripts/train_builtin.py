@@ -8,7 +8,8 @@ Usage::
 Writes into ``--out``: ``log.csv`` (per-step curves), ``curves.png``,
 ``train_config.json``, ``last.pt`` (every few minutes and at the end),
 ``best.pt`` (best quick validation) and ``summary.json``.  With ``--export``
-the best weights are written to ``src/napari_sam/data/builtin_model.{pt,json}``
+the best weights are written to ``src/napari_sam/data/builtin_model.pt`` and its card
+``builtin_model.card.json`` (the provenance goes to ``benchmarks/results/builtin_model_history.json``)
 (run ``scripts/eval_builtin.py`` afterwards to add the quality report).
 
 Stage 3 (``--calibrate-iou CHECKPOINT``) re-fits only the IoU head to the
@@ -178,22 +179,23 @@ def calibrate(args: argparse.Namespace) -> int:
 
 
 def export_calibrated(state: dict, summary: dict) -> None:
-    """Replace the shipped weights with stage 3's; the json keeps its entries and records the stage."""
-    from builtin_recipe import DATA_DIR, sha256_file
+    """Replace the shipped weights with stage 3's; the card keeps its settings, the history records the stage."""
+    import dataclasses
 
-    js = DATA_DIR / "builtin_model.json"
-    meta = json.loads(js.read_text())
-    pt = DATA_DIR / "builtin_model.pt"
+    from builtin_recipe import CARD, DATA_DIR, append_history, sha256_file
+
+    from napari_sam.model.cards import ModelCard
+
+    card = ModelCard.from_json(CARD)
+    pt = DATA_DIR / card.weights
     torch.save({k: v.to(torch.float32).contiguous() for k, v in state.items()}, pt)
-    meta["sha256"] = sha256_file(pt)
-    training = meta["training"]
-    training.pop("stage3", None)
-    training["seconds"] = round(training["seconds"] - training.get("stage3_seconds", 0) + summary["seconds"])
-    training["stage3_seconds"] = round(summary["seconds"])
-    training["stage3"] = {k: summary[k] for k in ("stage", "command", "seconds", "collect_seconds", "n_images",
-                                                   "n_samples", "n_pairs", "epochs", "before", "after")}
-    js.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"exported {pt} and {js} (stage 3: IoU head)")
+    new = dataclasses.replace(card, sha256=sha256_file(pt),
+                              training=f"{card.training}; IoU head re-fitted (stage 3)"[:300])
+    new.to_json(CARD)
+    append_history({"sha256": new.sha256, "replaces": card.sha256, "stage3": {
+        k: summary[k] for k in ("stage", "command", "seconds", "collect_seconds", "n_images", "n_samples",
+                                "n_pairs", "epochs", "before", "after")}})
+    print(f"exported {pt} and {CARD} (stage 3: IoU head)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,13 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--config", type=Path, default=None, help="model config json (default: BUILTIN_CONFIG)")
     p.add_argument("--pool-cache", type=Path, default=None, help="npz to reuse the generated pool")
-    p.add_argument("--export", action="store_true", help="write src/napari_sam/data/builtin_model.*")
+    p.add_argument("--export", action="store_true", help="write src/napari_sam/data/builtin_model.{pt,card.json}")
     p.add_argument("--export-from", type=Path, default=None,
                    help="only export this checkpoint of a finished run in --out (no training)")
     p.add_argument("--fresh-json", action="store_true",
-                   help="export: write a json with no entries of the shipped one (default: keep its tuned "
-                        "zoom/amg settings and records; the old model's sha256/training/metrics go to "
-                        "previous_models)")
+                   help="export: write a fresh card (default: keep the shipped card's tuned amg and "
+                        "prompt_pipeline settings); the history file records every export")
     p.add_argument("--plot-only", type=Path, default=None, help="only draw --out/log.csv into this PNG")
     p.add_argument("--calibrate-iou", type=Path, default=None,
                    help="stage 3: re-fit only the IoU head of this state_dict (see napari_sam.training.calibrate)")

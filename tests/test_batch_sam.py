@@ -49,22 +49,22 @@ def test_real_model_volume_equals_per_slice_segment_image(tmp_path, sam_referenc
 
 def test_builtin_model_gets_its_own_thresholds_by_default(builtin_model):
     """`napari-sam segment` / segment_volume with the default (built-in) model and no
-    thresholds uses the model's shipped ones (with SAM's 0.88 / 0.95 the small model keeps
-    almost nothing: benchmarks/quality)."""
-    from napari_sam.model.registry import recommended_amg_params
+    thresholds uses its card's (with SAM's 0.88 / 0.95 the small model keeps almost nothing:
+    benchmarks/quality)."""
+    from napari_sam.model.registry import model_card
     from napari_sam.normalize import estimate_contrast_limits
+    from napari_sam.predict.factory import predictor_for_model
     from napari_sam.synthetic import make_nuclei_image
-    from napari_sam.volume.batch import model_amg_params, sam_segment
+    from napari_sam.volume.batch import sam_segment
 
-    shipped = recommended_amg_params("builtin")
-    assert shipped and model_amg_params("builtin", None) == shipped
-    assert model_amg_params("builtin", {"pred_iou_thresh": 0.9})["pred_iou_thresh"] == 0.9  # user wins
-    assert model_amg_params("vit_b", None) == {}
+    shipped = model_card("builtin").amg
+    assert shipped["pred_iou_thresh"] < 0.88  # the card's own thresholds
     img, _ = make_nuclei_image((128, 128), kind="nuclei", seed=1_001_003)
     limits = estimate_contrast_limits(img)
     small = {"points_per_side": 8, "crop_n_layers": 0}  # cheap: the thresholds are what is checked
     default = sam_segment(img, channel_axis=None, contrast_limits=limits, amg_params=small)
     # reference: the 2-D entry point with the shipped thresholds passed by hand
-    expected = segment_image(img, Predictor(builtin_model, device="cpu"), contrast_limits=limits, **{**shipped, **small})
+    expected = segment_image(img, predictor_for_model(builtin_model, device="cpu"), contrast_limits=limits,
+                             **{**shipped, **small})
     np.testing.assert_array_equal(default, np.asarray(expected))
     assert default.max() > 0

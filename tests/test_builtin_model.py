@@ -1,4 +1,4 @@
-"""The shipped built-in model: files, hash check, strict loading.
+"""The shipped built-in model: card and weights, hash check, strict loading.
 
 Its quality (mIoU, F1 against the generator's ground truth) is a benchmark:
 ``benchmarks/quality/test_builtin_quality.py`` (``make quality``).
@@ -6,7 +6,6 @@ Its quality (mIoU, F1 against the generator's ground truth) is a benchmark:
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
@@ -16,15 +15,17 @@ import torch
 from builtin_recipe import DATA_DIR, VAL_SEED_START, sha256_file
 
 PT = DATA_DIR / "builtin_model.pt"
-JSON = DATA_DIR / "builtin_model.json"
+CARD = DATA_DIR / "builtin_model.card.json"
 # seeds of the held-out evaluation images (scripts/eval_builtin.py uses VAL_SEED_START + 1000 + i)
 SMOKE_SEEDS = [VAL_SEED_START + 1000 + i for i in range(4)]
 
 
 @pytest.fixture(scope="module")
-def meta():
-    assert PT.is_file() and JSON.is_file(), "the built-in model files are not shipped"
-    return json.loads(JSON.read_text())
+def card():
+    from napari_sam.model.cards import ModelCard
+
+    assert PT.is_file() and CARD.is_file(), "the built-in model files are not shipped"
+    return ModelCard.from_json(CARD)
 
 
 @pytest.fixture(scope="module")
@@ -32,45 +33,48 @@ def model(builtin_model):
     return builtin_model
 
 
-def test_files_and_hash(meta):
-    assert meta["sha256"] == sha256_file(PT)
+def test_files_and_hash(card):
+    assert card.name == "builtin" and card.weights == PT.name
+    assert card.sha256 == sha256_file(PT)
     assert PT.stat().st_size <= 20 * 2**20
     state = torch.load(PT, weights_only=True)
     assert all(v.dtype == torch.float32 for v in state.values())
-    assert meta["n_parameters"] == sum(v.numel() for v in state.values())
-    cfg = meta["config"]
+    cfg = card.config
     for key in ("image_encoder", "prompt_embed_dim", "image_size", "mask_in_chans", "decoder"):
         assert key in cfg
     assert cfg["image_encoder"]["type"] in ("vit", "tiny_vit")
-    assert "training" in meta and meta["training"]["steps"] > 0
+    assert card.training and card.source  # provenance, in a line or two
+    assert CARD.stat().st_size < 2048  # a card, not a lab notebook
 
 
-def test_loads_strictly_with_shipped_weights(model, meta):
+def test_loads_strictly_with_shipped_weights(model, card):
     state = torch.load(PT, weights_only=True)
     own = model.state_dict()
     assert set(own) == set(state)
     for k, v in state.items():
         assert torch.equal(own[k].cpu(), v), k
-    assert model.image_size == meta["config"]["image_size"]
+    assert model.image_size == card.config["image_size"]
     assert not model.training
+    assert model.card == card
 
 
-def test_corrupted_copy_fails_hash_check(tmp_path, monkeypatch, meta):
-    bad_pt, bad_json = tmp_path / PT.name, tmp_path / JSON.name
+def test_corrupted_copy_fails_hash_check(tmp_path, monkeypatch, card):
+    from napari_sam.model import registry as models
+
+    bad_pt, bad_card = tmp_path / PT.name, tmp_path / CARD.name
     shutil.copy(PT, bad_pt)
-    shutil.copy(JSON, bad_json)
+    shutil.copy(CARD, bad_card)
     data = bytearray(bad_pt.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip one byte in the middle of the tensor data
     bad_pt.write_bytes(bytes(data))
-    assert sha256_file(bad_pt) != meta["sha256"]
-    models = pytest.importorskip("napari_sam.model.registry")
-    monkeypatch.setattr(models, "BUILTIN_WEIGHTS", bad_pt)
-    monkeypatch.setattr(models, "BUILTIN_JSON", bad_json)
-    with pytest.raises(models.CheckpointError):
+    assert sha256_file(bad_pt) != card.sha256
+    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))
+    models.register_model(bad_card, overwrite=True)  # the copy: weights beside it
+    with pytest.raises(models.CheckpointError, match="corrupt"):
         models.load_model("builtin", device="cpu")
     # the intact copy passes through the same code path
     shutil.copy(PT, bad_pt)
-    assert models.load_model("builtin", device="cpu").image_size == meta["config"]["image_size"]
+    assert models.load_model("builtin", device="cpu").image_size == card.config["image_size"]
 
 
 def test_set_image_is_fast(model):

@@ -119,9 +119,9 @@ def test_demo_offline_writes_labels_and_overlay(tmp_path, capsys):
     assert lab2d.shape == (256, 256) and lab3d.shape == (3, 128, 128) and lab2d.dtype == np.uint32
     assert lab3d.attrs["napari_sam"]["state"] == "complete"
     assert Image.open(tmp_path / "demo" / "overlay.png").size == (520, 256)
-    from napari_sam.model.registry import builtin_available
+    from napari_sam.model.registry import available_models
 
-    if not builtin_available():
+    if "builtin" not in available_models():
         assert "RANDOM" in text  # the fallback says so
     # how many nuclei the built-in model finds here is a benchmark (benchmarks/quality)
 

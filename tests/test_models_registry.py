@@ -15,7 +15,7 @@ from napari_sam.model import build_model
 from napari_sam.model import registry as models
 from napari_sam.model.registry import (
     CheckpointError,
-    ModelSpec,
+    ModelCard,
     available_models,
     cache_dir,
     fetch_checkpoint,
@@ -70,7 +70,8 @@ def _sha256(path: Path) -> str:
 def test_available_models_lists_the_official_variants():
     names = available_models()
     assert {"vit_b", "vit_l", "vit_h", "vit_t"} <= set(names)
-    assert ("builtin" in names) == models.builtin_available()
+    shipped = models.DATA_DIR / "builtin_model.card.json"
+    assert ("builtin" in names) == (shipped.is_file() and (models.DATA_DIR / "builtin_model.pt").is_file())
 
 
 def test_unknown_name_is_a_value_error_listing_choices():
@@ -80,12 +81,12 @@ def test_unknown_name_is_a_value_error_listing_choices():
         build_model("vit_x")
 
 
-def test_specs_carry_url_and_sha256():
+def test_official_cards_carry_url_and_sha256_and_no_recommendations():
     for name in ("vit_b", "vit_l", "vit_h", "vit_t"):
-        spec = models.get_spec(name)
-        assert spec.url.startswith("https://") and spec.url.endswith(spec.filename)
-        algo, _, digest = spec.known_hash.partition(":")
-        assert algo == "sha256" and len(digest) == 64
+        card = models.get_card(name)
+        assert card.weights_url.startswith("https://") and card.weights_url.endswith((".pth", ".pt"))
+        assert len(card.sha256) == 64 and int(card.sha256, 16) >= 0
+        assert card.amg == {} and card.prompt_pipeline == {}  # SAM's defaults, plain prompting
 
 
 def test_get_config_returns_a_copy():
@@ -179,8 +180,8 @@ def test_config_needs_a_checkpoint():
 
 def test_wrong_variant_is_named(tmp_path, monkeypatch):
     a, b = small_config(embed_dim=32), small_config(embed_dim=48)
-    monkeypatch.setitem(models.REGISTRY, "small_a", ModelSpec("small_a", a, None, "a.pt", None))
-    monkeypatch.setitem(models.REGISTRY, "small_b", ModelSpec("small_b", b, None, "b.pt", None))
+    monkeypatch.setitem(models.REGISTRY, "small_a", ModelCard(name="small_a", config=a))
+    monkeypatch.setitem(models.REGISTRY, "small_b", ModelCard(name="small_b", config=b))
     path = tmp_path / "a.pth"
     torch.save(random_model(a).state_dict(), path)
     with pytest.raises(CheckpointError, match="'small_a' checkpoint"):
@@ -238,29 +239,56 @@ def test_missing_file(tmp_path):
 
 
 def test_builtin_absent_gives_actionable_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "BUILTIN_JSON", tmp_path / "builtin_model.json")
-    monkeypatch.setattr(models, "BUILTIN_WEIGHTS", tmp_path / "builtin_model.pt")
+    """Without the shipped card the name is unknown; with the card but not its weights, the
+    error names the missing file; both suggest an official checkpoint."""
+    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))  # registrations undone after the test
+    card = models.REGISTRY.pop("builtin", None)
     assert "builtin" not in available_models()
-    with pytest.raises(CheckpointError, match="not shipped.*vit_b"):
+    with pytest.raises(ValueError, match="Unknown model 'builtin'.*vit_b"):
         load_model()
-    with pytest.raises(CheckpointError, match="not shipped"):
+    with pytest.raises(ValueError, match="Unknown model"):
         build_model("builtin")
+    if card is None:
+        return
+    moved = ModelCard.from_json(card.to_json())  # no file location: weights looked up nowhere
+    (tmp_path / "builtin_model.card.json").write_text(moved.to_json())
+    models.register_model(tmp_path / "builtin_model.card.json")  # its .pt is not beside it
+    assert "builtin" not in available_models()
+    with pytest.raises(CheckpointError, match="missing from this install.*vit_b"):
+        load_model("builtin")
 
 
-def test_builtin_present_is_loaded_and_hash_checked(tmp_path, monkeypatch):
+def test_a_card_file_is_registered_loaded_and_hash_checked(tmp_path, monkeypatch):
+    """A card file with its weights beside it loads like a shipped model; the card's sha256 is
+    checked on every load, and the loaded model carries its card."""
     config = small_config()
     model = random_model(config)
-    weights = tmp_path / "builtin_model.pt"
+    weights = tmp_path / "mine.pt"
     torch.save(model.state_dict(), weights)
-    meta = tmp_path / "builtin_model.json"
-    meta.write_text(json.dumps({"config": config, "sha256": _sha256(weights)}))
-    monkeypatch.setattr(models, "BUILTIN_JSON", meta)
-    monkeypatch.setattr(models, "BUILTIN_WEIGHTS", weights)
-    assert available_models()[0] == "builtin"
-    torch.testing.assert_close(_encode(load_model()), _encode(model), rtol=0, atol=0)
-    meta.write_text(json.dumps({"config": config, "sha256": "0" * 64}))
+    card = ModelCard(name="mine", config=config, sha256=_sha256(weights), weights="mine.pt",
+                     amg={"pred_iou_thresh": 0.5})
+    card_file = tmp_path / "mine.card.json"
+    card.to_json(card_file)
+    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))  # registrations undone after the test
+    loaded = load_model(card_file)  # by path, unregistered
+    torch.testing.assert_close(_encode(loaded), _encode(model), rtol=0, atol=0)
+    assert loaded.card == card and loaded.card.path == card_file.resolve()
+    models.register_model(card_file)
+    assert "mine" in available_models() and models.model_card("mine").amg == {"pred_iou_thresh": 0.5}
+    torch.testing.assert_close(_encode(load_model("mine")), _encode(model), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model(card_file)
+    (tmp_path / "mine.card.json").write_text(card.to_json().replace(card.sha256, "0" * 64))
     with pytest.raises(CheckpointError, match="corrupt"):
-        load_model("builtin")
+        load_model(tmp_path / "mine.card.json")
+
+
+def test_a_config_loaded_with_a_checkpoint_gets_an_empty_card(tmp_path):
+    config = small_config()
+    path = tmp_path / "w.pth"
+    torch.save(random_model(config).state_dict(), path)
+    card = load_model(config, checkpoint=path).card
+    assert card.config == config and card.amg == {} and card.prompt_pipeline == {}
 
 
 # ------------------------------------------------------------- pooch download
@@ -310,8 +338,8 @@ def test_fetch_checkpoint_downloads_once_and_checks_hash(server, tmp_path, monke
     model = random_model(config)
     torch.save(model.state_dict(), server.folder / "small.pth")
     digest = _sha256(server.folder / "small.pth")
-    spec = ModelSpec("small_web", config, server.url + "small.pth", "small.pth", f"sha256:{digest}")
-    monkeypatch.setitem(models.REGISTRY, "small_web", spec)
+    card = ModelCard(name="small_web", config=config, weights=server.url + "small.pth", sha256=digest)
+    monkeypatch.setitem(models.REGISTRY, "small_web", card)
     cache = tmp_path / "cache"
     path = fetch_checkpoint("small_web", cache_dir=cache)
     assert path == cache / "small.pth" and _sha256(path) == digest
@@ -326,15 +354,15 @@ def test_fetch_checkpoint_downloads_once_and_checks_hash(server, tmp_path, monke
 
 def test_fetch_checkpoint_hash_mismatch(server, tmp_path, monkeypatch):
     (server.folder / "w.pth").write_bytes(b"not the file you are looking for")
-    spec = ModelSpec("bad_web", small_config(), server.url + "w.pth", "w.pth", "sha256:" + "a" * 64)
-    monkeypatch.setitem(models.REGISTRY, "bad_web", spec)
+    card = ModelCard(name="bad_web", config=small_config(), weights=server.url + "w.pth", sha256="a" * 64)
+    monkeypatch.setitem(models.REGISTRY, "bad_web", card)
     with pytest.raises(CheckpointError, match="expected hash"):
         fetch_checkpoint("bad_web", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache" / "w.pth").exists()
 
 
 def test_fetch_checkpoint_unreachable_server_explains_offline_use(server, tmp_path, monkeypatch):
-    spec = ModelSpec("gone", small_config(), server.url + "missing.pth", "missing.pth", None)
-    monkeypatch.setitem(models.REGISTRY, "gone", spec)
+    card = ModelCard(name="gone", config=small_config(), weights=server.url + "missing.pth")
+    monkeypatch.setitem(models.REGISTRY, "gone", card)
     with pytest.raises(OSError, match="checkpoint=<local path>"):
         fetch_checkpoint("gone", cache_dir=tmp_path / "cache")

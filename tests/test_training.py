@@ -261,28 +261,47 @@ def test_match_instances_brute_force():
 # ------------------------------------------------------------------ export
 
 
-def test_export_merge_keeps_the_tuned_entries_and_records_the_old_model(tmp_path):
-    """Exporting a new model over a shipped json (``merge=True``, the training script's default)
-    keeps the json's tuned entries, moves the old identity and metrics to ``previous_models``
-    (newest first) and writes the new sha256; ``merge=False`` writes a fresh json."""
+def test_export_writes_a_card_that_loads_and_appends_the_provenance_to_the_history(tmp_path):
+    """Exporting writes the weights and a small card (the runtime's only input), and appends the
+    full provenance to the history file. ``merge=True`` (the training script's default) keeps the
+    old card's tuned settings and records which model the new one replaces; ``merge=False``
+    writes a card with no recommendations. The card loads strictly, like any model."""
+    import dataclasses
     import json
 
     from builtin_recipe import export_builtin, sha256_file
 
+    from napari_sam.model.cards import ModelCard
+    from napari_sam.model.registry import load_model
+
+    history = tmp_path / "history.json"
     old_state = _model(0).state_dict()
-    pt, js = export_builtin(old_state, TINY, {"steps": 1}, out_dir=tmp_path, name="m")
-    meta = json.loads(js.read_text())
-    old_sha = meta["sha256"]
-    meta.update(metrics={"point_miou": 0.5}, metrics_whole_view={"point_miou": 0.4}, zoom={"context": 4}, amg={"pred_iou_thresh": 0.4},
-                previous_models=[{"sha256": "older"}])
-    js.write_text(json.dumps(meta))
-    pt, js = export_builtin(_model(1).state_dict(), TINY, {"steps": 2}, out_dir=tmp_path, name="m", merge=True)
-    new = json.loads(js.read_text())
-    assert new["sha256"] == sha256_file(pt) != old_sha
-    assert new["training"] == {"steps": 2} and "metrics" not in new and "metrics_whole_view" not in new
-    assert new["zoom"] == {"context": 4} and new["amg"] == {"pred_iou_thresh": 0.4}
-    assert new["previous_models"] == [{"sha256": old_sha, "training": {"steps": 1}, "metrics": {"point_miou": 0.5},
-                                       "metrics_whole_view": {"point_miou": 0.4}}, {"sha256": "older"}]
-    assert set(torch.load(pt, weights_only=True)) == set(old_state)
-    pt, js = export_builtin(_model(1).state_dict(), TINY, {"steps": 3}, out_dir=tmp_path, name="m")
-    assert set(json.loads(js.read_text())) == {"name", "config", "sha256", "dtype", "n_parameters", "training"}
+    pt, card_path = export_builtin(old_state, TINY, {"steps": 1, "seconds": 120}, out_dir=tmp_path, name="m",
+                                   history=history)
+    old = ModelCard.from_json(card_path)
+    assert card_path.name == "m.card.json" and old.sha256 == sha256_file(pt) and old.weights == "m.pt"
+    assert old.config == TINY and old.amg == {} and old.prompt_pipeline == {} and "1 steps" in old.training
+    dataclasses.replace(old, amg={"pred_iou_thresh": 0.4}, prompt_pipeline={"context": 4}).to_json(card_path)
+
+    new_state = _model(1).state_dict()
+    pt, card_path = export_builtin(new_state, TINY, {"steps": 2}, out_dir=tmp_path, name="m", merge=True,
+                                   history=history)
+    new = ModelCard.from_json(card_path)
+    assert new.sha256 == sha256_file(pt) != old.sha256
+    assert new.amg == {"pred_iou_thresh": 0.4} and new.prompt_pipeline == {"context": 4}
+    assert card_path.stat().st_size < 2048
+    loaded = load_model(card_path, device="cpu")
+    for k, v in new_state.items():
+        assert torch.equal(loaded.state_dict()[k], v.float()), k
+    assert loaded.card == new
+
+    exports = json.loads(history.read_text())["exports"]
+    assert [e["training"] for e in exports] == [{"steps": 1, "seconds": 120}, {"steps": 2}]
+    assert exports[1]["replaces"] == old.sha256 and exports[1]["sha256"] == new.sha256
+    assert exports[1]["n_parameters"] == sum(v.numel() for v in new_state.values())
+
+    pt, card_path = export_builtin(_model(1).state_dict(), TINY, {"steps": 3}, out_dir=tmp_path, name="m",
+                                   history=history)
+    fresh = ModelCard.from_json(card_path)
+    assert fresh.amg == {} and fresh.prompt_pipeline == {}
+    assert len(json.loads(history.read_text())["exports"]) == 3

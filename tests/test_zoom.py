@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -431,28 +429,6 @@ def test_small_mask_threshold_reruns_small_masks_at_its_threshold(builtin):
 def test_small_mask_threshold_rejects_bad_values(builtin, bad):
     with pytest.raises(ValueError, match="small_mask_threshold"):
         ZoomPredictor(builtin, small_mask_threshold=bad)
-
-
-def test_small_mask_threshold_is_off_because_it_no_longer_gains(builtin):
-    """Quality, the shipped choice: the small-mask rule (re-run a click whose mask is below 18 px
-    at threshold 1.5) raised v2's small clicks (+0.08 on the rows it re-ran, this image); model v3's
-    small masks no longer reach past their objects, the rule gains nothing on the selection images
-    (session 15: 636 clicks 0.8803 with it, 0.8804 without) and costs ~40 % more time, so the json
-    ships it off. Fails (time to re-enable it) if the rule gains again on this unseen image."""
-    from napari_sam.model.registry import BUILTIN_JSON
-    from napari_sam.training.evaluate import prompted_ious
-
-    assert recommended_zoom("builtin")["small_mask_threshold"] is None
-    rule = json.loads(BUILTIN_JSON.read_text())["small_mask_threshold_tuning"]["picked"]  # v2's (18, 1.5)
-    img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 10)  # small nuclei
-    keep = np.isin(lab, np.unique(lab)[1:41])  # 40 objects keep the test short
-    lab = np.where(keep, lab, 0)
-    kw = dict(device="cpu", context=4, min_side=128, refine_box=1)
-    ious = {}
-    for name, extra in (("usual", {}), ("rule", {"small_mask_threshold": rule})):
-        ious[name] = prompted_ious(ZoomPredictor(builtin, **kw, **extra), [img], [lab], prompt="point")
-    assert (ious["rule"] != ious["usual"]).sum() >= 5  # the rule still re-runs small clicks
-    assert ious["rule"].mean() < ious["usual"].mean() + 0.01, {k: v.mean() for k, v in ious.items()}
 
 
 def test_a_correction_is_zoomed_with_its_mask_prompt_resampled(builtin):

@@ -2,15 +2,19 @@
 
 from napari_sam.automatic.generator import AutomaticMaskGenerator as AutomaticMaskGenerator
 from napari_sam.automatic.labels import masks_to_labels as masks_to_labels
+from napari_sam.model.cards import ModelCard as ModelCard
 from napari_sam.model.checkpoint import CheckpointError as CheckpointError
 from napari_sam.model.registry import available_models as available_models
 from napari_sam.model.registry import build_model as build_model
 from napari_sam.model.registry import fetch_checkpoint as fetch_checkpoint
 from napari_sam.model.registry import load_model as load_model
+from napari_sam.model.registry import model_card as model_card
+from napari_sam.model.registry import register_model as register_model
 from napari_sam.model.registry import resolve_device as resolve_device
 from napari_sam.model.sam import Sam as Sam
 from napari_sam.normalize import estimate_contrast_limits as estimate_contrast_limits
 from napari_sam.normalize import to_rgb_uint8 as to_rgb_uint8
+from napari_sam.predict.factory import make_predictor as make_predictor
 from napari_sam.predict.predictor import Predictor as Predictor
 from napari_sam.predict.zoom import ZoomPredictor as ZoomPredictor
 from napari_sam.progress import Cancelled as Cancelled

@@ -299,13 +299,10 @@ def _run_demo(out: Path, *, model: str, quiet: bool, amg_overrides: dict | None 
 
     out.mkdir(parents=True, exist_ok=True)
     amg: dict[str, Any] = {"points_per_side": 16}
-    try:
-        from napari_sam.model.registry import builtin_available
+    from napari_sam.model.registry import available_models
 
-        have_model = model != "builtin" or builtin_available()
-    except ImportError:
-        have_model = False
-    if have_model:  # the model's shipped thresholds are added by the batch runner (model_amg_params)
+    have_model = model in available_models() or Path(model).is_file()
+    if have_model:  # the model card's thresholds are applied by the automatic generator
         model_ref, note = model, f"model: {model}"
     else:
         import torch
@@ -314,7 +311,7 @@ def _run_demo(out: Path, *, model: str, quiet: bool, amg_overrides: dict | None 
         model_ref = str(out / "random_small_model.json")
         Path(model_ref).write_text(json.dumps(_DEMO_FALLBACK_CONFIG))
         amg = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
-        note = ("WARNING: the built-in model is not installed, so this demo used a small SAM with RANDOM "
+        note = (f"WARNING: model {model!r} is not installed, so this demo used a small SAM with RANDOM "
                 "weights: the pipeline runs end to end but the labels are NOT meaningful. Install the "
                 "built-in model or pass --model vit_b (after `napari-sam models fetch vit_b`).")
     amg.update(amg_overrides or {})

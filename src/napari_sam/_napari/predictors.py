@@ -31,17 +31,11 @@ def make_predictor(name: str, *, checkpoint: str | Path | None = None, device: s
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"mps"``; None or ``"auto"`` picks the best available.
     """
-    from napari_sam.model.registry import load_model, recommended_zoom
-    from napari_sam.predict.predictor import Predictor
-    from napari_sam.predict.zoom import ZoomPredictor
+    from napari_sam.predict.factory import make_predictor as card_predictor
 
     device = None if device in (None, "", "auto") else device
     ckpt = None if checkpoint in (None, "") or not str(checkpoint).strip() or Path(checkpoint).is_dir() else checkpoint
-    model = load_model(name, checkpoint=ckpt, device=device)
-    zoom = recommended_zoom(name)  # the built-in model: single-object prompts re-run on a window around the object
-    if zoom is not None:
-        return ZoomPredictor(model, device=device, **zoom)
-    return Predictor(model, device=device)
+    return card_predictor(name, checkpoint=ckpt, device=device)  # configured by the model's card
 
 
 def model_identity(name: str, checkpoint: str | Path | None = None) -> str:

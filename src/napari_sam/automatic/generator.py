@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_sam.automatic.defaults import FROM_CARD, SAM_DEFAULTS, card_amg_params
 from napari_sam.automatic.grid import (
     batch_slices,
     build_all_layer_point_grids,
@@ -60,19 +61,26 @@ def _check_mask_nms(mask_nms_thresh: float | None, nms_area_bonus: float) -> Non
 class AutomaticMaskGenerator:
     """Grid-prompted SAM over one 2D image (optionally with crop layers).
 
+    Every parameter left out takes the value recommended by the card of
+    ``predictor.model`` (``model.card.amg``, see :func:`napari_sam.model_card`),
+    else SAM's default (:data:`napari_sam.automatic.defaults.SAM_DEFAULTS`,
+    given below); an argument you
+    pass always wins.  ``self.params`` holds the values in use.
+
     Parameters
     ----------
     predictor : napari_sam.predict.predictor.Predictor
         Anything with ``set_image``, ``predict_batch(..., upsample=False)``,
-        ``upsample_logits`` and ``mask_threshold``.
+        ``upsample_logits`` and ``mask_threshold``; its ``model.card``, when
+        there is one, supplies the defaults.
     points_per_side : int or None
-        Grid points per side of layer 0 (``None`` requires ``point_grids``).
+        Grid points per side of layer 0 (``None`` requires ``point_grids``); SAM: 32.
     points_per_batch : int
         Points decoded together (memory vs speed).
     pred_iou_thresh : float
-        Keep masks whose predicted IoU is ``> pred_iou_thresh`` (0 disables).
+        Keep masks whose predicted IoU is ``> pred_iou_thresh`` (0 disables); SAM: 0.88.
     stability_score_thresh : float
-        Keep masks whose stability score is ``>= stability_score_thresh`` (0 disables).
+        Keep masks whose stability score is ``>= stability_score_thresh`` (0 disables); SAM: 0.95.
     stability_score_offset : float
         Logit offset of the stability score.
     box_nms_thresh : float
@@ -116,23 +124,38 @@ class AutomaticMaskGenerator:
         self,
         predictor: Any,
         *,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
-        point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
-        refilter_margin: float = 0.05,
-        upsample_batch: int = 16,
-        mask_nms_thresh: float | None = None,
-        nms_area_bonus: float = 0.0,
+        points_per_side: int | None = FROM_CARD,
+        points_per_batch: int = FROM_CARD,
+        pred_iou_thresh: float = FROM_CARD,
+        stability_score_thresh: float = FROM_CARD,
+        stability_score_offset: float = FROM_CARD,
+        box_nms_thresh: float = FROM_CARD,
+        crop_n_layers: int = FROM_CARD,
+        crop_nms_thresh: float = FROM_CARD,
+        crop_overlap_ratio: float = FROM_CARD,
+        crop_n_points_downscale_factor: int = FROM_CARD,
+        point_grids: list[np.ndarray] | None = FROM_CARD,
+        min_mask_region_area: int = FROM_CARD,
+        refilter_margin: float = FROM_CARD,
+        upsample_batch: int = FROM_CARD,
+        mask_nms_thresh: float | None = FROM_CARD,
+        nms_area_bonus: float = FROM_CARD,
     ) -> None:
+        given = {k: v for k, v in locals().items() if k in SAM_DEFAULTS and v is not FROM_CARD}
+        params = {**SAM_DEFAULTS, **card_amg_params(predictor), **given}
+        if "point_grids" in given and given["point_grids"] is not None and "points_per_side" not in given:
+            params["points_per_side"] = None  # explicit grids replace the default grid
+        #: the parameters in use: SAM's defaults < the model card's recommendation < the arguments
+        self.params = params
+        points_per_side, points_per_batch = params["points_per_side"], params["points_per_batch"]
+        pred_iou_thresh, stability_score_thresh = params["pred_iou_thresh"], params["stability_score_thresh"]
+        stability_score_offset, box_nms_thresh = params["stability_score_offset"], params["box_nms_thresh"]
+        crop_n_layers, crop_nms_thresh = params["crop_n_layers"], params["crop_nms_thresh"]
+        crop_overlap_ratio = params["crop_overlap_ratio"]
+        crop_n_points_downscale_factor, point_grids = params["crop_n_points_downscale_factor"], params["point_grids"]
+        min_mask_region_area, refilter_margin = params["min_mask_region_area"], params["refilter_margin"]
+        upsample_batch, mask_nms_thresh = params["upsample_batch"], params["mask_nms_thresh"]
+        nms_area_bonus = params["nms_area_bonus"]
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
         if points_per_batch < 1 or upsample_batch < 1:

@@ -1,28 +1,28 @@
-"""Model registry, checkpoint download/cache and strict loading.
+"""Model registry (one :class:`~napari_sam.model.cards.ModelCard` per name), downloads and strict loading.
 
-Names: ``vit_b``, ``vit_l``, ``vit_h`` (official SAM), ``vit_t`` (MobileSAM)
-and ``builtin`` (the small model shipped in ``napari_sam/data`` when present).
-Checkpoints are fetched with pooch against a known SHA-256 into
-:func:`cache_dir` (``$NAPARI_SAM_CACHE`` overrides it), or read from a local
-file with ``load_model(name, checkpoint=path)``, which works offline.
-Loading is strict: any missing, unexpected or mis-shaped tensor raises
+Names: ``vit_b``, ``vit_l``, ``vit_h`` (official SAM), ``vit_t`` (MobileSAM),
+plus every card shipped in ``napari_sam/data`` (``*.card.json``; the small
+``builtin`` model) and any registered with :func:`register_model`.  A card's
+weights are fetched with pooch against its sha256 into :func:`cache_dir`
+(``$NAPARI_SAM_CACHE`` overrides it), or read from a file beside the card, or
+from ``load_model(name, checkpoint=path)``, which works offline.  Loading is
+strict: any missing, unexpected or mis-shaped tensor raises
 :class:`CheckpointError`; a checkpoint of another variant is named as such.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from napari_sam.model import download
 from napari_sam.model.build import build_sam, resolve_config
+from napari_sam.model.cards import CARD_SUFFIX, ModelCard
 from napari_sam.model.checkpoint import (
     CheckpointError,
     check_state,
@@ -31,10 +31,9 @@ from napari_sam.model.checkpoint import (
 )
 from napari_sam.model.sam import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD, Sam
 
-CACHE_ENV = "NAPARI_SAM_CACHE"
+CACHE_ENV = download.CACHE_ENV
+#: folder of the cards (and weights) shipped with the package
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-BUILTIN_JSON = DATA_DIR / "builtin_model.json"
-BUILTIN_WEIGHTS = DATA_DIR / "builtin_model.pt"
 
 _DECODER = {
     "depth": 2,
@@ -44,38 +43,6 @@ _DECODER = {
     "iou_head_depth": 3,
     "iou_head_hidden_dim": 256,
 }
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One registry entry.
-
-    Attributes
-    ----------
-    name : str
-        Registry name (``"vit_b"``...).
-    config : dict
-        Model configuration (schema of :mod:`napari_sam.model.build`).
-    url : str or None
-        Where the checkpoint is downloaded from (None: shipped with the package).
-    filename : str
-        File name in the cache folder.
-    known_hash : str or None
-        ``"sha256:<hex>"`` of the checkpoint file.
-    size_bytes : int or None
-        Size of the checkpoint file.
-    description : str
-        One line for menus and docs.
-    """
-
-    name: str
-    config: Mapping[str, Any]
-    url: str | None
-    filename: str
-    known_hash: str | None
-    size_bytes: int | None = None
-    description: str = ""
-    hash_source: str = field(default="", compare=False)
 
 
 def _vit_config(embed_dim: int, depth: int, num_heads: int, global_attn: list[int]) -> dict[str, Any]:
@@ -126,125 +93,140 @@ def _tiny_vit_config() -> dict[str, Any]:
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-_HASH_SOURCE = "micro-sam micro_sam/util.py _CHECKSUMS (sha256)"
+_HASH_SOURCE = "sha256 as pinned by micro-sam (micro_sam/util.py)"
 
-#: name -> ModelSpec.  Tests and plugins may add entries with :func:`register_model`.
-REGISTRY: dict[str, ModelSpec] = {
-    "vit_b": ModelSpec(
-        "vit_b", _vit_config(768, 12, 12, [2, 5, 8, 11]), _SAM_URL + "sam_vit_b_01ec64.pth",
-        "sam_vit_b_01ec64.pth",
-        "sha256:ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        375_042_383, "SAM ViT-B (Meta AI)", _HASH_SOURCE,
-    ),
-    "vit_l": ModelSpec(
-        "vit_l", _vit_config(1024, 24, 16, [5, 11, 17, 23]), _SAM_URL + "sam_vit_l_0b3195.pth",
-        "sam_vit_l_0b3195.pth",
-        "sha256:3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        1_249_524_607, "SAM ViT-L (Meta AI)", _HASH_SOURCE,
-    ),
-    "vit_h": ModelSpec(
-        "vit_h", _vit_config(1280, 32, 16, [7, 15, 23, 31]), _SAM_URL + "sam_vit_h_4b8939.pth",
-        "sam_vit_h_4b8939.pth",
-        "sha256:a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        2_564_550_879, "SAM ViT-H (Meta AI)", _HASH_SOURCE,
-    ),
-    "vit_t": ModelSpec(
-        "vit_t", _tiny_vit_config(),
-        "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
-        "mobile_sam.pt",
-        "sha256:6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-        40_728_226, "MobileSAM (TinyViT encoder)", _HASH_SOURCE,
-    ),
+
+def _official(name: str, config: dict[str, Any], url: str, sha256: str, description: str, source: str) -> ModelCard:
+    return ModelCard(name=name, config=config, description=description, sha256=sha256, weights=url,
+                     source=f"{source}; {_HASH_SOURCE}")
+
+
+def _shipped_cards() -> dict[str, ModelCard]:
+    """The cards in the package's data folder, by name (the built-in model's when it is shipped)."""
+    cards = [ModelCard.from_json(p) for p in sorted(DATA_DIR.glob(f"*{CARD_SUFFIX}"))]
+    return {card.name: card for card in cards}
+
+
+_META = "Meta AI, segment-anything (Apache-2.0)"
+
+#: name -> ModelCard: the cards shipped in ``napari_sam/data`` first, then the official models.
+#: Add your own with :func:`register_model`.
+REGISTRY: dict[str, ModelCard] = {
+    **_shipped_cards(),
+    "vit_b": _official("vit_b", _vit_config(768, 12, 12, [2, 5, 8, 11]), _SAM_URL + "sam_vit_b_01ec64.pth",
+                       "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", "SAM ViT-B (Meta AI)", _META),
+    "vit_l": _official("vit_l", _vit_config(1024, 24, 16, [5, 11, 17, 23]), _SAM_URL + "sam_vit_l_0b3195.pth",
+                       "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", "SAM ViT-L (Meta AI)", _META),
+    "vit_h": _official("vit_h", _vit_config(1280, 32, 16, [7, 15, 23, 31]), _SAM_URL + "sam_vit_h_4b8939.pth",
+                       "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", "SAM ViT-H (Meta AI)", _META),
+    "vit_t": _official("vit_t", _tiny_vit_config(),
+                       "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+                       "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+                       "MobileSAM (TinyViT encoder)", "Zhang et al., MobileSAM (Apache-2.0)"),
 }
 
 
-def register_model(spec: ModelSpec, *, overwrite: bool = False) -> None:
-    """Add ``spec`` to the registry (``overwrite=True`` to replace an entry)."""
-    if not isinstance(spec, ModelSpec):
-        raise TypeError(f"register_model expects a ModelSpec, got {type(spec).__name__}.")
-    if spec.name == "builtin" or (spec.name in REGISTRY and not overwrite):
-        raise ValueError(f"A model named {spec.name!r} is already registered; pass overwrite=True.")
-    REGISTRY[spec.name] = spec
+def register_model(card: ModelCard | str | os.PathLike[str], *, overwrite: bool = False) -> ModelCard:
+    """Add a model to the registry, from a :class:`ModelCard` or the path of its card file.
+
+    Parameters
+    ----------
+    card : ModelCard or path
+        The card; a file's relative ``weights`` are looked up beside it.
+    overwrite : bool, optional
+        Replace an entry of the same name.
+
+    Returns
+    -------
+    ModelCard
+        The registered card.
+    """
+    if isinstance(card, (str, os.PathLike)):
+        card = ModelCard.from_json(card)
+    if not isinstance(card, ModelCard):
+        raise TypeError(f"register_model expects a ModelCard or a card file, got {type(card).__name__}.")
+    if card.name in REGISTRY and not overwrite:
+        raise ValueError(f"A model named {card.name!r} is already registered; pass overwrite=True.")
+    REGISTRY[card.name] = card
+    return card
 
 
-def builtin_available() -> bool:
-    """True when the built-in model's config and weights are shipped in this install."""
-    return BUILTIN_JSON.is_file() and BUILTIN_WEIGHTS.is_file()
-
-
-def _builtin_missing() -> CheckpointError:
-    return CheckpointError(
-        "The built-in model is not shipped in this install (napari_sam/data/builtin_model.json "
-        "and builtin_model.pt are missing). Use an official checkpoint instead, e.g. "
-        "load_model('vit_b') to download SAM ViT-B once, or "
-        "load_model('vit_t', checkpoint='path/to/mobile_sam.pt') to load a local file."
+def _unknown(name: str) -> ValueError:
+    return ValueError(
+        f"Unknown model {name!r}; choose one of {available_models()} (e.g. load_model('vit_b') downloads "
+        "SAM ViT-B once), pass a model card (.card.json) or a config dict / config.json path."
     )
 
 
-def _builtin_spec() -> ModelSpec:
-    if not builtin_available():
-        raise _builtin_missing()
-    meta = json.loads(BUILTIN_JSON.read_text(encoding="utf-8"))
-    if "config" not in meta:
-        raise CheckpointError(f"{BUILTIN_JSON} has no 'config' entry; the install is damaged.")
-    sha = meta.get("sha256")
-    return ModelSpec(
-        "builtin", meta["config"], None, BUILTIN_WEIGHTS.name,
-        f"sha256:{sha}" if sha else None, BUILTIN_WEIGHTS.stat().st_size,
-        meta.get("description", "Small built-in model shipped with napari-sam"),
-    )
+def get_card(name: str) -> ModelCard:
+    """The registered card of ``name``; ValueError listing the known names otherwise."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise _unknown(str(name))
+    return REGISTRY[name]
+
+
+def is_card_file(path: str | os.PathLike[str]) -> bool:
+    """True for a ``*.card.json`` file name, or an existing json file holding a card's ``name`` and ``config``."""
+    path = Path(path)
+    if path.name.endswith(CARD_SUFFIX):
+        return True
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "config" in data and "name" in data
+
+
+def model_card(name_or_path: str | os.PathLike[str] | ModelCard) -> ModelCard:
+    """The card of a registered model or of a card file.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A registry name (:func:`available_models`) or the path of a card file
+        (``<model>.card.json``).
+
+    Returns
+    -------
+    ModelCard
+
+    Examples
+    --------
+    >>> import napari_sam
+    >>> napari_sam.model_card("vit_b").amg   # the official models use SAM's defaults
+    {}
+    """
+    if isinstance(name_or_path, ModelCard):
+        return name_or_path
+    if isinstance(name_or_path, str) and name_or_path in REGISTRY:
+        return REGISTRY[name_or_path]
+    if isinstance(name_or_path, (str, os.PathLike)) and is_card_file(Path(name_or_path)):
+        return ModelCard.from_json(name_or_path)
+    raise _unknown(os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else str(name_or_path))
 
 
 def recommended_amg_params(name: str) -> dict[str, Any]:
-    """Automatic-generation thresholds recommended for a registry model.
-
-    SAM's defaults (``pred_iou_thresh=0.88``, ``stability_score_thresh=0.95``)
-    suit the official models.  The small built-in model predicts lower IoU
-    scores and ships tuned values in its json's ``"amg"`` entry; every other
-    name returns ``{}`` (use the defaults).
-    """
-    if name != "builtin" or not builtin_available():
-        return {}
-    meta = json.loads(BUILTIN_JSON.read_text(encoding="utf-8"))
-    amg = meta.get("amg", {})
-    return dict(amg) if isinstance(amg, dict) else {}
+    """The automatic-generation parameters of ``name``'s card (``{}``: SAM's defaults, or not registered)."""
+    return dict(REGISTRY[name].amg) if name in REGISTRY else {}
 
 
 def recommended_zoom(name: str) -> dict[str, Any] | None:
-    """Zoom window for single-object prompts recommended for a registry model, or None.
-
-    The built-in model sees the whole image at 256 x 256 px and segments small
-    objects far better on a window around them (:class:`napari_sam.predict.zoom.ZoomPredictor`);
-    its json's ``"zoom"`` entry holds ``context`` and ``min_side`` picked on
-    selection images.  Official models return None (prompt on the whole image).
-    """
-    if name != "builtin" or not builtin_available():
-        return None
-    zoom = json.loads(BUILTIN_JSON.read_text(encoding="utf-8")).get("zoom")
-    return dict(zoom) if isinstance(zoom, dict) else None
-
-
-def get_spec(name: str) -> ModelSpec:
-    """Registry entry for ``name``; ValueError listing the known names otherwise."""
-    if name == "builtin":
-        return _builtin_spec()
-    if name not in REGISTRY:
-        raise ValueError(
-            f"Unknown model {name!r}; choose one of {sorted(REGISTRY) + ['builtin']}, "
-            "or pass a config dict / config.json path."
-        )
-    return REGISTRY[name]
+    """The prompt-pipeline settings of ``name``'s card, or None for plain prompting (or not registered)."""
+    return (dict(REGISTRY[name].prompt_pipeline) or None) if name in REGISTRY else None
 
 
 def get_config(name: str) -> dict[str, Any]:
     """A copy of the model configuration registered under ``name``."""
-    return copy.deepcopy(dict(get_spec(name).config))
+    return copy.deepcopy(get_card(name).config)
 
 
 def available_models() -> list[str]:
-    """Registered model names; ``"builtin"`` first when it is shipped in this install."""
-    names = list(REGISTRY)
-    return (["builtin"] + names) if builtin_available() else names
+    """Registered models whose weights can be had here (shipped or downloadable), in registry order."""
+    return [name for name, card in REGISTRY.items() if card.weights_available()]
 
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:
@@ -284,16 +266,7 @@ def _mps_available() -> bool:
 
 def cache_dir() -> Path:
     """Checkpoint cache folder: ``$NAPARI_SAM_CACHE`` or pooch's per-user cache."""
-    return _default_cache_dir()
-
-
-def _default_cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import pooch
-
-    return Path(pooch.os_cache("napari-sam"))
+    return download.cache_dir()
 
 
 def fetch_checkpoint(
@@ -315,62 +288,15 @@ def fetch_checkpoint(
     Path
         Local path of the verified checkpoint.
     """
-    spec = get_spec(name)
-    if spec.url is None:  # shipped with the package
-        path = BUILTIN_WEIGHTS.parent / spec.filename
-        _verify_hash(path, spec.known_hash)
-        return path
-    import pooch
-
-    folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    try:
-        path = pooch.retrieve(
-            spec.url, known_hash=spec.known_hash, fname=spec.filename, path=folder,
-            progressbar=progress,
-        )
-    except ValueError as exc:  # pooch: hash mismatch
-        raise CheckpointError(
-            f"The download of {spec.url} does not have the expected hash {spec.known_hash} "
-            f"({exc}). The file was discarded; retry, or download it yourself and pass "
-            "checkpoint=<path>."
-        ) from exc
-    except Exception as exc:  # network errors (requests), permissions...
-        raise OSError(
-            f"Could not download the {name!r} checkpoint from {spec.url}: {exc}. Without "
-            f"internet, copy {spec.filename} into {folder} (or set ${CACHE_ENV}) or pass "
-            "checkpoint=<local path>."
-        ) from exc
-    return Path(path)
-
-
-def _verify_hash(path: Path, known_hash: str | None) -> None:
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint file {path} does not exist.")
-    if not known_hash:
-        return
-    algo, _, expected = known_hash.partition(":")
-    digest = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected.lower():
-        raise CheckpointError(
-            f"{path} has {algo} {digest.hexdigest()}, expected {expected}: the file is corrupt "
-            "or was replaced; reinstall napari-sam."
-        )
-
-
-def _shape_signature(name: str) -> dict[str, tuple[int, ...]]:
-    return shape_signature(get_spec(name).config)
+    return download.fetch_weights(get_card(name), cache_dir=cache_dir, progress=progress)
 
 
 def _matching_variant(shapes: dict[str, tuple[int, ...]], exclude: str | None) -> str | None:
-    names = list(REGISTRY) + (["builtin"] if builtin_available() else [])
-    for name in names:
+    for name, card in REGISTRY.items():
         if name == exclude:
             continue
         try:
-            signature = _shape_signature(name)
+            signature = shape_signature(card.config)
         except (ValueError, TypeError, KeyError, RuntimeError):
             signature = None  # a broken user-registered entry must not mask the real error
         if signature == shapes:
@@ -378,19 +304,29 @@ def _matching_variant(shapes: dict[str, tuple[int, ...]], exclude: str | None) -
     return None
 
 
-def _config_of(name_or_config: str | Mapping[str, Any] | os.PathLike[str]) -> dict[str, Any]:
-    """A config dict from a registry name, a config dict or a path to a config.json."""
+def _card_or_config(
+    name_or_config: str | Mapping[str, Any] | os.PathLike[str] | ModelCard,
+) -> tuple[ModelCard | None, dict[str, Any]]:
+    """``(card, config)`` of a registry name or a card (file); ``(None, config)`` of a config (file)."""
+    if isinstance(name_or_config, ModelCard):
+        return name_or_config, copy.deepcopy(name_or_config.config)
     if isinstance(name_or_config, Mapping):
-        return resolve_config(dict(name_or_config))
-    if isinstance(name_or_config, str):
+        return None, resolve_config(dict(name_or_config))
+    if isinstance(name_or_config, str) and name_or_config in REGISTRY:
+        card = REGISTRY[name_or_config]
+        return card, copy.deepcopy(card.config)
+    if isinstance(name_or_config, (str, os.PathLike)):
         path = Path(name_or_config)
-        if path.suffix != ".json" and not path.exists():
-            return get_config(name_or_config)  # a registry name (raises for an unknown one)
-    return resolve_config(name_or_config)
+        if is_card_file(path):
+            card = ModelCard.from_json(path)
+            return card, copy.deepcopy(card.config)
+        if isinstance(name_or_config, str) and path.suffix != ".json" and not path.exists():
+            raise _unknown(name_or_config)
+    return None, resolve_config(name_or_config)
 
 
 def build_model(
-    config_or_name: str | Mapping[str, Any] | os.PathLike[str],
+    config_or_name: str | Mapping[str, Any] | os.PathLike[str] | ModelCard,
     *,
     device: torch.device | str | None = None,
 ) -> Sam:
@@ -400,8 +336,9 @@ def build_model(
     ----------
     config_or_name : dict, str or path
         A config dict (schema in :mod:`napari_sam.model.build`), a path to a
-        ``config.json`` (or a folder holding one), or a registry name
-        (``"vit_b"``, ``"vit_l"``, ``"vit_h"``, ``"vit_t"``, ``"builtin"``).
+        ``config.json`` (or a folder holding one), a registry name
+        (``"vit_b"``, ``"vit_l"``, ``"vit_h"``, ``"vit_t"``, ``"builtin"``) or a
+        model card (or its file).
     device : torch.device or str, optional
         Device to allocate on; ``"meta"`` builds without memory (shapes only).
 
@@ -410,32 +347,35 @@ def build_model(
     Sam
         The model with ``model.config`` set to the resolved config.
     """
-    return build_sam(_config_of(config_or_name), device=device)
+    return build_sam(_card_or_config(config_or_name)[1], device=device)
 
 
 def load_model(
-    name_or_config: str | Mapping[str, Any] | os.PathLike[str] = "builtin",
+    name_or_config: str | Mapping[str, Any] | os.PathLike[str] | ModelCard = "builtin",
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
 ) -> Sam:
-    """Build a model and load its weights strictly; returns it in eval mode.
+    """Build a model and load its weights strictly; returns it in eval mode with its card.
 
     Parameters
     ----------
-    name_or_config : str, dict or path, optional
-        A registry name (default ``"builtin"``), a config dict, or a path to a
-        ``config.json``.
+    name_or_config : str, path, ModelCard or dict, optional
+        A registry name (default ``"builtin"``), a model card or the path of
+        one (``<model>.card.json``), a config dict, or a path to a ``config.json``.
     checkpoint : path, optional
-        Local checkpoint file. Required for a config; for a registry name the
-        default is to download (once, hash-checked) with :func:`fetch_checkpoint`.
+        Local checkpoint file. Required for a config; for a card the default
+        is the weights it names: a file beside it, or a download (once,
+        hash-checked) with :func:`fetch_checkpoint`.
     device : torch.device or str, optional
         See :func:`resolve_device`.
 
     Returns
     -------
     Sam
-        float32 model on ``device`` in eval mode.
+        float32 model on ``device`` in eval mode; ``model.card`` is its
+        :class:`ModelCard` (for a config: a card with no recommendations, so
+        SAM's defaults and plain prompting apply).
 
     Raises
     ------
@@ -443,30 +383,27 @@ def load_model(
         Missing/corrupt file, or tensors that do not fit (naming the variant the
         file belongs to when it is another registered one).
     """
-    name: str | None = None
-    if isinstance(name_or_config, str) and (
-        name_or_config in REGISTRY or name_or_config == "builtin"
-    ):
-        name = name_or_config
-        config = get_config(name)
-        label = repr(name)
+    card, config = _card_or_config(name_or_config)
+    own_name = None if card is None else card.name
+    if card is not None:
+        label = repr(card.name) if card.path is None else f"{card.name!r} ({card.path})"
         if checkpoint is None:
-            checkpoint = fetch_checkpoint(name)
+            checkpoint = download.fetch_weights(card)
     else:
-        config = _config_of(name_or_config)
-        label = "the given config"
         if checkpoint is None:
             raise ValueError(
                 "load_model with a config needs checkpoint=<path to weights>; use "
                 "napari_sam.build_model(config) for a randomly initialised model."
             )
+        label = "the given config"
+        card = ModelCard(name=Path(checkpoint).stem or "custom", config=config, weights=str(checkpoint),
+                         description="a config loaded with a checkpoint")
     target = resolve_device(device)
     path = Path(checkpoint)
     state = read_checkpoint(path)
-    expected = _shape_signature(name) if name else shape_signature(config)
     check_state(
-        state, expected, label=label, path=path,
-        match_variant=lambda shapes: _matching_variant(shapes, exclude=name),
+        state, shape_signature(config), label=label, path=path,
+        match_variant=lambda shapes: _matching_variant(shapes, exclude=own_name),
     )
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     # allocate without random initialisation (seconds for vit_h): every persistent
@@ -480,4 +417,5 @@ def load_model(
         reset = getattr(module, "reset_buffers", None)
         if callable(reset):
             reset()
+    model.card = card
     return model.to(target).eval()

@@ -39,12 +39,12 @@ def worker_predictor(model: str, checkpoint: str | None, device: str | None) -> 
         cache = _LOCAL.predictors = {}
     key = (str(model), None if checkpoint is None else str(checkpoint), device)
     if key not in cache:
-        from napari_sam.predict.predictor import Predictor
+        from napari_sam.predict.factory import predictor_for_model
 
         with _MODELS_LOCK:
             if key not in _MODELS:
                 _MODELS[key] = _load_sam(*key)
-        cache[key] = Predictor(_MODELS[key], device=device)
+        cache[key] = predictor_for_model(_MODELS[key], device=device)
     return cache[key]
 
 
@@ -53,7 +53,9 @@ _MODELS_LOCK = threading.Lock()
 
 
 def _load_sam(model: str, checkpoint: str | None, device: str | None) -> Any:
-    if model.endswith(".json") and checkpoint is None:  # a model config alone: random weights
+    from napari_sam.model.registry import is_card_file
+
+    if model.endswith(".json") and checkpoint is None and not is_card_file(model):  # a config alone: random weights
         from napari_sam.model.build import build_sam
 
         return build_sam(model).eval()
@@ -63,15 +65,12 @@ def _load_sam(model: str, checkpoint: str | None, device: str | None) -> Any:
 
 
 def model_amg_params(model: Any, amg_params: dict | None) -> dict:
-    """``amg_params`` over the thresholds the model recommends (the built-in model ships its own).
+    """The explicit AMG parameters (the generator adds the model card's recommendations itself).
 
-    SAM's defaults (0.88 / 0.95) suit the official models; the small built-in
-    model rates its masks much lower and would keep almost none with them.
+    ``model`` is unused: the card travels with the predictor's model
+    (:class:`~napari_sam.AutomaticMaskGenerator` reads ``predictor.model.card``).
     """
-    from napari_sam.model.registry import recommended_amg_params
-
-    base = recommended_amg_params(model) if isinstance(model, str) else {}
-    return {**base, **(amg_params or {})}
+    return dict(amg_params or {})
 
 
 def prepare_source(source: Any, *, axes: str | None, level: int, channel: int | None,
