@@ -44,15 +44,15 @@ def make_predictor(name: str, *, checkpoint: str | Path | None = None, device: s
 
         return ThresholdPredictor()
     from napari_sam.model.registry import load_model, recommended_zoom
+    from napari_sam.predict.pipeline import PromptPipeline
     from napari_sam.predict.predictor import Predictor
-    from napari_sam.predict.zoom import ZoomPredictor
 
     device = None if device in (None, "", "auto") else device
     ckpt = None if checkpoint in (None, "") or not str(checkpoint).strip() or Path(checkpoint).is_dir() else checkpoint
     model = load_model(name, checkpoint=ckpt, device=device)
-    zoom = recommended_zoom(name)  # the built-in model: single-object prompts re-run on a window around the object
+    zoom = recommended_zoom(name)  # the built-in model: single-object prompts go through its prompt pipeline
     if zoom is not None:
-        return ZoomPredictor(model, device=device, **zoom)
+        return PromptPipeline(model, device=device, **zoom)
     return Predictor(model, device=device)
 
 

@@ -214,9 +214,8 @@ def recommended_zoom(name: str) -> dict[str, Any] | None:
     """Zoom window for single-object prompts recommended for a registry model, or None.
 
     The built-in model sees the whole image at 256 x 256 px and segments small
-    objects far better on a window around them (:class:`napari_sam.predict.zoom.ZoomPredictor`);
-    its json's ``"zoom"`` entry holds ``context`` and ``min_side`` picked on
-    selection images.  Official models return None (prompt on the whole image).
+    objects far better on a window around them; its json's ``"zoom"`` entry holds
+    the keyword arguments of its :class:`napari_sam.predict.pipeline.PromptPipeline`.  Official models return None (prompt on the whole image).
     """
     if name != "builtin" or not builtin_available():
         return None
