@@ -30,7 +30,7 @@ import torch
 from builtin_recipe import VAL_SEED_START, builtin_config
 
 from napari_sam.model.registry import recommended_amg_params, recommended_zoom
-from napari_sam.predict.zoom import ZoomPredictor
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.synthetic import make_nuclei_image
 from napari_sam.training.evaluate import automatic_scores, disk_baseline_ious, object_diameters, prompted_ious
 
@@ -97,14 +97,14 @@ def tune_zoom(model, n_images: int) -> dict:
 
     Score: mean of single-click and box mIoU on the nuclei kind.
     """
-    from napari_sam.predict.zoom import ZoomPredictor
+    from napari_sam.predict.pipeline import PromptPipeline
 
     data = [make_nuclei_image((256, 256), kind="nuclei", seed=VAL_SEED_START + i) for i in range(n_images)]
     images, labels = [d[0] for d in data], [d[1] for d in data]
     scores = {}
     for context in (4, 6, 8):
         for min_side in (96, 128):
-            zp = ZoomPredictor(model, device="cpu", context=context, min_side=min_side)
+            zp = PromptPipeline(model, device="cpu", context=context, min_side=min_side)
             pt = prompted_ious(zp, images, labels, prompt="point").mean()
             bx = prompted_ious(zp, images, labels, prompt="box").mean()
             scores[(context, min_side)] = (float(pt + bx) / 2, float(pt), float(bx))
@@ -211,8 +211,8 @@ def main(argv=None) -> int:
         results["zoom_tuning"] = tune_zoom(model, args.tune_zoom)
         zoom = {k: results["zoom_tuning"][k] for k in ("context", "min_side")}
     results["zoom"] = zoom
-    # single-object prompts go through what the plugin uses (ZoomPredictor when the model recommends it)
-    prompter = predictor if zoom is None else ZoomPredictor(model, device="cpu", **zoom)
+    # single-object prompts go through what the plugin uses (PromptPipeline when the model recommends it)
+    prompter = predictor if zoom is None else PromptPipeline(model, device="cpu", **zoom)
     sets = {"nuclei": eval_set("nuclei", args.n_nuclei, 0)}
     if args.n_other:
         sets["mixed"] = eval_set("mixed", args.n_other, 10_000)
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
         lines += ["", f"Automatic segmentation on {amg['n_images']} nuclei images ({amg_params}): "
                   f"F1 {amg['f1']:.3f} (precision {amg['precision']:.3f}, recall {amg['recall']:.3f}; "
                   f"TP {amg['tp']}, FP {amg['fp']}, FN {amg['fn']})."]
-    lines += ["", f"Single-object prompts: {'whole image only' if zoom is None else f'ZoomPredictor {zoom}'}."]
+    lines += ["", f"Single-object prompts: {'whole image only' if zoom is None else f'PromptPipeline {zoom}'}."]
     lines += ["", f"`set_image` on a 256 x 256 image: {set_image_s:.3f} s."]
     (args.out / "metrics.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,7 +1,7 @@
 """Mean IoU after 1..N clicks with the built-in model (SAM's interactive protocol).
 
 First click: an interior pixel of each object (``sample_point_prompts``, seed =
-image index), the best of three masks of the plugin's ``ZoomPredictor``.  Each
+image index), the best of three masks of the plugin's ``PromptPipeline``.  Each
 further click: the pixel deepest inside the larger error region of the current
 mask (positive where the mask missed, negative where it took too much), sent
 with all earlier clicks and the current mask's logits as ``mask_input`` (one
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from napari_sam.model.registry import load_model, recommended_zoom
-from napari_sam.predict.zoom import ZoomPredictor
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
 from napari_sam.training.evaluate import _iou, correction_click
 
 
-def ious_by_click(zp: ZoomPredictor, kind: str, seeds: list[int], clicks: int) -> np.ndarray:
+def ious_by_click(zp: PromptPipeline, kind: str, seeds: list[int], clicks: int) -> np.ndarray:
     """``(objects, clicks)`` IoU after each click (an exact mask stays exact)."""
     rows = []
     for i, seed in enumerate(seeds):
@@ -40,16 +40,16 @@ def ious_by_click(zp: ZoomPredictor, kind: str, seeds: list[int], clicks: int) -
         for p, oid in zip(points, ids):
             truth = lab == oid
             pts, labels = np.asarray(p, float).reshape(1, 2), np.array([1])
-            masks, scores, logits = zp.predict(pts, labels, multimask=True)
-            best = int(np.argmax(scores))
-            mask, low_res = masks[best], logits[best]
+            result = zp.predict(pts, labels, multimask=True)
+            best = int(np.argmax(result.scores))
+            mask, previous = result.masks[best], result.previous(best)
             row = [_iou(mask, truth)]
             for _ in range(clicks - 1):
                 q, label = correction_click(mask, truth)
                 if q is not None:
                     pts, labels = np.vstack([pts, q[None]]), np.append(labels, label)
-                    out_masks, _, out_logits = zp.predict(pts, labels, mask_input=low_res[None], multimask=False)
-                    mask, low_res = out_masks[0], out_logits[0]
+                    result = zp.predict(pts, labels, previous=previous, multimask=False)
+                    mask, previous = result.masks[0], result.previous(0)
                 row.append(_iou(mask, truth))
             rows.append(row)
     return np.array(rows)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     zoom = recommended_zoom("builtin")
     res = {"kind": args.kind, "seeds": args.seeds}
     for name, extra in (("shipped", {}), ("without_local_correction", {"local_correction": None})):
-        ious = ious_by_click(ZoomPredictor(model, device="cpu", **{**zoom, **extra}), args.kind, args.seeds, args.clicks)
+        ious = ious_by_click(PromptPipeline(model, device="cpu", **{**zoom, **extra}), args.kind, args.seeds, args.clicks)
         res[name] = ious.mean(0).round(4).tolist()
         res["objects"] = len(ious)
     print(json.dumps(res))

@@ -1,6 +1,6 @@
 """Draw benchmarks/figures/second_click.png: what a second click does as a correction of the shown mask.
 
-Built-in model through the plugin's ``ZoomPredictor`` (the json's ``"zoom"``)
+Built-in model through the plugin's ``PromptPipeline`` (the json's ``"zoom"``)
 on an unseen cells image (the evaluation seed of
 ``tests/test_napari_session.py::test_corrections_improve_poor_masks_of_cells``).
 First click: an interior pixel of each object (as in the evaluation), best of
@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from napari_sam.model.registry import load_model, recommended_zoom
-from napari_sam.predict.zoom import ZoomPredictor
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
 from napari_sam.training.evaluate import _iou, correction_click
 
@@ -36,21 +36,22 @@ N_SHOWN = 6
 
 
 def main(out: Path) -> None:
-    zp = ZoomPredictor(load_model("builtin", device="cpu"), device="cpu", **recommended_zoom("builtin"))
+    zp = PromptPipeline(load_model("builtin", device="cpu"), device="cpu", **recommended_zoom("builtin"))
     img, lab = make_nuclei_image((256, 256), kind="cells", seed=SEED)
     zp.set_image(img)
     pts, _, ids = sample_point_prompts(lab, seed=0)
     shown = []
     for p, oid in zip(pts, ids):
         truth = lab == oid
-        masks, scores, logits = zp.predict(p, np.array([1]), multimask=True)
+        result = zp.predict(p, np.array([1]), multimask=True)
+        masks, scores, logits = result
         best = int(np.argmax(scores))
         first = masks[best]
         if _iou(first, truth) >= 0.8:
             continue
         q, label = correction_click(first, truth)
         both, labels = np.vstack([p, q[None]]), np.array([1, label])
-        corrected = zp.predict(both, labels, mask_input=logits[best][None], multimask=False)[0][0]
+        corrected = zp.predict(both, labels, previous=result.previous(best), multimask=False)[0][0]
         fresh_masks, fresh_scores, _ = zp.predict(both, labels, multimask=True)
         afresh = fresh_masks[int(np.argmax(fresh_scores))]
         shown.append((p[0], q, label, truth, first, corrected, afresh))

@@ -1,7 +1,7 @@
 """Draw benchmarks/figures/edge_snap.png: what the built-in model's edge snapping does.
 
 Top row: a few objects of evaluation images clicked at their most interior
-pixel through the plugin's ``ZoomPredictor`` (the json's ``"zoom"``): the
+pixel through the plugin's ``PromptPipeline`` (the json's ``"zoom"``): the
 ground truth (white), the final mask at SAM's logit 0 (red) and the snapped
 mask (green), with the IoUs.  Bottom row, per kind of selection image (from
 the json's ``"edge_snap_tuning"``, measured on selection seeds): the click
@@ -25,7 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from napari_sam.model.registry import load_model, recommended_zoom
-from napari_sam.predict.zoom import ZoomPredictor, interior_point
+from napari_sam.normalize import to_rgb_uint8
+from napari_sam.predict.pipeline import PromptPipeline, PromptResult
+from napari_sam.predict.zoom import interior_point
 from napari_sam.synthetic import make_nuclei_image
 
 HISTORY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "builtin_model_history.json"
@@ -36,20 +38,12 @@ EVAL_SEED = 1_001_000  # evaluation images of scripts/eval_builtin.py
 EXAMPLES = (("nuclei", 10, (0, 12), (1, 3)), ("nuclei", 1, (12, 40), (1, 3)), ("cells", 20_000, (0, 999), (-1, -0.5)))
 
 
-class _Keep(ZoomPredictor):
-    """Keeps the per-mask logits ``_snapped`` is given, to plot them."""
-
-    def _snapped(self, masks, scores, logits, fine):
-        self.kept = (masks, scores, logits, fine)
-        return super()._snapped(masks, scores, logits, fine)
-
-
-def _full_logits(zp: _Keep, c: int) -> np.ndarray:
-    masks, _, logits, fine = zp.kept
-    if fine[c] is None:
-        return zp.upsample_logits(logits[c : c + 1])[0].numpy()
-    (r0, c0, r1, c1), window = fine[c]
-    full = np.full(masks.shape[1:], -20.0, np.float32)
+def _full_logits(zp: PromptPipeline, result: PromptResult, c: int) -> np.ndarray:
+    """The logits output ``c`` was made from, at image pixels (-20 outside its zoom window)."""
+    if result.window_logits[c] is None:
+        return zp.upsample_logits(result.logits[c : c + 1])[0].numpy()
+    (r0, c0, r1, c1), window = result.window_logits[c]
+    full = np.full(result.masks.shape[1:], -20.0, np.float32)
     full[r0:r1, c0:c1] = window
     return full
 
@@ -58,22 +52,23 @@ def main(out: Path) -> None:
     model = load_model("builtin", device="cpu")
     zoom = recommended_zoom("builtin")
     lo, hi = zoom["edge_snap"]
-    zp = _Keep(model, device="cpu", **zoom)
+    zp = PromptPipeline(model, device="cpu", **zoom)
     fig, axes = plt.subplots(2, len(EXAMPLES), figsize=(4 * len(EXAMPLES), 7.5))
     for j, (kind, offset, diameter, wanted) in enumerate(EXAMPLES):
         image, labels = make_nuclei_image((256, 256), kind=kind, seed=EVAL_SEED + offset)[:2]
         ids, sizes = np.unique(labels[labels > 0], return_counts=True)
         diameters = 2 * np.sqrt(sizes / np.pi)
         zp.set_image(image)
-        grey = zp._rgb.astype(np.float32).mean(axis=-1)
+        grey = to_rgb_uint8(image).astype(np.float32).mean(axis=-1)
         gradient = ndi.gaussian_gradient_magnitude(grey, 1.0, mode="nearest")
         ts = np.arange(lo, hi + 1e-6, 0.25)
         for oid in np.random.default_rng(j).permutation(ids[(diameters >= diameter[0]) & (diameters < diameter[1])]):
             truth = labels == oid
             click = interior_point(truth)
-            masks, scores, _ = zp.predict(click[None], [1])
+            result = zp.predict(click[None], [1])
+            masks, scores, _ = result
             best = int(np.argmax(scores))
-            full = _full_logits(zp, best)
+            full = _full_logits(zp, result, best)
             edge, iou = [], []
             for t in ts:
                 m = full > t

@@ -1,7 +1,7 @@
 """Draw benchmarks/figures/split_touching.png: what the built-in model's cut of touching nuclei does.
 
 Clicks (one per object at a random inner pixel, as in the evaluation) on an
-unseen image of dense small nuclei through the plugin's ``ZoomPredictor``
+unseen image of dense small nuclei through the plugin's ``PromptPipeline``
 (the json's ``"zoom"``).  Shown: the first clicks, in object order, whose
 best mask the cut changes (chosen without looking at the IoU: wins and
 losses), with the ground truth (white), the mask before the cut (red), the
@@ -22,7 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from napari_sam.model.registry import load_model, recommended_zoom
-from napari_sam.predict.zoom import ZoomPredictor, split_touching
+from napari_sam.normalize import to_rgb_uint8
+from napari_sam.predict.pipeline import PromptPipeline
+from napari_sam.predict.touching import split_touching
 from napari_sam.synthetic import make_nuclei_image, sample_point_prompts
 from napari_sam.training.evaluate import _iou
 
@@ -33,10 +35,10 @@ N_SHOWN = 8
 def main(out: Path) -> None:
     zoom = recommended_zoom("builtin")
     h = zoom["split_touching"]
-    zp = ZoomPredictor(load_model("builtin", device="cpu"), device="cpu", **{**zoom, "split_touching": None})
+    zp = PromptPipeline(load_model("builtin", device="cpu"), device="cpu", **{**zoom, "split_touching": None})
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=SEED)
     zp.set_image(img)
-    grey = zp._rgb.astype(np.float32).mean(axis=-1)
+    grey = to_rgb_uint8(img).astype(np.float32).mean(axis=-1)
     pts, plab, ids = sample_point_prompts(lab, seed=0)
     shown = []
     for p, pl, oid in zip(pts, plab, ids):

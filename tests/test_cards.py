@@ -15,8 +15,8 @@ from napari_sam.automatic.generator import AutomaticMaskGenerator
 from napari_sam.model import registry as models
 from napari_sam.model.cards import ModelCard
 from napari_sam.predict.factory import make_predictor, predictor_for_model
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.predict.predictor import Predictor
-from napari_sam.predict.zoom import ZoomPredictor
 
 SRC = Path(napari_sam.__file__).resolve().parent
 TINY = {
@@ -162,7 +162,7 @@ def test_make_predictor_follows_the_card(registry, tiny_card_file):
     registry["zoomed"] = ModelCard(name="zoomed", config=TINY, weights=str(card.weights_file()),
                                    prompt_pipeline={"context": 3, "min_side": 32, "edge_snap": [-1, 3]})
     zoomed = napari_sam.make_predictor("zoomed", device="cpu")
-    assert isinstance(zoomed, ZoomPredictor)
+    assert isinstance(zoomed, PromptPipeline)
     assert (zoomed.context, zoomed.min_side, zoomed.edge_snap) == (3.0, 32, (-1.0, 3.0))
 
 
@@ -178,7 +178,7 @@ def test_the_plugin_and_the_batch_runner_build_the_same_predictor():
     from napari_sam.volume.source import worker_predictor
 
     expected = type(make_predictor("builtin", device="cpu"))
-    assert expected is ZoomPredictor  # the built-in card has a prompt pipeline
+    assert expected is PromptPipeline  # the built-in card has a prompt pipeline
     assert type(plugin_predictor("builtin", device="cpu")) is expected
     assert type(worker_predictor("builtin", None, "cpu")) is expected
 

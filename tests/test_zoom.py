@@ -1,4 +1,5 @@
-"""ZoomPredictor: a second pass on a window around the object (napari_sam.predict.zoom)."""
+"""The prompt pipeline's zoom: a second pass on a window around the object (napari_sam.predict.zoom,
+napari_sam.predict.window, napari_sam.predict.refine, napari_sam.predict.correction)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_sam.model.registry import load_model, recommended_zoom
+from napari_sam.normalize import to_rgb_uint8
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.predict.predictor import Predictor
-from napari_sam.predict.zoom import OUTSIDE_LOGIT, ZoomPredictor, interior_point, zoom_window
+from napari_sam.predict.window import OUTSIDE_LOGIT, mask_prompt_to_window
+from napari_sam.predict.zoom import interior_point, zoom_window
 from napari_sam.synthetic import boxes_from_labels, make_nuclei_image, sample_point_prompts
 from napari_sam.training.evaluate import correction_click
 
@@ -60,8 +64,8 @@ def test_builtin_recommends_zoom():
 def test_second_pass_is_a_plain_prompt_on_the_window(builtin):
     """The zoomed masks are exactly what a plain Predictor gives on the crop, pasted back."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED)
-    zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=64, keep_better=False)
-    better = ZoomPredictor(builtin, device="cpu", context=4, min_side=64)  # keep_better=True
+    zp = PromptPipeline(builtin, device="cpu", context=4, min_side=64, keep_better=False)
+    better = PromptPipeline(builtin, device="cpu", context=4, min_side=64)  # keep_better=True
     zp.set_image(img)
     better.set_image(img)
     plain, crop = Predictor(builtin, device="cpu"), Predictor(builtin, device="cpu")
@@ -75,7 +79,7 @@ def test_second_pass_is_a_plain_prompt_on_the_window(builtin):
         if win is None:  # the whole-view mask was large: nothing to zoom, plain result
             assert np.array_equal(masks, m0)
             continue
-        _assert_is_the_window_prompt(masks, scores, crop, zp._rgb, win, p, pl)
+        _assert_is_the_window_prompt(masks, scores, crop, to_rgb_uint8(img), win, p, pl)
         assert logits.shape == (3, *zp.mask_input_size)
         assert (logits == OUTSIDE_LOGIT).any()  # outside the window
         # keep_better: the pass the model rates higher, whole view or window
@@ -86,34 +90,6 @@ def test_second_pass_is_a_plain_prompt_on_the_window(builtin):
     assert checked >= 6
 
 
-def test_zoom_beats_the_whole_view_on_small_nuclei(builtin):
-    """Against the ground truth: on nuclei below 20 px the zoomed click and box IoU
-    are clearly above the whole-view pass (what zooming is for)."""
-    zoom = recommended_zoom("builtin")
-    zp, plain = ZoomPredictor(builtin, device="cpu", **zoom), Predictor(builtin, device="cpu")
-    z_pt, p_pt, z_bx, p_bx = [], [], [], []
-    for seed in (EVAL_SEED + 4, EVAL_SEED + 5):
-        img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=seed)
-        zp.set_image(img)
-        plain.set_image(img)
-        pts, plab, ids = sample_point_prompts(lab, seed=seed)
-        boxes, bids = boxes_from_labels(lab)
-        box_of = dict(zip(bids.tolist(), boxes))
-        for p, pl, oid in zip(pts, plab, ids):
-            gt = lab == oid
-            rows, cols = np.nonzero(gt)
-            if max(np.ptp(rows), np.ptp(cols)) + 1 >= 20:
-                continue
-            for pred, out in ((zp, z_pt), (plain, p_pt)):
-                m, s, _ = pred.predict(p, pl, multimask=True)
-                out.append(_iou(m[int(np.argmax(s))], gt))
-            for pred, out in ((zp, z_bx), (plain, p_bx)):
-                out.append(_iou(pred.predict(box_rc=box_of[int(oid)], multimask=False)[0][0], gt))
-    assert len(z_pt) >= 30
-    assert np.mean(z_pt) > np.mean(p_pt) + 0.05, (np.mean(z_pt), np.mean(p_pt))
-    assert np.mean(z_bx) > np.mean(p_bx) + 0.05, (np.mean(z_bx), np.mean(p_bx))
-
-
 def test_no_zoom_when_it_cannot_help(builtin):
     """Whole-image windows, mask prompts and stored embeddings: identical to Predictor."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 2)
@@ -121,7 +97,7 @@ def test_no_zoom_when_it_cannot_help(builtin):
     plain.set_image(img)
     p, pl = np.array([[128.0, 128.0]]), np.array([1])
     box = np.array([10.0, 10.0, 240.0, 240.0])  # large box: no window magnifies 1.25x
-    zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=64)
+    zp = PromptPipeline(builtin, device="cpu", context=4, min_side=64)
     zp.set_image(img)
     for kw in ({"box_rc": box, "multimask": False},
                {"points_rc": p, "point_labels": pl, "mask_input": np.zeros((1, *plain.mask_input_size), np.float32)}):
@@ -134,7 +110,7 @@ def test_no_zoom_when_it_cannot_help(builtin):
 
 def test_returned_logits_work_as_mask_prompt(builtin):
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 3)
-    zp = ZoomPredictor(builtin, device="cpu", **recommended_zoom("builtin"))
+    zp = PromptPipeline(builtin, device="cpu", **recommended_zoom("builtin"))
     zp.set_image(img)
     boxes, _ = boxes_from_labels(lab)
     masks, _, logits = zp.predict(box_rc=boxes[0], multimask=False)
@@ -146,7 +122,7 @@ def test_returned_logits_work_as_mask_prompt(builtin):
 
 def test_bad_parameters():
     with pytest.raises(ValueError, match="must be >= 1"):
-        ZoomPredictor(load_model("builtin", device="cpu"), context=0.5)
+        PromptPipeline(load_model("builtin", device="cpu"), context=0.5)
 
 
 def test_flips_average_the_four_flipped_window_passes(builtin):
@@ -155,7 +131,7 @@ def test_flips_average_the_four_flipped_window_passes(builtin):
     import torch
 
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 6)
-    zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, keep_better=False, flips=True)
+    zp = PromptPipeline(builtin, device="cpu", context=4, min_side=128, keep_better=False, flips=True)
     zp.set_image(img)
     plain, crop = Predictor(builtin, device="cpu"), Predictor(builtin, device="cpu")
     plain.set_image(img)
@@ -173,7 +149,7 @@ def test_flips_average_the_four_flipped_window_passes(builtin):
         total, scores = 0.0, 0.0
         for fr in (False, True):
             for fc in (False, True):
-                crop.set_image(np.ascontiguousarray(zp._rgb[r0:r1, c0:c1][:: -1 if fr else 1, :: -1 if fc else 1]))
+                crop.set_image(np.ascontiguousarray(to_rgb_uint8(img)[r0:r1, c0:c1][:: -1 if fr else 1, :: -1 if fc else 1]))
                 q = {"multimask": kw["multimask"]}
                 if "box_rc" in kw:
                     b = np.asarray(kw["box_rc"], float) - (r0, c0, r0, c0)
@@ -215,8 +191,8 @@ def test_refine_box_prompts_the_click_masks_box_in_the_same_window(builtin):
     """refine_box=1 against an independent computation: the click's best mask (refine_box=0),
     the box of its part under the click, prompted alone on the click's window crop."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 7)
-    base = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, keep_better=False)
-    refined = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, keep_better=False, refine_box=1)
+    base = PromptPipeline(builtin, device="cpu", context=4, min_side=128, keep_better=False)
+    refined = PromptPipeline(builtin, device="cpu", context=4, min_side=128, keep_better=False, refine_box=1)
     plain, crop = Predictor(builtin, device="cpu"), Predictor(builtin, device="cpu")
     for p in (base, refined, plain):
         p.set_image(img)
@@ -232,7 +208,7 @@ def test_refine_box_prompts_the_click_masks_box_in_the_same_window(builtin):
         box = _inclusive_box_of_clicked_part(m0[b], p[0])
         if box[0] < r0 or box[1] < c0 or box[2] >= r1 or box[3] >= c1:
             continue  # a new window would be chosen
-        crop.set_image(np.ascontiguousarray(refined._rgb[r0:r1, c0:c1]))
+        crop.set_image(np.ascontiguousarray(to_rgb_uint8(img)[r0:r1, c0:c1]))
         cm, cs, _ = crop.predict(box_rc=box - (r0, c0, r0, c0), multimask=False)
         masks, scores, _ = refined.predict(p, pl, multimask=True)
         expected = np.zeros(lab.shape, bool)
@@ -248,8 +224,8 @@ def test_refine_box_prompts_the_click_masks_box_in_the_same_window(builtin):
 def test_refine_box_leaves_corrections_and_boxes_alone(builtin):
     """Negative clicks (a user correcting) and box prompts are not refined."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 8)
-    base = ZoomPredictor(builtin, device="cpu", context=4, min_side=128)
-    refined = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, refine_box=2)
+    base = PromptPipeline(builtin, device="cpu", context=4, min_side=128)
+    refined = PromptPipeline(builtin, device="cpu", context=4, min_side=128, refine_box=2)
     base.set_image(img)
     refined.set_image(img)
     pts, plab, _ = sample_point_prompts(lab, seed=8)
@@ -261,20 +237,7 @@ def test_refine_box_leaves_corrections_and_boxes_alone(builtin):
         for a, b in zip(base.predict(**kw), refined.predict(**kw)):
             assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="refine_box"):
-        ZoomPredictor(builtin, refine_box=-1)
-
-
-def test_refine_box_improves_clicks_on_held_out_nuclei(builtin):
-    """Quality: box refinement beats the plain zoomed click on unseen images."""
-    from napari_sam.training.evaluate import prompted_ious
-
-    data = [make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 9)]
-    images, labels = [d[0] for d in data], [d[1] for d in data]
-    ious = {}
-    for rounds in (0, 2):
-        zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=128, refine_box=rounds)
-        ious[rounds] = prompted_ious(zp, images, labels, prompt="point")
-    assert ious[2].mean() > ious[0].mean() + 0.02, {k: v.mean() for k, v in ious.items()}
+        PromptPipeline(builtin, refine_box=-1)
 
 
 def test_interior_point():
@@ -299,8 +262,8 @@ def test_recenter_reruns_the_click_from_the_interior(builtin):
     clicked part, and the rule (click still inside, rated at least as high)."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 3)
     kw = dict(context=4, min_side=128, flips=False, refine_box=1)
-    plain = ZoomPredictor(builtin, device="cpu", **kw)
-    rec = ZoomPredictor(builtin, device="cpu", recenter=True, **kw)
+    plain = PromptPipeline(builtin, device="cpu", **kw)
+    rec = PromptPipeline(builtin, device="cpu", recenter=True, **kw)
     plain.set_image(img)
     rec.set_image(img)
     pts, plab, _ = sample_point_prompts(lab, mode="uniform", seed=2)
@@ -327,37 +290,15 @@ def test_recenter_reruns_the_click_from_the_interior(builtin):
         np.testing.assert_array_equal(a, b)
 
 
-def test_recenter_makes_clicks_depend_less_on_where_they_land(builtin):
-    """What recentring is for: a click anywhere inside an object gives (nearly) the mask
-    a click at its centre gives.  Measured on unseen images against the centre click's
-    own result, with and without recentring (the same predictor settings otherwise)."""
-    agree = {False: [], True: []}
-    for seed in (EVAL_SEED + 9, EVAL_SEED + 4):
-        img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=seed)
-        anywhere, lab_a, ids = sample_point_prompts(lab, mode="uniform", seed=5)
-        centre, lab_c, ids_c = sample_point_prompts(lab, mode="center", seed=5)
-        assert np.array_equal(ids, ids_c)
-        for recenter in (False, True):
-            zp = ZoomPredictor(builtin, device="cpu", **{**recommended_zoom("builtin"), "recenter": recenter})
-            zp.set_image(img)
-            for k in range(min(40, len(ids))):
-                ma, sa, _ = zp.predict(anywhere[k], lab_a[k])
-                mc, sc, _ = zp.predict(centre[k], lab_c[k])
-                agree[recenter].append(_iou(ma[int(np.argmax(sa))], mc[int(np.argmax(sc))]))
-    plain, rec = np.array(agree[False]), np.array(agree[True])
-    assert rec.mean() > plain.mean() + 0.01, (rec.mean(), plain.mean())
-    assert (rec == 1).mean() > (plain == 1).mean() + 0.05  # often the very same result
-
-
 def test_prompt_mask_threshold_thresholds_every_pass_of_predict_only(builtin):
     """``prompt_mask_threshold``: predict() is a plain prompt on the window crop thresholded
     there (the window chosen from the whole-view masks at that threshold); predict_batch
     and automatic generation keep the model's threshold."""
     thr = 1.0
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 3)
-    zp = ZoomPredictor(builtin, device="cpu", context=4, min_side=64, keep_better=False,
+    zp = PromptPipeline(builtin, device="cpu", context=4, min_side=64, keep_better=False,
                        prompt_mask_threshold=thr)
-    at_zero = ZoomPredictor(builtin, device="cpu", context=4, min_side=64, keep_better=False)
+    at_zero = PromptPipeline(builtin, device="cpu", context=4, min_side=64, keep_better=False)
     plain, crop = Predictor(builtin, device="cpu"), Predictor(builtin, device="cpu")
     plain.mask_threshold = crop.mask_threshold = thr
     for p in (zp, at_zero, plain):
@@ -372,7 +313,7 @@ def test_prompt_mask_threshold_thresholds_every_pass_of_predict_only(builtin):
         win = zp.window_for(p, pl, None, m0, s0)
         if win is None:
             continue
-        _assert_is_the_window_prompt(masks, scores, crop, zp._rgb, win, p, pl)
+        _assert_is_the_window_prompt(masks, scores, crop, to_rgb_uint8(img), win, p, pl)
         differs += not np.array_equal(masks, at_zero.predict(p, pl, multimask=True)[0])
         checked += 1
     assert checked >= 5 and differs >= 3
@@ -385,7 +326,7 @@ def test_prompt_mask_threshold_thresholds_every_pass_of_predict_only(builtin):
         zp.predict(np.array([[-50.0, 10.0]]), np.array([1]))
     assert zp.mask_threshold == 0.0
     with pytest.raises(ValueError, match="finite"):
-        ZoomPredictor(builtin, prompt_mask_threshold=float("nan"))
+        PromptPipeline(builtin, prompt_mask_threshold=float("nan"))
 
 
 def test_small_mask_threshold_reruns_small_masks_at_its_threshold(builtin):
@@ -394,15 +335,15 @@ def test_small_mask_threshold_reruns_small_masks_at_its_threshold(builtin):
     ``t`` everywhere; other clicks and boxes get the usual result."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 3)
     kw = dict(device="cpu", context=4, min_side=128, refine_box=1)
-    usual = ZoomPredictor(builtin, **kw)
-    high = ZoomPredictor(builtin, prompt_mask_threshold=1.0, **kw)
+    usual = PromptPipeline(builtin, **kw)
+    high = PromptPipeline(builtin, prompt_mask_threshold=1.0, **kw)
     pts, plab, _ = sample_point_prompts(lab, seed=3)
     usual.set_image(img)
     high.set_image(img)
     first = [usual.predict(p, pl) for p, pl in zip(pts[:10], plab[:10])]
     diam = np.array([2 * np.sqrt(m[int(np.argmax(s))].sum() / np.pi) for m, s, _ in first])
     d = float(np.median(diam))  # some clicks on each side
-    rule = ZoomPredictor(builtin, small_mask_threshold=(d, 1.0), **kw)
+    rule = PromptPipeline(builtin, small_mask_threshold=(d, 1.0), **kw)
     rule.set_image(img)
     branches = {True: 0, False: 0}
     changed = 0
@@ -428,7 +369,7 @@ def test_small_mask_threshold_reruns_small_masks_at_its_threshold(builtin):
 @pytest.mark.parametrize("bad", [(0, 1.0), (float("nan"), 1.0), (10, float("inf")), (1, 2, 3), "ab", 5])
 def test_small_mask_threshold_rejects_bad_values(builtin, bad):
     with pytest.raises(ValueError, match="small_mask_threshold"):
-        ZoomPredictor(builtin, small_mask_threshold=bad)
+        PromptPipeline(builtin, small_mask_threshold=bad)
 
 
 def test_a_correction_is_zoomed_with_its_mask_prompt_resampled(builtin):
@@ -438,20 +379,21 @@ def test_a_correction_is_zoomed_with_its_mask_prompt_resampled(builtin):
     result is the window's single output. A mask prompt with a box (propagation, polygons)
     or alone is not zoomed."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 4)
-    zp = ZoomPredictor(builtin, device="cpu", **{**recommended_zoom("builtin"), "flips": False})
+    zp = PromptPipeline(builtin, device="cpu", **{**recommended_zoom("builtin"), "flips": False})
     zp.set_image(img)
     ids, areas = np.unique(lab[lab > 0], return_counts=True)
     rows, cols = np.nonzero(lab == ids[np.argmax(areas)])  # the largest nucleus: a resampled outline is
     click = np.array([[rows.mean(), cols.mean()]])  # ~1 px off, the fraction that is must stay small
-    _, scores, logits = zp.predict(click, [1])
+    first = zp.predict(click, [1])
+    _, scores, logits = first
     prompt = logits[int(np.argmax(scores))][None]
     seen = []
-    wp = zp._window_predictors[0]
+    wp = zp._windows.predictors[0]
     original = wp.predict_batch
     wp.predict_batch = lambda *a, **k: seen.append(a) or original(*a, **k)
-    corrected = zp.predict(np.vstack([click, click + [2, 0]]), [1, 0], mask_input=prompt, multimask=False)
+    corrected = zp.predict(np.vstack([click, click + [2, 0]]), [1, 0], previous=first.previous(), multimask=False)
     assert len(seen) == 1 and seen[0][3] is not None and corrected[0].shape == (1, 256, 256)
-    r0, c0, r1, c1 = zp._window
+    r0, c0, r1, c1 = zp._windows.window
     full_px = zp.upsample_logits(torch.from_numpy(prompt))[0].numpy()[r0:r1, c0:c1] > 0
     window_px = wp.upsample_logits(torch.as_tensor(seen[0][3])[0])[0].numpy() > 0
     assert full_px.any() and _iou(full_px, window_px) > 0.9, _iou(full_px, window_px)
@@ -464,34 +406,36 @@ def test_a_correction_is_zoomed_with_its_mask_prompt_resampled(builtin):
 
 
 def test_a_correction_prompts_the_window_with_the_shown_masks_own_window_logits(builtin):
-    """A correction of the mask just returned (its logits passed back as mask_input, as the
-    plugin does) prompts the window with that mask's logits at the first window's pixels,
+    """A correction of a returned mask (passed back as ``previous``, as the plugin does)
+    prompts the window with that mask's logits at the first window's pixels,
     not with the full view's low-res frame (4 image pixels per logit here): at image
     resolution, the window's mask prompt then matches the mask shown (the first window's
-    logits > 0) better, on small nuclei. Any other mask_input (edited, or from another
-    prompt) takes the full-view path, unchanged."""
+    logits > 0) better, on small nuclei. Any other mask prompt (edited, or from another
+    prompt: no ``previous_window``) takes the full-view path, unchanged."""
     img, lab = make_nuclei_image((256, 256), kind="nuclei", seed=EVAL_SEED + 10)  # small nuclei
-    zp = ZoomPredictor(builtin, device="cpu", **{**recommended_zoom("builtin"), "flips": False})
+    zp = PromptPipeline(builtin, device="cpu", **{**recommended_zoom("builtin"), "flips": False})
     zp.set_image(img)
-    wp = zp._window_predictors[0]
     own, coarse = [], []
     for oid in np.unique(lab)[1:13]:
         rows, cols = np.nonzero(lab == oid)
         click = np.array([[rows.mean(), cols.mean()]])
-        _, scores, logits = zp.predict(click, [1])
+        result = zp.predict(click, [1])
+        _, scores, logits = result
         best = int(np.argmax(scores))
-        fine = zp._returned[1][best]
+        fine = result.window_logits[best]
+        wp = zp._windows.predictors[0]
         if fine is None:  # the whole view's mask was kept: nothing finer to use
             continue
         (a0, b0, a1, b1), fine_logits = fine
         shown_px = fine_logits > 0
         prompt = logits[best][None]
         win = r0, c0, r1, c1 = a0, b0, a1, b1  # a correction near the click zooms on this window again
-        got = wp.upsample_logits(torch.from_numpy(zp._full_logits_to_window(prompt, win))[None])[0].numpy() > 0
-        saved, zp._returned = zp._returned, None
-        old = wp.upsample_logits(torch.from_numpy(zp._full_logits_to_window(prompt, win))[None])[0].numpy() > 0
-        zp._returned = saved
-        edited = wp.upsample_logits(torch.from_numpy(zp._full_logits_to_window(prompt + 0.5, win))[None])[0].numpy() > 0
+        def to_window(mask_prompt, previous_window):
+            return mask_prompt_to_window(zp.predictor, wp, mask_prompt, win, previous_window)
+
+        got = wp.upsample_logits(torch.from_numpy(to_window(prompt, fine))[None])[0].numpy() > 0
+        old = wp.upsample_logits(torch.from_numpy(to_window(prompt, None))[None])[0].numpy() > 0
+        edited = wp.upsample_logits(torch.from_numpy(to_window(prompt + 0.5, None))[None])[0].numpy() > 0
         edited_old = zp.upsample_logits(torch.from_numpy(prompt + 0.5))[0].numpy()[r0:r1, c0:c1] > 0
         assert _iou(edited, edited_old) > 0.8  # not the last result: the full view's frame
         own.append(_iou(got, shown_px))
@@ -505,12 +449,12 @@ def test_local_correction_changes_the_shown_mask_only_near_the_new_point(builtin
     """With ``local_correction=(k, c)`` a correction returns the plain correction's mask within
     ``k * d + c`` px of the new point (``d``: the point's distance to the shown mask's edge,
     computed here with a distance transform) and the shown mask elsewhere; the logits and
-    scores are the model's. Not applied when the points do not extend the last prompt's or
-    the mask prompt is not one of its outputs."""
+    scores are the model's. Not applied when the points do not extend the previous prompt's or
+    the mask prompt is not a previous result."""
     img, lab = make_nuclei_image((256, 256), kind="cells", seed=EVAL_SEED + 2)
     zoom = {k: v for k, v in recommended_zoom("builtin").items() if k != "local_correction"}
-    plain = ZoomPredictor(builtin, device="cpu", **zoom)
-    local = ZoomPredictor(builtin, device="cpu", **zoom, local_correction=(2, 2))
+    plain = PromptPipeline(builtin, device="cpu", **zoom)
+    local = PromptPipeline(builtin, device="cpu", **zoom, local_correction=(2, 2))
     plain.set_image(img)
     local.set_image(img)
     pts, _, ids = sample_point_prompts(lab, seed=0)
@@ -522,11 +466,12 @@ def test_local_correction_changes_the_shown_mask_only_near_the_new_point(builtin
             np.testing.assert_array_equal(a, b)
         masks, scores, logits = first[0]
         best = int(np.argmax(scores))
+        previous = [f.previous(best) for f in first]
         shown = masks[best]
         q, label = correction_click(shown, lab == oid)
         both, labels = np.vstack([p, q[None]]), np.array([1, label])
-        got = local.predict(both, labels, mask_input=logits[best][None], multimask=False)
-        want = plain.predict(both, labels, mask_input=logits[best][None], multimask=False)
+        got = local.predict(both, labels, previous=previous[1], multimask=False)
+        want = plain.predict(both, labels, previous=previous[0], multimask=False)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[2], want[2])
         wrong_side = ~shown if label else shown
@@ -535,16 +480,17 @@ def test_local_correction_changes_the_shown_mask_only_near_the_new_point(builtin
         np.testing.assert_array_equal(got[0][0], np.where(disk, want[0][0], shown))
         differ += int(not np.array_equal(got[0][0], want[0][0]))
         # points that do not extend the last prompt's, or an edited mask prompt: plain
-        for order, edit in ((slice(None, None, -1), 0.0), (slice(None), 0.25)):
-            local.predict(p, [1])
-            plain.predict(p, [1])  # the same last result in both (the window prompt depends on it)
-            np.testing.assert_array_equal(
-                local.predict(both[order], labels[order], mask_input=logits[best][None] + edit, multimask=False)[0],
-                plain.predict(both[order], labels[order], mask_input=logits[best][None] + edit, multimask=False)[0])
+        reordered = slice(None, None, -1)
+        np.testing.assert_array_equal(
+            local.predict(both[reordered], labels[reordered], previous=previous[1], multimask=False)[0],
+            plain.predict(both[reordered], labels[reordered], previous=previous[0], multimask=False)[0])
+        np.testing.assert_array_equal(
+            local.predict(both, labels, mask_input=logits[best][None] + 0.25, multimask=False)[0],
+            plain.predict(both, labels, mask_input=logits[best][None] + 0.25, multimask=False)[0])
     assert differ >= 3, differ  # the rule changed several corrections
 
 
 @pytest.mark.parametrize("bad", [(-1, 2), (float("nan"), 1.0), (1, float("inf")), (1, 2, 3), "ab", 5])
 def test_local_correction_rejects_bad_values(builtin, bad):
     with pytest.raises(ValueError, match="local_correction"):
-        ZoomPredictor(builtin, local_correction=bad)
+        PromptPipeline(builtin, local_correction=bad)

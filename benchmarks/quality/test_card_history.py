@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from napari_sam.model.registry import load_model, model_card
-from napari_sam.predict.zoom import ZoomPredictor
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.synthetic import make_nuclei_image
 from napari_sam.training.evaluate import prompted_ious
 
@@ -50,6 +50,6 @@ def test_small_mask_threshold_is_off_because_it_no_longer_gains(builtin):
     kw = dict(device="cpu", context=4, min_side=128, refine_box=1)
     ious = {}
     for name, extra in (("usual", {}), ("rule", {"small_mask_threshold": rule})):
-        ious[name] = prompted_ious(ZoomPredictor(builtin, **kw, **extra), [img], [lab], prompt="point")
+        ious[name] = prompted_ious(PromptPipeline(builtin, **kw, **extra), [img], [lab], prompt="point")
     assert (ious["rule"] != ious["usual"]).sum() >= 5  # the rule still re-runs small clicks
     assert ious["rule"].mean() < ious["usual"].mean() + 0.01, {k: v.mean() for k, v in ious.items()}

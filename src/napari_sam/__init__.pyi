@@ -14,9 +14,11 @@ from napari_sam.model.registry import resolve_device as resolve_device
 from napari_sam.model.sam import Sam as Sam
 from napari_sam.normalize import estimate_contrast_limits as estimate_contrast_limits
 from napari_sam.normalize import to_rgb_uint8 as to_rgb_uint8
+from napari_sam.predict.correction import PreviousResult as PreviousResult
 from napari_sam.predict.factory import make_predictor as make_predictor
+from napari_sam.predict.pipeline import PromptPipeline as PromptPipeline
+from napari_sam.predict.pipeline import PromptResult as PromptResult
 from napari_sam.predict.predictor import Predictor as Predictor
-from napari_sam.predict.zoom import ZoomPredictor as ZoomPredictor
 from napari_sam.progress import Cancelled as Cancelled
 from napari_sam.tiled.tiles import segment_image as segment_image
 from napari_sam.volume.batch import segment_volume as segment_volume

@@ -31,7 +31,8 @@ from napari_sam._napari.layers import (
     shapes_to_prompts,
 )
 from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
-from napari_sam.predict.zoom import ZoomPredictor
+from napari_sam.predict.correction import PreviousResult
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.progress import CancelToken, ProgressCallback, report
 
 __all__ = ["ObjectPrediction", "Preview", "Session"]
@@ -48,12 +49,22 @@ class ObjectPrediction:
     logits : numpy.ndarray of float32, shape (C, 256, 256)
     choice : int
         Index of the candidate shown and committed (initially the best score).
+    window_logits : tuple or None
+        Per candidate, the zoom window of a :class:`~napari_sam.predict.pipeline.PromptPipeline`
+        result and its logits there (``PromptResult.window_logits``); None from a plain predictor.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     logits: np.ndarray
     choice: int = 0
+    window_logits: tuple | None = None
+
+    def as_previous(self, points_rc: np.ndarray | None, point_labels: np.ndarray | None) -> PreviousResult:
+        """The shown candidate as the :class:`~napari_sam.predict.correction.PreviousResult` a correction corrects."""
+        window = self.window_logits[self.choice] if self.window_logits else None
+        return PreviousResult(self.mask, np.asarray(self.logits[self.choice], np.float32), points_rc, point_labels,
+                              window)
 
     @property
     def mask(self) -> np.ndarray:
@@ -262,22 +273,23 @@ class Session:
             if request != self._request:
                 return None
             self.prepare(ref)
-            previous = None if shapes else self._corrected_logits(ref, pts, lab)
+            previous = None if shapes else self._corrected(ref, pts, lab)
             objects = self._predict_objects(pts, lab, shapes, ref, previous)
         if request != self._request:
             return None
         self.preview = Preview(ref, objects, request, *((None, None) if shapes else (pts.copy(), lab.copy())))
         return self.preview
 
-    def _corrected_logits(self, ref: PlaneRef, pts: np.ndarray, lab: np.ndarray) -> np.ndarray | None:
-        """The shown mask's low-res logits ``(1, m, m)`` when ``pts``/``lab`` add points to the preview's.
+    def _corrected(self, ref: PlaneRef, pts: np.ndarray, lab: np.ndarray) -> PreviousResult | None:
+        """The shown result, when ``pts``/``lab`` add points to the preview's (a correction).
 
         A point added to a points-only object on the same plane is a correction
         of the mask on screen: SAM's interactive recipe (and the built-in
         model's training) prompts all points together with that mask's logits
-        as ``mask_input`` and a single output (a
-        :class:`~napari_sam.predict.zoom.ZoomPredictor` zooms it too).  Otherwise (a new
-        object, points moved or removed, boxes): None.
+        as ``mask_input`` and a single output; a
+        :class:`~napari_sam.predict.pipeline.PromptPipeline` is given the shown
+        result itself (``previous=``).  Otherwise (a new object, points moved or
+        removed, boxes): None.
         """
         prev = self.preview
         if prev is None or prev.ref != ref or prev.points_rc is None or len(prev.objects) != 1:
@@ -286,8 +298,7 @@ class Session:
         if not 0 < k < len(pts) or not (np.array_equal(prev.points_rc, pts[:k])
                                          and np.array_equal(prev.point_labels, lab[:k])):
             return None
-        obj = prev.objects[0]
-        return np.asarray(obj.logits[obj.choice], np.float32)[None]
+        return prev.objects[0].as_previous(prev.points_rc, prev.point_labels)
 
     def predict(self, dims: Any, *, points_layer: Any = None, shapes_layer: Any = None,
                 request: int | None = None) -> Preview | None:
@@ -309,15 +320,20 @@ class Session:
         if not shapes:
             if not (lab > 0).any():
                 return []
-            # a correction (``previous``: the shown mask's logits) gets one output, as SAM was trained
-            masks, scores, logits = p.predict(pts, lab, None, previous, multimask=previous is None)
+            # a correction (``previous``: the shown result) gets one output, as SAM was trained
+            if previous is not None and isinstance(p, PromptPipeline):
+                result = p.predict(pts, lab, multimask=False, previous=previous)
+            else:
+                mask_input = None if previous is None else previous.logits[None]
+                result = p.predict(pts, lab, None, mask_input, multimask=previous is None)
+            masks, scores, logits = result
             return [ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits),
-                                     int(np.argmax(scores)))]
+                                     int(np.argmax(scores)), getattr(result, "window_logits", None))]
         objects = []
         per_box = [self._points_in_box(pts, lab, s["box_rc"], len(shapes)) for s in shapes]
-        # several plain boxes decode in one batched call, unless the predictor zooms: a ZoomPredictor's
-        # zoom, refinement and cut act in predict() only (built-in model: box mIoU 0.912 vs 0.757 batched)
-        use_batch = hasattr(p, "predict_batch") and not isinstance(p, ZoomPredictor) and \
+        # several plain boxes decode in one batched call, unless the predictor has a prompt pipeline:
+        # its zoom, refinement and cut act in predict() only
+        use_batch = hasattr(p, "predict_batch") and not isinstance(p, PromptPipeline) and \
             all(len(q[0]) == 0 for q in per_box) and all(s["mask"] is None for s in shapes) and len(shapes) > 1
         if use_batch:
             boxes = np.stack([s["box_rc"] for s in shapes])

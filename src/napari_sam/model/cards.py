@@ -80,7 +80,7 @@ class ModelCard:
         ``{}`` means SAM's defaults.  Explicit arguments always win.
     prompt_pipeline : dict
         Settings of the prompt pipeline (today the keyword arguments of
-        :class:`~napari_sam.ZoomPredictor`); ``{}`` means plain SAM prompting
+        :class:`~napari_sam.PromptPipeline`); ``{}`` means plain SAM prompting
         (:class:`~napari_sam.Predictor`).
     source : str
         Who made the weights (a line or two).

@@ -14,8 +14,8 @@ import torch
 
 from napari_sam.model.cards import ModelCard
 from napari_sam.model.registry import load_model
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.predict.predictor import Predictor
-from napari_sam.predict.zoom import ZoomPredictor
 
 __all__ = ["make_predictor", "predictor_for_model"]
 
@@ -35,7 +35,7 @@ def predictor_for_model(model: torch.nn.Module, *, device: Any = None) -> Predic
     Returns
     -------
     Predictor
-        A :class:`~napari_sam.ZoomPredictor` with the card's settings when the
+        A :class:`~napari_sam.PromptPipeline` with the card's settings when the
         card has a prompt pipeline, else a :class:`~napari_sam.Predictor`.
     """
     card = getattr(model, "card", None)
@@ -43,7 +43,7 @@ def predictor_for_model(model: torch.nn.Module, *, device: Any = None) -> Predic
     if not pipeline:
         return Predictor(model, device=device)
     try:
-        return ZoomPredictor(model, device=device, **pipeline)
+        return PromptPipeline(model, device=device, **pipeline)
     except TypeError as exc:  # an unknown setting
         where = f"model card {card.name!r}" + (f" ({card.path})" if card.path else "")
         raise ValueError(

@@ -357,6 +357,7 @@ class Predictor:
         mask_input: Any = None,
         *,
         multimask: bool = True,
+        threshold: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for one prompt (points and/or a box and/or a previous mask).
 
@@ -372,6 +373,8 @@ class Predictor:
             Low-res logits of an earlier prediction (``m = 256`` for official models).
         multimask : bool
             Three masks (best for a single ambiguous click) or one.
+        threshold : float, optional
+            Logit threshold of the masks; None: ``mask_threshold``.
 
         Returns
         -------
@@ -403,7 +406,7 @@ class Predictor:
             single=True,
         )
         low_res, scores = self._decode(*prompts, multimask)
-        masks = self.masks_from_logits(low_res[0])
+        masks = self.masks_from_logits(low_res[0], threshold=threshold)
         return (
             masks.cpu().numpy(),
             scores[0].to("cpu", torch.float32).numpy(),
@@ -462,8 +465,8 @@ class Predictor:
         return BatchPrediction(low_res_logits=low_res, scores=scores, mask_logits=mask_logits)
 
     @torch.inference_mode()
-    def masks_from_logits(self, low_res_logits: Any) -> torch.Tensor:
-        """``upsample_logits(low_res_logits) > mask_threshold``, without the full-size logits.
+    def masks_from_logits(self, low_res_logits: Any, *, threshold: float | None = None) -> torch.Tensor:
+        """``upsample_logits(low_res_logits) > threshold``, without the full-size logits.
 
         Where the output is a plain upsampling of at most 4x per axis (the
         image's long side is the encoder size, e.g. 1024 x 1024 or 768 x 1024
@@ -478,23 +481,26 @@ class Predictor:
         Parameters
         ----------
         low_res_logits : Tensor or array-like, shape (K, m, m)
+        threshold : float, optional
+            Logit threshold; None: ``mask_threshold``.
 
         Returns
         -------
         Tensor, shape (K, H, W), bool, on ``device``
         """
         self._require_image()
+        threshold = self.mask_threshold if threshold is None else float(threshold)
         logits = torch.as_tensor(low_res_logits, dtype=torch.float32, device=self.device)
         if logits.ndim != 3 or logits.shape[1] != logits.shape[2]:
             raise ValueError(f"low_res_logits must have shape (K, m, m), got {tuple(logits.shape)}.")
         plan = self._upsample_plan_for(logits.shape[-1])
         if plan is not None and 0 < plan.factor <= POLYPHASE_MAX_FACTOR:  # e.g. the long side is 1024
-            return threshold_polyphase(logits, plan, self.mask_threshold)
-        masks = None if plan is None else threshold_upsampled(logits, plan, self.mask_threshold)
+            return threshold_polyphase(logits, plan, threshold)
+        masks = None if plan is None else threshold_upsampled(logits, plan, threshold)
         if masks is None and plan is not None and plan.polyphase:  # noise-like logits, large factor
-            masks = threshold_polyphase(logits, plan, self.mask_threshold)
+            masks = threshold_polyphase(logits, plan, threshold)
         if masks is None:  # no plan, or noise-like logits: the dense path is faster
-            masks = self.upsample_logits(logits) > self.mask_threshold
+            masks = self.upsample_logits(logits) > threshold
         return masks
 
     def _upsample_plan_for(self, low_res: int) -> UpsamplePlan | None:

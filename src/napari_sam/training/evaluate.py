@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_sam.predict.zoom import ZoomPredictor
+from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 from napari_sam.synthetic import boxes_from_labels, sample_point_prompts
 
@@ -110,7 +110,7 @@ def prompted_ious(
             boxes, ids = boxes_from_labels(lab)
         else:
             raise ValueError(f"prompt must be 'point' or 'box'; got {prompt!r}")
-        if isinstance(predictor, ZoomPredictor):  # its zoom acts in predict(), one object at a time
+        if isinstance(predictor, PromptPipeline):  # its steps act in predict(), one object at a time
             for k, oid in enumerate(ids):
                 if prompt == "point":
                     masks, scores, _ = predictor.predict(pts[k], plab[k], multimask=True)

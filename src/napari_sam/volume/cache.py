@@ -127,9 +127,9 @@ def weights_identity(model: Any, checkpoint: str | os.PathLike | None) -> str:
     if isinstance(model, (str, os.PathLike)) and str(model).endswith(".json") and Path(model).is_file():
         return f"config|{file_sha256(model)}|random-weights"
     try:
-        from napari_sam.model.registry import get_spec
+        from napari_sam.model.registry import get_card
 
-        known = get_spec(str(model)).known_hash
+        known = get_card(str(model)).sha256
     except (KeyError, ValueError, ImportError):
         known = None
     return f"{model}|{known}"
