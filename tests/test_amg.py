@@ -81,10 +81,18 @@ def test_masks_to_boxes_brute_force():
 
 
 def _brute_nms(boxes, scores, thresh):
+    """torchvision's NMS as the official generator calls it: on inclusive boxes (last row/column).
+
+    Half-open (r0, c0, r1, c1) -> inclusive (r0, c0, r1 - 1, c1 - 1); areas and intersections
+    ``(r1 - r0) * (c1 - c0)`` of the inclusive corners, the ratio in float32.
+    """
+
     def iou(a, b):
+        a = (a[0], a[1], a[2] - 1, a[3] - 1)
+        b = (b[0], b[1], b[2] - 1, b[3] - 1)
         inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
         union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        return inter / union if union > 0 else 0.0
+        return float(np.float32(inter) / np.float32(union)) if union > 0 else 0.0
 
     order = sorted(range(len(boxes)), key=lambda i: (-scores[i], i))
     keep = []
@@ -134,10 +142,15 @@ def test_remove_small_regions_holes_and_islands():
     two[6:9, 6:9] = True
     kept, changed = U.remove_small_regions(two, 50, "islands")
     assert changed and kept.sum() == 9 and kept[6:9, 6:9].all()
-    # background touching the box edge is not a hole
+    # a cup opening to the top of its box: connected to the background outside the box, not a hole
     cup = np.ones((5, 5), dtype=bool)
     cup[0:3, 2] = False
-    assert not U.remove_small_regions(cup, 10, "holes")[1]
+    assert not U.remove_small_regions(cup, 10, "holes", bbox_rc=(4, 4, 9, 9), image_shape=(20, 20))[1]
+    # ... but when the box's top is the image's top edge (or the array is the whole image, as
+    # in the official code) the opening is enclosed by the image border: a 3-pixel hole
+    at_top, changed = U.remove_small_regions(cup, 10, "holes", bbox_rc=(0, 4, 5, 9), image_shape=(20, 20))
+    assert changed and at_top.all()
+    assert U.remove_small_regions(cup, 10, "holes")[1]
     with pytest.raises(ValueError):
         U.remove_small_regions(m, 5, "blobs")
 

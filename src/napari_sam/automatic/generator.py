@@ -357,32 +357,36 @@ class AutomaticMaskGenerator:
         if stab_t > 0:
             keep &= raw.stability_score >= stab_t
         idx = np.flatnonzero(keep)
-        score = raw.predicted_iou[idx].astype(np.float64)
+        score = raw.predicted_iou[idx]  # float32: torchvision orders equal float32 scores by index
         if bonus:
             areas = np.array([max(1, int(np.count_nonzero(raw.masks[i]))) for i in idx], dtype=np.float64)
-            score = score + bonus * np.log(areas)
+            score = score.astype(np.float64) + bonus * np.log(areas)
         if mask_t is not None:
             records = self._mask_nms_records(raw, idx, score, mask_t, min_area)
             self._tick("postprocess", t0, p0)
             return records
-        # box NMS inside each crop, scored by predicted IoU
+        # The official order of the survivors matters: each NMS breaks ties by it.
+        # Box NMS inside each crop (visiting order: decreasing score), crops in order.
         kept: list[np.ndarray] = []
         for ci in range(len(raw.crop_boxes_rc)):
             sel = np.flatnonzero(raw.crop_index[idx] == ci)
             if len(sel):
                 kept.append(sel[nms(raw.boxes_rc[idx[sel]], score[sel], box_t)])
-        pos = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
-        # NMS across crops: the smaller crop wins
+        pos = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+        # NMS across crops, scored by 1 / crop area (float32): the smaller crop wins
         if len(raw.crop_boxes_rc) > 1 and len(pos):
-            cb = raw.crop_boxes_rc[raw.crop_index[idx[pos]]]
-            crop_area = ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).astype(np.float64)
-            order = nms(raw.boxes_rc[idx[pos]], 1.0 / crop_area, crop_t, tiebreak=score[pos])
-            pos = np.sort(pos[order])
+            cb = raw.crop_boxes_rc[raw.crop_index[idx[pos]]].astype(np.float32)
+            crop_score = np.float32(1.0) / ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1]))
+            pos = pos[nms(raw.boxes_rc[idx[pos]], crop_score, crop_t)]
         records = [self._record(raw, int(i)) for i in idx[pos]]
         if min_area > 0 and records:
-            records = postprocess_small_regions(records, min_area, box_t)
+            records, keep_pos = postprocess_small_regions(
+                records, min_area, max(box_t, crop_t), image_shape=raw.image_shape
+            )
+            pos, records = pos[keep_pos], [records[k] for k in keep_pos]
+        order = np.argsort(pos, kind="stable")  # output in candidate order
         self._tick("postprocess", t0, p0)
-        return records
+        return [records[k] for k in order]
 
     # ----------------------------------------------------------------- helpers
     def _mask_nms_records(
@@ -392,7 +396,7 @@ class AutomaticMaskGenerator:
         pos = np.sort(nms(raw.boxes_rc[idx], score, _DUPLICATE_BOX_IOU))
         records = [self._record(raw, int(i)) for i in idx[pos]]
         if min_area > 0 and records:  # nms_thresh 1: clean up only, drop nothing
-            records = postprocess_small_regions(records, min_area, 1.0)
+            records, _ = postprocess_small_regions(records, min_area, 1.0, image_shape=raw.image_shape)
         boxes = np.array([r.bbox_rc for r in records], dtype=np.int64).reshape(-1, 4)
         keep = mask_nms([r.mask for r in records], boxes, score[pos], thresh)
         return [records[i] for i in sorted(keep)]

@@ -1,6 +1,10 @@
 """Box tests and non-maximum suppression for automatic mask generation.
 
 Boxes are ``(r0, c0, r1, c1)`` half-open: ``image[r0:r1, c0:c1]`` is the box.
+Where the official generator makes a decision on mask boxes (the crop-edge
+test, box NMS), it uses inclusive boxes (last row / column) and torchvision's
+box areas; :func:`is_box_near_crop_edge` and :func:`nms` compute those
+decisions on that convention, so they decide exactly as the official code.
 """
 from __future__ import annotations
 
@@ -11,15 +15,24 @@ import numpy as np
 __all__ = ['is_box_near_crop_edge', 'box_iou', 'nms', 'mask_nms']
 
 
+def _inclusive(boxes_rc: np.ndarray) -> np.ndarray:
+    """Half-open ``(r0, c0, r1, c1)`` -> the official inclusive corners ``(r0, c0, r1 - 1, c1 - 1)``."""
+    return boxes_rc - np.array([0, 0, 1, 1], dtype=boxes_rc.dtype)
+
+
 def is_box_near_crop_edge(
     boxes_rc: np.ndarray, crop_box_rc: Sequence[int], image_box_rc: Sequence[int], *, atol: float = 20.0
 ) -> np.ndarray:
-    """Which boxes lie within ``atol`` pixels of an edge of the crop that is not an image edge.
+    """Which mask boxes lie within ``atol`` pixels of an edge of the crop that is not an image edge.
+
+    The official test: a mask box's *inclusive* corners (last row / column,
+    ``r1 - 1`` and ``c1 - 1`` of a half-open box) are compared with the crop's
+    and the image's ``(r0, c0, r1, c1)``, side by side.
 
     Parameters
     ----------
     boxes_rc : (K, 4) array
-        Boxes in image coordinates.
+        Half-open mask boxes in image coordinates.
     crop_box_rc, image_box_rc : (4,) sequences
         The crop and the whole image (``(0, 0, H, W)``), half-open.
 
@@ -27,7 +40,7 @@ def is_box_near_crop_edge(
     -------
     (K,) bool ndarray
     """
-    boxes = np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)
+    boxes = _inclusive(np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4))
     crop = np.asarray(crop_box_rc, dtype=np.float64)[None, :]
     whole = np.asarray(image_box_rc, dtype=np.float64)[None, :]
     near_crop = np.abs(boxes - crop) <= atol
@@ -36,7 +49,7 @@ def is_box_near_crop_edge(
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of half-open boxes.
+    """Pairwise IoU of half-open boxes (areas are pixel counts).
 
     Parameters
     ----------
@@ -68,57 +81,66 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def nms(boxes_rc: np.ndarray, scores: np.ndarray, iou_thresh: float, *, tiebreak: np.ndarray | None = None) -> np.ndarray:
-    """Greedy non-maximum suppression (the torchvision rule, written in numpy).
+def nms(boxes_rc: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
+    """Greedy box non-maximum suppression, exactly as the official generator runs it.
 
-    Boxes are visited by decreasing score; a box is dropped when its IoU with
-    an already kept box is strictly greater than ``iou_thresh``.  Equal scores
-    are ordered by decreasing ``tiebreak`` (if given), then by index, so the
-    result is deterministic.
+    The official generator calls ``torchvision.ops.batched_nms`` on inclusive
+    mask boxes, so this does the same on the half-open boxes given here: the
+    IoU of two boxes is computed on their inclusive corners
+    (``r1 - 1``, ``c1 - 1``) with torchvision's areas
+    ``(r1 - 1 - r0) * (c1 - 1 - c0)`` (a one-pixel-wide box has area 0 and
+    never suppresses nor is suppressed), in float32 like torchvision's CPU
+    kernel.  Boxes are visited by decreasing score, equal scores in input
+    order (torchvision sorts stably); a box is dropped when its IoU with an
+    already kept box is strictly greater than ``iou_thresh``.
 
     Parameters
     ----------
     boxes_rc : (N, 4) array
+        Half-open ``(r0, c0, r1, c1)``.
     scores : (N,) array
+        Compared as given (pass float32 scores to break ties as float32 does).
     iou_thresh : float
-    tiebreak : (N,) array, optional
 
     Returns
     -------
     keep : (K,) int64 ndarray
-        Indices of kept boxes, in decreasing score order.
+        Indices of kept boxes, in visiting order (decreasing score).
 
     Examples
     --------
-    Box 1 overlaps box 0 (IoU 1/3) and scores lower:
+    Box 1 overlaps box 0 and scores lower (IoU 36/126 = 0.29 on the inclusive corners, as torchvision):
 
     >>> import numpy as np
     >>> boxes = np.array([[0, 0, 10, 10], [0, 5, 10, 15], [20, 20, 30, 30]])
     >>> scores = np.array([0.9, 0.8, 0.7])
-    >>> nms(boxes, scores, iou_thresh=0.3)
+    >>> nms(boxes, scores, iou_thresh=0.25)
     array([0, 2])
     >>> nms(boxes, scores, iou_thresh=0.5)
     array([0, 1, 2])
     """
-    boxes = np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    boxes = _inclusive(np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)).astype(np.float32)
+    scores = np.asarray(scores).reshape(-1)
     n = len(boxes)
+    if len(scores) != n:
+        raise ValueError(f"{n} boxes and {len(scores)} scores: give one score per box")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    keys = [np.arange(n)]
-    if tiebreak is not None:
-        keys.append(-np.asarray(tiebreak, dtype=np.float64))
-    keys.append(-scores)
-    order = np.lexsort(keys)
+    order = np.argsort(-scores, kind="stable")
+    r0, c0, r1, c1 = boxes.T
+    areas = (r1 - r0) * (c1 - c0)
     suppressed = np.zeros(n, dtype=bool)
     keep = []
-    # Work in blocks of the IoU matrix so memory stays O(block * N).
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        ious = box_iou(boxes[i : i + 1], boxes)[0]
-        suppressed |= ious > iou_thresh
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in order:
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            h = np.maximum(np.minimum(r1[i], r1) - np.maximum(r0[i], r0), np.float32(0))
+            w = np.maximum(np.minimum(c1[i], c1) - np.maximum(c0[i], c0), np.float32(0))
+            inter = h * w
+            ovr = inter / (areas[i] + areas - inter)  # float32, NaN for two zero-area boxes
+            suppressed |= ovr.astype(np.float64) > iou_thresh
     return np.asarray(keep, dtype=np.int64)
 
 
