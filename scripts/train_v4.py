@@ -61,6 +61,39 @@ V4_CONFIG = {
 }
 
 
+#: v3's encoder (embed 128, depth 4, window 8) at 512 px input: a 64 x 64 token grid, 256 x 256 masks
+V4_FROM_V3_CONFIG = {**V4_CONFIG, "image_encoder": {
+    "type": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "global_attn_indexes": [1, 3],
+    "window_size": 8, "patch_size": 8, "img_size": 512, "mlp_ratio": 4.0, "out_chans": 64}}
+#: v3's architecture unchanged (256 px input): the configuration a CPU can train in under an hour
+V3_ARCH_CONFIG = {**V4_CONFIG, "image_size": 256, "image_encoder": {
+    **V4_FROM_V3_CONFIG["image_encoder"], "img_size": 256}}
+CONFIGS = {"v4": V4_CONFIG, "v4-from-v3": V4_FROM_V3_CONFIG, "v3-arch": V3_ARCH_CONFIG}
+
+
+def transplant(state: dict, model) -> dict:
+    """Fit a smaller-input checkpoint of the same family into ``model``.
+
+    The absolute position embedding is resized bicubically to the new token
+    grid and each relative-position table linearly to its new length (what
+    SAM's ``get_rel_pos`` does on the fly); every other tensor must match.
+    """
+    target = model.state_dict()
+    out = {}
+    for k, v in state.items():
+        want = target[k].shape
+        if v.shape == want:
+            out[k] = v
+        elif k.endswith("pos_embed"):
+            grid = F.interpolate(v.permute(0, 3, 1, 2), size=want[1:3], mode="bicubic", align_corners=False)
+            out[k] = grid.permute(0, 2, 3, 1).contiguous()
+        elif "rel_pos" in k:
+            out[k] = F.interpolate(v.t()[None], size=want[0], mode="linear", align_corners=False)[0].t().contiguous()
+        else:
+            raise ValueError(f"cannot transplant {k}: {tuple(v.shape)} -> {tuple(want)}")
+    return out
+
+
 # ------------------------------------------------------------------ data (worker processes)
 def prepare(image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator,
             pixel_mean) -> tuple[np.ndarray, np.ndarray]:
@@ -255,7 +288,7 @@ def _save(obj, path: Path) -> None:
 
 def save_state(out: Path, model, opt, step: int, elapsed: float, args) -> None:
     cpu = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    _save({"model": cpu, "step": step, "elapsed": elapsed, "config": V4_CONFIG,
+    _save({"model": cpu, "step": step, "elapsed": elapsed, "config": CONFIGS[args.config],
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}, out / "last.pt")
     names = {id(p): n for n, p in model.named_parameters()}
     for key, fname in (("exp_avg", "opt_m.pt"), ("exp_avg_sq", "opt_v.pt")):
@@ -298,6 +331,9 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--p-box", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", choices=sorted(CONFIGS), default="v4")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from these weights (a state_dict, resized by transplant()); no dice-only start")
     p.add_argument("--val-every-s", type=float, default=30.0)
     p.add_argument("--save-every-s", type=float, default=90.0)
     p.add_argument("--val-per-style", type=int, default=2)
@@ -311,9 +347,13 @@ def main(argv=None) -> int:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = napari_sam.build_model(V4_CONFIG)
-    size = V4_CONFIG["image_size"]
-    init_for_training(model, gain=3.0)
+    config = CONFIGS[args.config]
+    model = napari_sam.build_model(config)
+    size = config["image_size"]
+    if args.init_from is not None:
+        model.load_state_dict(transplant(torch.load(args.init_from, weights_only=True), model), strict=True)
+    else:
+        init_for_training(model, gain=3.0)
     model.to(dev).train()
     decay = [q for n, q in model.named_parameters() if q.ndim > 1 and "pos" not in n]
     no_decay = [q for n, q in model.named_parameters() if not (q.ndim > 1 and "pos" not in n)]
@@ -363,7 +403,7 @@ def main(argv=None) -> int:
                     (args.max_steps is not None and step >= args.max_steps):
                 break
             t = elapsed / args.budget_s
-            lr, fw = lr_at(t, args.lr), focal_at(t)
+            lr, fw = lr_at(t, args.lr), (FOCAL_WEIGHT if args.init_from is not None else focal_at(t))
             for g in opt.param_groups:
                 g["lr"] = lr
             t_wait = time.monotonic()
@@ -411,7 +451,7 @@ def main(argv=None) -> int:
         (out / "curves.json").write_text(json.dumps({k: v for k, v in curves.items()}, default=float))
         summary = {"steps": step, "seconds": round(elapsed, 1), "final": row, "best": best,
                    "images_seen_this_session": seen, "loader_wait_s": round(wait, 1), "device": str(dev),
-                   "torch": torch.__version__, "config": V4_CONFIG, "command": " ".join([Path(sys.executable).name,
+                   "torch": torch.__version__, "config": config, "command": " ".join([Path(sys.executable).name,
                                                                                           *sys.argv])}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps({k: summary[k] for k in ("steps", "seconds", "final", "best", "loader_wait_s")}), flush=True)
