@@ -310,6 +310,41 @@ def load_state(src: Path, model, opt) -> tuple[int, float]:
     return int(last["step"]), float(last["elapsed"])
 
 
+def export_card(run: Path, dest: Path, quality: Path | None) -> None:
+    """Write ``dest/builtin_model.pt`` (float32 state_dict of ``run/best.pt``) and its card ``builtin_model.json``.
+
+    The card holds the config, sha256, recommended AMG parameters (the best
+    setting for model "v4" in a ``benchmarks/quality.py`` report, if given)
+    and the training facts from ``run/summary.json``.
+    """
+    import hashlib
+
+    summary = json.loads((run / "summary.json").read_text())
+    state = torch.load(run / "best.pt", weights_only=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    pt = dest / "builtin_model.pt"
+    torch.save({k: v.to(torch.float32).contiguous() for k, v in state.items()}, pt)
+    amg = {}
+    if quality is not None:
+        report = json.loads(quality.read_text())
+        amg = {**{k: v for k, v in report["amg_fixed"].items() if k != "points_per_side"},
+               **report["amg_best"]["v4"]["params"]}
+    card = {
+        "name": "builtin",
+        "version": 4,
+        "config": summary["config"],
+        "sha256": hashlib.sha256(pt.read_bytes()).hexdigest(),
+        "n_parameters": int(sum(v.numel() for v in state.values())),
+        "amg": amg,
+        "prompt_pipeline": "plain",
+        "training": {"script": "scripts/train_v4.py", "command": summary["command"], "steps": summary["steps"],
+                     "seconds": summary["seconds"], "device": summary["device"], "best": summary["best"],
+                     "data": "napari_sam.synthetic_microscopy training styles (seeded stream)"},
+    }
+    (dest / "builtin_model.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {pt} ({pt.stat().st_size / 2**20:.1f} MiB) and its card")
+
+
 # ------------------------------------------------------------------ main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,7 +372,13 @@ def main(argv=None) -> int:
     p.add_argument("--val-every-s", type=float, default=30.0)
     p.add_argument("--save-every-s", type=float, default=90.0)
     p.add_argument("--val-per-style", type=int, default=2)
+    p.add_argument("--export", type=Path, default=None,
+                   help="no training: write --out's best.pt as DIR/builtin_model.pt with its card json")
+    p.add_argument("--quality", type=Path, default=None, help="with --export: benchmarks/quality.py report")
     args = p.parse_args(argv)
+    if args.export is not None:
+        export_card(args.out, args.export, args.quality)
+        return 0
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
