@@ -60,6 +60,8 @@ def _input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device (default: CUDA, then MPS, then CPU)")
     p.add_argument("--tile", type=int, help="tile side in pixels for large slices (default: the model's choice)")
     p.add_argument("--halo", type=int, help="tile overlap in pixels (default: the model's choice)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a zarr input with missing chunks (default: warn and read them as empty)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +147,7 @@ def _common(args: argparse.Namespace) -> dict:
         axes=args.axes, level=args.level, channel=args.channel, channels=args.channels,
         contrast_limits=limits, model=args.model, checkpoint=args.checkpoint, device=args.device,
         tile_shape=None if args.tile is None else (args.tile, args.tile),
-        halo=None if args.halo is None else (args.halo, args.halo),
+        halo=None if args.halo is None else (args.halo, args.halo), strict=args.strict,
     )
 
 
@@ -160,7 +162,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if ome_zarr_root(args.input) is None:
             raise ValueError("give an output with -o/--output (for an OME-Zarr input, --label-name also works)")
         label_name = "sam"
-    source = SourceOptions(**{k: common.pop(k) for k in ("axes", "level", "channel", "channels", "contrast_limits")})
+    source = SourceOptions(**{k: common.pop(k) for k in ("axes", "level", "channel", "channels", "contrast_limits",
+                                                          "strict")})
     tiles = TileOptions(tile_shape=common.pop("tile_shape"), halo=common.pop("halo"))
     output = OutputOptions(resume=args.resume, overwrite=args.overwrite, compact=args.compact,
                            label_name=label_name, link_3d=args.link_3d, link_iou=args.link_iou)
@@ -384,8 +387,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    import warnings
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"napari-sam {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = one_line_warning
+            return commands[args.command](args)
     except KeyboardInterrupt:
         _ignore_further_interrupts()
         print("\ninterrupted: finished slices are kept; rerun with --resume to continue", file=sys.stderr)

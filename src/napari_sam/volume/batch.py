@@ -128,7 +128,8 @@ def segment_volume(
         It is loaded before any output is touched, so a wrong name fails early.
     source_options : SourceOptions, optional
         ``axes``, ``level``, ``channel``, ``channels``, ``contrast_limits`` (default:
-        estimated once for the volume, :func:`napari_sam.volume.slices.volume_contrast_limits`).
+        estimated once for the volume, :func:`napari_sam.volume.slices.volume_contrast_limits`),
+        ``strict`` (chunks missing from a zarr input are an error, not a warning).
     tiles : TileOptions, optional
         ``tile_shape``, ``halo`` for :func:`napari_sam.tiled.tiles.segment_image`.
     output_options : OutputOptions, optional
@@ -172,7 +173,7 @@ def segment_volume(
         if oo.overwrite or Path(output).is_file():
             refuse_foreign(Path(output))
     src = prepare_source(source, axes=so.axes, level=so.level, channel=so.channel, channels=so.channels,
-                          contrast_limits=so.contrast_limits)
+                         contrast_limits=so.contrast_limits, strict=so.strict)
     if oo.link_3d and "Z" not in src.in_axes:
         raise ValueError(f"--link-3d joins objects across Z, but the input axes {src.in_axes!r} have no Z")
     view, has_ch, src_spec, meta = src.view, src.has_ch, src.spec, src.meta
@@ -222,6 +223,7 @@ def segment_volume(
         "segment_fn": fn_name, "weights": weights,
         "tile_shape": tile_shape, "halo": halo, "amg_params": amg_params,
         "compact": oo.compact, "link_3d": oo.link_3d, "link_iou": oo.link_iou, "out_axes": target.axes,
+        "slice_check": "sha1",  # finished slices carry a checksum of their pixels (checked on --resume)
     })
     with OutputLock(target.path):
         write_path = _choose_write_path(target.path, oo)
@@ -301,6 +303,7 @@ def _run_slices(out_path: Path, src: Any, oo: OutputOptions, ro: RunOptions, wor
     state = out_path / vol.STATE_DIR
     state.mkdir(exist_ok=True)
     out_idx = [_out_index(out_axes, loop_axes, idx) for idx in indices]
+    _check_finished_slices(out_path, src, ro, workers)
     tasks = [
         dask.delayed(vol._segment_slice, pure=False)(
             view[idx] if src.spec is None else None, k=k, src=src.spec, loop_index=idx, out_path=str(out_path),
@@ -348,6 +351,29 @@ def _run_slices(out_path: Path, src: Any, oo: OutputOptions, ro: RunOptions, wor
     info = dict(arr.attrs.get("napari_sam", {}))
     info.update({"state": "complete", "n_labels": n_final, "ids": "1..N" if (oo.compact or oo.link_3d) else "block"})
     arr.attrs["napari_sam"] = json_safe(info)
+
+
+def _check_finished_slices(out_path: Path, src: Any, ro: RunOptions, workers: Any) -> None:
+    """Before resuming: every finished slice must still hold the pixels it was segmented from.
+
+    Only the finished slices are read (the others are read when they are segmented), so
+    a resumed run reads the input once, as an uninterrupted run does.
+    """
+    state = out_path / vol.STATE_DIR
+    done = [k for k in range(src.n_slices) if (state / f"slice-{k}.json").exists()]
+    if not done:
+        return
+    checks = [dask.delayed(vol._slice_unchanged, pure=False)(
+        src.view[src.indices[k]] if src.spec is None else None, src=src.spec, loop_index=src.indices[k],
+        marker=str(state / f"slice-{k}.json")) for k in done]
+    same = vol.compute_tasks(checks, scheduler=ro.scheduler, workers=workers, progress=ro.progress,
+                             cancel=ro.cancel, desc="checking finished slices")
+    changed = [k for k, ok in zip(done, same) if not ok]
+    if changed:
+        shown = ", ".join(str(k) for k in changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise ValueError(f"cannot resume {out_path}: the input changed since slice{'s' if len(changed) > 1 else ''} "
+                         f"{shown} {'were' if len(changed) > 1 else 'was'} segmented; use --overwrite "
+                         "(overwrite=True) to start again")
 
 
 def _callable_name(fn: Callable) -> str:

@@ -4,14 +4,18 @@ A cache holds the encoder output of every (slice, tile) of one dataset for one
 model, normalisation and tile layout.  Those four things form the cache *key*,
 stored in the cache; opening a cache with another key raises
 :class:`CacheMismatchError` naming what differs, so embeddings computed for
-other data or settings are never used silently.  The data identity is cheap:
-path, shape, dtype and checksums of a few small sampled windows
-(:func:`data_identity`), not a hash of the whole volume.
+other data or settings are never used silently.  The key's data identity is
+cheap: path, shape, dtype and checksums of a few small sampled windows
+(:func:`data_identity`).  Every entry also stores the checksum of the pixels it
+was computed from (:func:`array_digest`, taken when the tile is encoded anyway);
+reusing an entry for other pixels raises :class:`CacheMismatchError` naming the
+entry, so a changed pixel anywhere in the data is noticed without a pass of its own.
 
 Layout::
 
     cache.zarr/                 group, attrs["napari_sam_cache"] = {"version": 1, "key": {...}}
       s<slice>/t<tile>          float32 (1, C, h, w) features; attrs = Embedding fields,
+                                "data_digest" of the tile's pixels,
                                 "complete": true written last (a killed write is never read)
 
 An entry is written under a temporary name (``s<slice>/.t<tile>.<pid>.<thread>.tmp``)
@@ -35,7 +39,7 @@ import zarr
 
 from napari_sam.volume.io import json_safe
 
-__all__ = ['CacheMismatchError', 'data_identity', 'weights_identity', 'file_sha256', 'make_key', 'EmbeddingCache', 'CachingPredictor']
+__all__ = ['CacheMismatchError', 'array_digest', 'data_identity', 'weights_identity', 'file_sha256', 'make_key', 'EmbeddingCache', 'CachingPredictor']
 
 
 _VERSION = 1
@@ -43,6 +47,14 @@ _VERSION = 1
 
 class CacheMismatchError(ValueError):
     """The cache on disk was made for another model, normalisation, tile layout or data."""
+
+
+def array_digest(data: Any) -> str:
+    """``"sha1:<hex>"`` of an in-memory array's shape, dtype and bytes (a slice or a tile being processed)."""
+    arr = np.ascontiguousarray(np.asarray(data))
+    h = hashlib.sha1(f"{arr.shape}|{arr.dtype.str}|".encode())
+    h.update(memoryview(arr).cast("B"))
+    return f"sha1:{h.hexdigest()}"
 
 
 def data_identity(data: Any, *, path: str | os.PathLike | None = None, n_samples: int = 3,
@@ -166,7 +178,8 @@ class EmbeddingCache:
         empties the cache and starts again with ``key``.  Without a key the
         stored one is used (reading only).
     reset : bool
-        Discard a cache made with another key.
+        Empty the cache first (made with another key, or holding entries of
+        pixels that have since changed).
     """
 
     def __init__(self, path: str | os.PathLike, key: dict | None = None, *, reset: bool = False) -> None:
@@ -181,15 +194,15 @@ class EmbeddingCache:
             self.key = stored
             return
         key = json_safe(key)
-        if stored is not None and stored != key:
-            if not reset:
-                diff = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
-                raise CacheMismatchError(
-                    f"the embedding cache {self.path} was made for another {', '.join(diff)}; "
-                    "use a new cache path or reset it (--reset-cache / reset=True)"
-                )
+        if stored is not None and reset:
             shutil.rmtree(self.path)
             stored = None
+        if stored is not None and stored != key:
+            diff = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+            raise CacheMismatchError(
+                f"the embedding cache {self.path} was made for another {', '.join(diff)}; "
+                "use a new cache path or reset it (--reset-cache / reset=True)"
+            )
         if stored is None:
             if self.path.exists() and any(self.path.iterdir()):
                 raise ValueError(f"{self.path} exists and is not an embedding cache; choose another path")
@@ -208,8 +221,12 @@ class EmbeddingCache:
             raise ValueError("slice_index and tile_index must be non-negative")
         return f"s{int(slice_index)}/t{int(tile_index)}"
 
-    def get(self, slice_index: int, tile_index: int = 0) -> Any:
-        """The stored :class:`~napari_sam.predict.predictor.Embedding`, or None when absent or incomplete."""
+    def get(self, slice_index: int, tile_index: int = 0, *, digest: str | None = None) -> Any:
+        """The stored :class:`~napari_sam.predict.predictor.Embedding`, or None when absent or incomplete.
+
+        With ``digest`` (:func:`array_digest` of the pixels about to be encoded) an entry
+        computed from other pixels raises :class:`CacheMismatchError` naming it.
+        """
         try:
             arr = zarr.open_array(str(self.path / self._name(slice_index, tile_index)), mode="r")
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError, ValueError):
@@ -217,6 +234,8 @@ class EmbeddingCache:
         attrs = dict(arr.attrs)
         if not attrs.get("complete"):
             return None
+        if digest is not None:
+            self._check_digest(slice_index, tile_index, attrs.get("data_digest"), digest)
         from napari_sam.predict.predictor import Embedding
 
         try:
@@ -230,8 +249,29 @@ class EmbeddingCache:
                          original_size=tuple(attrs["original_size"]), input_size=tuple(attrs["input_size"]),
                          image_size=int(attrs["image_size"]), model_id=str(attrs["model_id"]))
 
-    def put(self, slice_index: int, tile_index: int, embedding: Any) -> None:
-        """Store an embedding (anything with the fields of ``Embedding``)."""
+    def _check_digest(self, slice_index: int, tile_index: int, stored: str | None, digest: str) -> None:
+        if stored == digest:
+            return
+        why = ("was computed from other pixels: the input changed since the cache was filled" if stored
+               else "has no checksum of its pixels (an older napari-sam wrote it)")
+        raise CacheMismatchError(
+            f"the embedding cache {self.path} entry {self._name(slice_index, tile_index)} {why}; refill it "
+            "with `napari-sam embed ... --reset-cache` (reset_cache=True) or use a new cache path")
+
+    def check(self, slice_index: int, tile_index: int, digest: str) -> bool:
+        """Whether a complete entry exists; raise :class:`CacheMismatchError` if it holds other pixels."""
+        try:
+            arr = zarr.open_array(str(self.path / self._name(slice_index, tile_index)), mode="r")
+        except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError, ValueError):
+            return False
+        attrs = dict(arr.attrs)
+        if not attrs.get("complete"):
+            return False
+        self._check_digest(slice_index, tile_index, attrs.get("data_digest"), digest)
+        return True
+
+    def put(self, slice_index: int, tile_index: int, embedding: Any, *, digest: str | None = None) -> None:
+        """Store an embedding (anything with the fields of ``Embedding``) and the digest of its pixels."""
         features = np.asarray(embedding.features, dtype=np.float32)
         final = self.path / self._name(slice_index, tile_index)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -242,7 +282,8 @@ class EmbeddingCache:
         arr[...] = features
         arr.attrs.update(json_safe({
             "original_size": embedding.original_size, "input_size": embedding.input_size,
-            "image_size": embedding.image_size, "model_id": embedding.model_id, "complete": True}))
+            "image_size": embedding.image_size, "model_id": embedding.model_id, "data_digest": digest,
+            "complete": True}))
         if final.exists() and (slice_index, tile_index) not in self:  # an incomplete entry of an older version
             old = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.old")
             try:
@@ -296,13 +337,14 @@ class CachingPredictor:
     def set_image(self, image: Any, **kwargs: Any) -> None:
         tile = self._tile
         self._tile += 1
-        emb = self._cache.get(self._slice, tile)
+        digest = array_digest(image)  # the tile is in memory anyway: its checksum costs one read of it
+        emb = self._cache.get(self._slice, tile, digest=digest)
         if emb is not None and tuple(emb.original_size) == tuple(np.shape(image)[:2]):
             self._predictor.set_embedding(emb)
             self.hits += 1
             return
         self._predictor.set_image(image, **kwargs)
-        self._cache.put(self._slice, tile, self._predictor.get_embedding())
+        self._cache.put(self._slice, tile, self._predictor.get_embedding(), digest=digest)
         self.misses += 1
 
     def __getattr__(self, name: str) -> Callable:

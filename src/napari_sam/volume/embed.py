@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.progress import CancelToken, ProgressCallback
-from napari_sam.volume.cache import EmbeddingCache
+from napari_sam.volume.cache import EmbeddingCache, array_digest
 
 __all__ = ['embed_volume']
 
@@ -20,23 +20,25 @@ def _embed_slice(image: Any, *, k: int, src: tuple | None, loop_index: tuple, ha
     """Encode the tiles of slice ``k`` missing from the cache; returns how many were computed."""
     from napari_sam.automatic.grid import crop_image
     from napari_sam.tiled.tiles import tile_grid
+    from napari_sam.volume import source
     from napari_sam.volume.slices import read_slice
-    from napari_sam.volume.source import worker_predictor
 
     store = EmbeddingCache(cache, cache_key)
     image = read_slice(image, src, loop_index)
     shape = image.shape[:2]
     tiles = tile_grid(shape, shape, 0) if tile_shape is None else tile_grid(shape, tile_shape, halo or 0)
-    missing = [t for t in range(len(tiles)) if (k, t) not in store]
-    if not missing:
-        return 0
-    predictor = worker_predictor(model, checkpoint, device)
     channel_axis = -1 if has_channels else None
-    for t in missing:
-        window = np.asarray(crop_image(image, tiles[t].window, channel_axis))
+    computed = 0
+    for t, tile in enumerate(tiles):
+        window = np.asarray(crop_image(image, tile.window, channel_axis))
+        digest = array_digest(window)
+        if store.check(k, t, digest):  # present, and computed from these very pixels
+            continue
+        predictor = source.worker_predictor(model, checkpoint, device)
         predictor.set_image(window, channel_axis=channel_axis, contrast_limits=contrast_limits)
-        store.put(k, t, predictor.get_embedding())
-    return len(missing)
+        store.put(k, t, predictor.get_embedding(), digest=digest)
+        computed += 1
+    return computed
 
 
 def embed_volume(
@@ -54,6 +56,7 @@ def embed_volume(
     tile_shape: Sequence[int] | None = None,
     halo: Sequence[int] | None = None,
     reset_cache: bool = False,
+    strict: bool = False,
     scheduler: Any = None,
     workers: int | None = 1,
     progress: ProgressCallback | None = None,
@@ -64,6 +67,8 @@ def embed_volume(
     Uses the same source handling, contrast limits and tile layout as
     :func:`~napari_sam.volume.batch.segment_volume` with the same options, so ``segment_volume(..., cache=cache)``
     then skips the image encoder.  Entries already present are kept.
+
+    ``strict`` makes chunks missing from a zarr input an error (see ``segment_volume``).
 
     Returns
     -------
@@ -76,7 +81,7 @@ def embed_volume(
     from napari_sam.volume.source import default_tiles, prepare_source, volume_cache_key
 
     src = prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
-                          contrast_limits=contrast_limits)
+                         contrast_limits=contrast_limits, strict=strict)
     tile_shape, halo = default_tiles(src.ny, src.nx, tile_shape, halo)
     key = volume_cache_key(src.view, src.meta, model, checkpoint, src.limits, tile_shape, halo, {})
     store = EmbeddingCache(cache, key, reset=reset_cache)

@@ -25,6 +25,8 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from napari_sam.volume.integrity import DataWarning, NamedChunks, check_tiff, missing_chunks, present_mask, tiff_log
+
 AXES_LETTERS = "TZCYXS"
 
 #: GeoTIFF tags kept in the output attributes (code -> name).
@@ -39,6 +41,7 @@ GEOTIFF_TAGS = {
 
 __all__ = [
     "AXES_LETTERS",
+    "DataWarning",
     "GEOTIFF_TAGS",
     "open_image",
     "validate_axes",
@@ -140,11 +143,12 @@ def _open_tiff(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
     import tifffile
 
     meta: dict[str, Any] = {"format": "tiff"}
-    with tifffile.TiffFile(path) as tif:
+    with tiff_log() as errors, tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         nlevels = len(series.levels)
         if not 0 <= level < nlevels:
             raise ValueError(f"{path} has {nlevels} resolution level(s); level must be 0..{nlevels - 1}")
+        check_tiff(tif, series.levels[level], path, errors)
         page = series.pages[0] if series.pages else tif.pages[0]
         geo = {}
         for code, name in GEOTIFF_TAGS.items():
@@ -168,7 +172,7 @@ def _open_tiff(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
                 axes = ("Z" if lead else "") + "YXS"
     store = tifffile.imread(path, aszarr=True, level=level)
     arr = zarr.open_array(store, mode="r")
-    return da.from_zarr(arr), axes, meta
+    return NamedChunks(arr, str(path)).to_dask(), axes, meta
 
 
 # ---------------------------------------------------------------------------- zarr
@@ -229,7 +233,8 @@ def _open_zarr(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
         for tr in datasets[level].get("coordinateTransformations", []):
             if tr.get("type") == "scale":
                 scale = list(tr["scale"])
-        return da.from_zarr(arr), axes, {"format": "ome-zarr", "ome_zarr": ome, "scale": scale}
+        return _zarr_input(arr, path / datasets[level]["path"], {"format": "ome-zarr", "ome_zarr": ome,
+                                                                 "scale": scale}, axes)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
@@ -253,7 +258,17 @@ def _open_zarr(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
         names = node.attrs["_ARRAY_DIMENSIONS"]
         if all(len(str(d)) == 1 for d in names):
             axes = _clean_metadata_axes("".join(names), node.shape)
-    return da.from_zarr(node), axes, {"format": f"zarr-v{node.metadata.zarr_format}"}
+    return _zarr_input(node, path, {"format": f"zarr-v{node.metadata.zarr_format}"}, axes)
+
+
+def _zarr_input(arr: Any, where: Path, meta: dict, axes: str | None) -> tuple[da.Array, str | None, dict]:
+    """The dask array of a zarr input (chunk errors name the store), and its missing chunks in ``meta``."""
+    data = NamedChunks(arr, str(where)).to_dask()
+    missing, total = missing_chunks(arr)
+    if missing:
+        meta["missing_chunks"] = {"store": str(where), "missing": [list(c) for c in missing], "total": total,
+                                  "fill_value": arr.fill_value, "present": present_mask(data, arr, missing)}
+    return data, axes, meta
 
 
 # ---------------------------------------------------------------------------- public

@@ -30,13 +30,17 @@ def _pair(value: Any, name: str) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class SourceOptions:
-    """How to read the input: axes override, multiscale level, channel selection, contrast limits."""
+    """How to read the input: axes override, multiscale level, channel selection, contrast limits.
+
+    ``strict``: chunks missing from a zarr input are an error instead of a warning.
+    """
 
     axes: str | None = None
     level: int = 0
     channel: int | None = None
     channels: Sequence[int] | None = None
     contrast_limits: Any = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.level, int) or isinstance(self.level, bool) or self.level < 0:

@@ -31,6 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, is_cancelled, report
+from napari_sam.volume.cache import array_digest
 from napari_sam.volume.io import open_image
 
 __all__ = [
@@ -122,6 +123,7 @@ def volume_contrast_limits(
     percentiles: tuple[float, float] = (0.5, 99.5),
     max_slices: int = 8,
     max_samples: int = 1_000_000,
+    valid: da.Array | None = None,
 ) -> np.ndarray:
     """One set of contrast limits for the whole volume, from a few sampled slices.
 
@@ -129,6 +131,8 @@ def volume_contrast_limits(
     tiles get the same contrast.  ``uint8`` data keeps its full range (SAM's own
     preprocessing); other dtypes use the given percentiles of up to
     ``max_samples`` pixels from up to ``max_slices`` evenly spaced slices.
+    ``valid`` (boolean, shaped like ``view``) marks the pixels that hold data:
+    the others (e.g. missing zarr chunks) are not sampled.
 
     Returns
     -------
@@ -149,8 +153,11 @@ def volume_contrast_limits(
         plane = view[tuple(int(i) for i in idx)]
         npix = plane.shape[0] * plane.shape[1]
         step = max(1, int(np.sqrt(npix / per_slice)))
-        sub = np.asarray(plane[::step, ::step].compute(), dtype=np.float64)
-        samples.append(sub.reshape(-1, nchan))
+        sub = np.asarray(plane[::step, ::step].compute(), dtype=np.float64).reshape(-1, nchan)
+        if valid is not None:
+            ok = np.asarray(valid[tuple(int(i) for i in idx)][::step, ::step].compute()).reshape(-1, nchan)
+            sub = sub[ok.all(axis=1)]
+        samples.append(sub)
     values = np.concatenate(samples, axis=0)
     finite = np.isfinite(values).all(axis=1)
     values = values[finite] if finite.any() else np.zeros((1, nchan))
@@ -379,8 +386,23 @@ def compute_tasks(
 # ------------------------------------------------------------------ per-slice tasks
 
 
-@functools.lru_cache(maxsize=8)
 def _reopen(path: str, axes: str, level: int, channel: int | None, channels: tuple | None) -> da.Array:
+    """The slice view of a file, opened once per process while the file is unchanged.
+
+    The file's inode, size and modification time are part of the cache key: a file
+    rewritten between two runs in one process is opened again, never read stale.
+    """
+    try:
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = None
+    return _open_view(path, axes, level, channel, channels, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _open_view(path: str, axes: str, level: int, channel: int | None, channels: tuple | None,
+               stamp: tuple | None) -> da.Array:
     data, axes, _ = open_image(path, axes=axes, level=level)
     view, _, _ = canonical_view(data, axes, channel=channel, channels=channels)
     return view
@@ -420,6 +442,7 @@ def _segment_slice(
     if marker.exists():
         return read_marker(marker)
     image = read_slice(image, src, loop_index)
+    digest = array_digest(image)  # stored with the marker: --resume checks that this slice is unchanged
     extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
     labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
                         **extra)
@@ -430,8 +453,14 @@ def _segment_slice(
     if n >= block:
         raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
     zarr.open_array(out_path, mode="r+")[out_index] = raw
-    _write_atomic(marker, json.dumps({"n_labels": n}))
+    _write_atomic(marker, json.dumps({"n_labels": n, "digest": digest}))
     return n
+
+
+def _slice_unchanged(image: Any, *, src: tuple | None, loop_index: tuple, marker: str) -> bool:
+    """Whether slice pixels still have the digest stored in its done marker (read once, not segmented)."""
+    stored = json.loads(Path(marker).read_text()).get("digest")
+    return stored is not None and stored == array_digest(read_slice(image, src, loop_index))
 
 
 def _takes_slice_index(fn: Callable) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 
 from napari_sam.volume import slices as vol
 from napari_sam.volume.cache import data_identity, make_key, weights_identity
-from napari_sam.volume.io import infer_axes, open_image, validate_axes
+from napari_sam.volume.io import DataWarning, infer_axes, open_image, validate_axes
 
 __all__ = ['DEFAULT_CHUNK', 'DEFAULT_TILE', 'DEFAULT_HALO', 'worker_predictor', 'model_amg_params', 'prepare_source', 'default_tiles', 'volume_cache_key']
 
@@ -74,8 +75,13 @@ def model_amg_params(model: Any, amg_params: dict | None) -> dict:
 
 
 def prepare_source(source: Any, *, axes: str | None, level: int, channel: int | None,
-                    channels: Sequence[int] | None, contrast_limits: Any) -> SimpleNamespace:
-    """Open ``source``, view it as 2-D slices, and fix the volume's contrast limits."""
+                    channels: Sequence[int] | None, contrast_limits: Any, strict: bool = False) -> SimpleNamespace:
+    """Open ``source``, view it as 2-D slices, and fix the volume's contrast limits.
+
+    Chunks missing from a zarr input are an error with ``strict``, else a
+    :class:`~napari_sam.volume.io.DataWarning`; either way their pixels are left out
+    of the estimated contrast limits, so they never change the other slices.
+    """
     if isinstance(source, (str, os.PathLike)):
         data, in_axes, meta = open_image(source, axes=axes, level=level)
     else:
@@ -97,8 +103,9 @@ def prepare_source(source: Any, *, axes: str | None, level: int, channel: int | 
     loop_shape = tuple(int(s) for s in view.shape[:nloop])
     n_slices = int(np.prod(loop_shape)) if nloop else 1
     nchan = int(view.shape[-1]) if has_ch else 1
+    valid = _check_missing_chunks(meta, in_axes, channel, chan_tuple, strict)
     if contrast_limits is None:
-        limits = vol.volume_contrast_limits(view, has_channels=has_ch)
+        limits = vol.volume_contrast_limits(view, has_channels=has_ch, valid=valid)
     else:
         limits = np.asarray(contrast_limits, dtype=np.float64)
         if limits.size != 2 * nchan or not np.all(limits.reshape(-1, 2)[:, 1] > limits.reshape(-1, 2)[:, 0]):
@@ -110,6 +117,25 @@ def prepare_source(source: Any, *, axes: str | None, level: int, channel: int | 
                            spec=spec, channels=chan_tuple, loop_shape=loop_shape, n_slices=n_slices,
                            ny=int(view.shape[nloop]), nx=int(view.shape[nloop + 1]), limits=limits,
                            indices=indices)
+
+
+def _check_missing_chunks(meta: dict, axes: str, channel: Any, channels: Any, strict: bool) -> Any:
+    """Warn about (or with ``strict`` refuse) missing zarr chunks; the view of the mask of present pixels."""
+    info = meta.pop("missing_chunks", None)
+    if info is None:
+        return None
+    missing = info["missing"]
+    first = ", ".join(str(tuple(c)) for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    text = (f"{info['store']}: {len(missing)} of {info['total']} chunks are missing ({first}); zarr reads them as "
+            f"the fill value {info['fill_value']}")
+    if strict:
+        raise ValueError(f"{text}. The copy looks incomplete: copy or export the data again, or run without "
+                         "--strict (strict=False) to segment the missing parts as empty")
+    warnings.warn(f"{text}, and they are left out of the contrast limits. Expected if the array is sparse on "
+                  "purpose; otherwise copy or export the data again. --strict (strict=True) makes this an error",
+                  DataWarning, stacklevel=3)
+    mask, _, _ = vol.canonical_view(info["present"], axes, channel=channel, channels=channels)
+    return mask
 
 
 def default_tiles(ny: int, nx: int, tile_shape: Any, halo: Any) -> tuple:
