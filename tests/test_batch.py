@@ -280,12 +280,12 @@ def test_bad_inputs(tmp_path):
 
 def test_model_is_loaded_once_per_worker_not_per_slice(tmp_path, monkeypatch):
     import napari_sam.model.build
-    import napari_sam.predict.predictor
+    import napari_sam.predict.factory
     import napari_sam.tiled.tiles
 
     built = []
     monkeypatch.setattr(napari_sam.model.build, "build_sam", lambda cfg: built.append(cfg) or _FakeSam())
-    monkeypatch.setattr(napari_sam.predict.predictor, "Predictor", lambda model, device=None: ("predictor", model))
+    monkeypatch.setattr(napari_sam.predict.factory, "Predictor", lambda model, device=None: ("predictor", model))
     monkeypatch.setattr(napari_sam.tiled.tiles, "segment_image",
                         lambda image, predictor, **kw: threshold_segment(image, contrast_limits=LIMITS))
     vol = blobs_volume(nz=5)
