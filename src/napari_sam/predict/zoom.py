@@ -147,11 +147,6 @@ def interior_point(mask: np.ndarray) -> np.ndarray | None:
     The most interior point of an object: where an annotator would click it
     (outside the array counts as background).
 
-    Examples
-    --------
-    >>> m = np.zeros((5, 7), bool); m[1:4, 2:7] = True
-    >>> interior_point(m)
-    array([2., 4.])
     """
     if not mask.any():
         return None
