@@ -46,7 +46,7 @@ SIDE_PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "segment-anything==1.0"
 
 #: model name -> (config JSON, key holding the config or None, weights file); paths relative to the repo
 MODELS = {
-    "builtin": ("src/napari_sam/data/builtin_model.json", "config", "src/napari_sam/data/builtin_model.pt"),
+    "builtin": ("src/napari_sam/data/builtin_model.card.json", "config", "src/napari_sam/data/builtin_model.pt"),
 }
 
 #: image name -> how to get it: ("shared", file in SHARED/tiny_vit) or ("fixture", file in OUT)

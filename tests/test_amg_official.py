@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam.automatic.defaults import SAM_DEFAULTS
 from napari_sam.automatic.generator import AutomaticMaskGenerator
 from napari_sam.model import build_model
 from napari_sam.predict.predictor import Predictor
@@ -88,7 +89,8 @@ def run_ours(predictor: Predictor, image: np.ndarray, cases: dict) -> dict[str, 
     for name, case in cases.items():
         by_layers.setdefault(int(case["params"].get("crop_n_layers", 0)), []).append(name)
     for layers, names in by_layers.items():
-        gen = AutomaticMaskGenerator(predictor, points_per_side=32, crop_n_layers=layers)
+        # the official generator's defaults, not the built-in model card's recommendations
+        gen = AutomaticMaskGenerator(predictor, **{**SAM_DEFAULTS, "points_per_side": 32, "crop_n_layers": layers})
         params = [cases[n]["params"] for n in names]
         raw = gen.run_expensive(
             image,
@@ -130,7 +132,6 @@ def compare(official: list[dict], ours: list[dict]) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name.split(".")[0] for p in FILES])
-@pytest.mark.xfail(reason='merge: the built-in card AMG defaults now leak into the reference run; see note', strict=False)
 def test_matches_official_generator(path, predictors):
     reference = make_amg_fixtures.read_reference(path)
     image = make_amg_fixtures.load_image(reference["image"])

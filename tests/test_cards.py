@@ -155,7 +155,6 @@ def test_recommendations_are_thin_reads_of_the_card(registry):
 # ----------------------------------------------------------- make_predictor
 
 
-@pytest.mark.xfail(reason='merge: ZoomPredictor renamed PromptPipeline; test to adapt', strict=False)
 def test_make_predictor_follows_the_card(registry, tiny_card_file):
     plain = make_predictor(tiny_card_file, device="cpu")
     assert type(plain) is Predictor and plain.model.card.name == "tiny"
@@ -164,7 +163,8 @@ def test_make_predictor_follows_the_card(registry, tiny_card_file):
                                    prompt_pipeline={"context": 3, "min_side": 32, "edge_snap": [-1, 3]})
     zoomed = napari_sam.make_predictor("zoomed", device="cpu")
     assert isinstance(zoomed, PromptPipeline)
-    assert (zoomed.context, zoomed.min_side, zoomed.edge_snap) == (3.0, 32, (-1.0, 3.0))
+    opts = zoomed.options
+    assert (opts.context, opts.min_side, opts.edge_snap) == (3.0, 32, (-1.0, 3.0))
 
 
 def test_make_predictor_rejects_an_unknown_pipeline_setting(tiny_card_file):
