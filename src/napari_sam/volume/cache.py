@@ -227,13 +227,10 @@ class EmbeddingCache:
         With ``digest`` (:func:`array_digest` of the pixels about to be encoded) an entry
         computed from other pixels raises :class:`CacheMismatchError` naming it.
         """
-        try:
-            arr = zarr.open_array(str(self.path / self._name(slice_index, tile_index)), mode="r")
-        except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError, ValueError):
+        found = self._complete_entry(slice_index, tile_index)
+        if found is None:
             return None
-        attrs = dict(arr.attrs)
-        if not attrs.get("complete"):
-            return None
+        arr, attrs = found
         if digest is not None:
             self._check_digest(slice_index, tile_index, attrs.get("data_digest"), digest)
         from napari_sam.predict.predictor import Embedding
@@ -249,6 +246,15 @@ class EmbeddingCache:
                          original_size=tuple(attrs["original_size"]), input_size=tuple(attrs["input_size"]),
                          image_size=int(attrs["image_size"]), model_id=str(attrs["model_id"]))
 
+    def _complete_entry(self, slice_index: int, tile_index: int) -> tuple[Any, dict] | None:
+        """The entry's array and attributes when it exists and is complete, else None."""
+        try:
+            arr = zarr.open_array(str(self.path / self._name(slice_index, tile_index)), mode="r")
+        except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError, ValueError):
+            return None
+        attrs = dict(arr.attrs)
+        return (arr, attrs) if attrs.get("complete") else None
+
     def _check_digest(self, slice_index: int, tile_index: int, stored: str | None, digest: str) -> None:
         if stored == digest:
             return
@@ -260,14 +266,10 @@ class EmbeddingCache:
 
     def check(self, slice_index: int, tile_index: int, digest: str) -> bool:
         """Whether a complete entry exists; raise :class:`CacheMismatchError` if it holds other pixels."""
-        try:
-            arr = zarr.open_array(str(self.path / self._name(slice_index, tile_index)), mode="r")
-        except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError, ValueError):
+        found = self._complete_entry(slice_index, tile_index)
+        if found is None:
             return False
-        attrs = dict(arr.attrs)
-        if not attrs.get("complete"):
-            return False
-        self._check_digest(slice_index, tile_index, attrs.get("data_digest"), digest)
+        self._check_digest(slice_index, tile_index, found[1].get("data_digest"), digest)
         return True
 
     def put(self, slice_index: int, tile_index: int, embedding: Any, *, digest: str | None = None) -> None:
