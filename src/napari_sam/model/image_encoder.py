@@ -51,6 +51,16 @@ def bias_scratch() -> Iterator[None]:
             _scratch.buffer = None
 
 
+def _exporting() -> bool:
+    """True while the model is traced or exported (ONNX, OpenVINO, ``torch.export``).
+
+    Graph capture needs plain out-of-place operations: the in-place residuals,
+    scratch buffers and row-blocked bias below are eager-mode memory savings
+    with the same results.
+    """
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _bias_buffer(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """A contiguous ``shape`` tensor: a view of the scratch buffer inside :func:`bias_scratch`."""
     numel = 1
@@ -167,7 +177,7 @@ class Attention(nn.Module):
         b, heads, n, _ = q.shape
         rel_h, rel_w = self._rel_pos_terms(q, h, w)
         rows = max(1, _BIAS_BUDGET // (b * heads * w * n * 4))
-        if rows >= h:
+        if rows >= h or _exporting():
             return F.scaled_dot_product_attention(q, k, v, attn_mask=_bias(rel_h, rel_w))
         out = torch.empty_like(q)
         for r0 in range(0, h, rows):
@@ -186,6 +196,13 @@ class Attention(nn.Module):
         out = self._attend(q, k, v, h, w)
         return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
 
+    def _qkv_bias(self, like: torch.Tensor) -> torch.Tensor:
+        """The qkv projection's bias (zeros without one); a dynamically quantised Linear returns it from a method."""
+        bias = self.qkv.bias
+        if callable(bias):
+            bias = bias()
+        return like.new_zeros(like.shape[-1]) if bias is None else bias.to(like.dtype)
+
     def forward_windows(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
         """Attention inside non-overlapping windows: ``(B, H, W, C)`` -> ``(B, H, W, C)``.
 
@@ -199,9 +216,13 @@ class Attention(nn.Module):
         nh, nw = -(-h // ws), -(-w // ws)
         hp, wp = nh * ws, nw * ws
         qkv = self.qkv(x)  # (B, H, W, 3C)
-        if hp != h or wp != w:
+        if (hp != h or wp != w) and _exporting():
+            pad_value = self._qkv_bias(qkv)
+            qkv = torch.cat([qkv, pad_value.expand(b, h, wp - w, 3 * c)], dim=2)
+            qkv = torch.cat([qkv, pad_value.expand(b, hp - h, wp, 3 * c)], dim=1)
+        elif hp != h or wp != w:
             padded = qkv.new_empty((b, hp, wp, 3 * c))
-            pad_value = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * c)
+            pad_value = self._qkv_bias(qkv)
             padded[:, h:] = pad_value
             padded[:, :h, w:] = pad_value
             padded[:, :h, :w] = qkv
@@ -230,7 +251,7 @@ def _bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
     """
     b, heads, rows, w, kh = rel_h.shape
     kw = rel_w.shape[-1]
-    if torch.is_grad_enabled() and (rel_h.requires_grad or rel_w.requires_grad):
+    if _exporting() or (torch.is_grad_enabled() and (rel_h.requires_grad or rel_w.requires_grad)):
         return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, rows * w, kh * kw)
     out = _bias_buffer((b, heads, rows, w, kh, kw), rel_h)
     torch.add(rel_h.unsqueeze(-1), rel_w.unsqueeze(-2), out=out)
@@ -371,7 +392,8 @@ class ImageEncoderViT(nn.Module):
         # residual add and LayerNorm of every block would run on transposed memory
         # (about 1.5 s of a vit_b set_image).
         x = torch.add(self.pos_embed, self.patch_embed(x))
-        inplace = not (torch.is_grad_enabled() and x.requires_grad)  # x is ours from here on
+        # x is ours from here on: its residuals can be added in place (not while exporting a graph)
+        inplace = not (torch.is_grad_enabled() and x.requires_grad) and not _exporting()
         with bias_scratch():
             for blk in self.blocks:
                 x = blk(x, inplace=inplace)

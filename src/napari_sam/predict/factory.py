@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from napari_sam.model.cards import ModelCard
+from napari_sam.model.engines import use_engine
 from napari_sam.model.registry import load_model
 from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.predict.predictor import Predictor
@@ -57,6 +58,7 @@ def make_predictor(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
+    engine: str = "torch",
 ) -> Predictor:
     """Load a model and return the predictor its card configures (what the plugin uses).
 
@@ -69,6 +71,11 @@ def make_predictor(
         Local weights file (no download then).
     device : torch.device or str, optional
         ``"cpu"``, ``"cuda"``, ``"mps"``...; default: the best available.
+    engine : {"torch", "bf16", "openvino"}
+        How the image encoder runs (:func:`napari_sam.model.engines.use_engine`):
+        ``"bf16"`` is about 2x faster on CPUs with AMX / AVX-512 BF16 (features
+        within ~1 %), ``"openvino"`` about 2x faster for ``vit_t`` on the CPU
+        (features within ~1e-5; needs ``pip install openvino``).
 
     Returns
     -------
@@ -84,4 +91,6 @@ def make_predictor(
     'builtin'
     """
     model = load_model(name_or_path, checkpoint=checkpoint, device=device)
+    if engine != "torch":
+        model = use_engine(model, engine)
     return predictor_for_model(model, device=device)
