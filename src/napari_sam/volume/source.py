@@ -139,16 +139,15 @@ def _check_missing_chunks(meta: dict, axes: str, channel: Any, channels: Any, st
     return mask
 
 
-def model_input_size(model: str, checkpoint: str | None = None, device: str | None = None) -> int:
-    """The side of the square input the model's image encoder sees (1024 for SAM, 256 for the built-in model).
+def model_input_size(predictor: Any) -> int | None:
+    """The side of the square input the predictor's model sees (1024 for SAM, 256 for the built-in model).
 
-    Loads the model once per process (the same copy the workers use).
+    ``None`` when the predictor does not say (then :func:`default_tiles` uses :data:`DEFAULT_TILE`).
     """
-    predictor = worker_predictor(model, checkpoint, device)
     size = getattr(predictor, "image_size", None)
     if size is None:
-        size = getattr(getattr(predictor, "model", None), "image_size", DEFAULT_TILE)
-    return int(size)
+        size = getattr(getattr(predictor, "model", None), "image_size", None)
+    return None if size is None else int(size)
 
 
 def default_tiles(ny: int, nx: int, tile_shape: Any, halo: Any, *, input_size: int | None = None) -> tuple:

@@ -38,10 +38,16 @@ def slice_table(labels: np.ndarray, scores: Mapping[str, Any] | None = None, *, 
         raise ValueError(f"a slice table needs a 2-D label image, got shape {labels.shape}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    ids = None
+    if int(labels.max(initial=0)) > labels.size:  # sparse large ids (e.g. per-slice id blocks): number them 1..n
+        ids, inverse = np.unique(labels, return_inverse=True)
+        labels = inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)
+        ids = ids if ids[0] == 0 else np.concatenate([[0], ids])
     props = regionprops_table(labels, properties=("label", "area", "bbox", "centroid"))
     n = len(props["label"])
+    found_ids = np.asarray(props["label"], dtype=np.int64)
     table: dict[str, np.ndarray] = {
-        "label": np.asarray(props["label"], dtype=np.int64),
+        "label": found_ids if ids is None else ids[found_ids].astype(np.int64),
         "slice": np.full(n, int(slice_index), dtype=np.int64),
     }
     for name in COLUMNS[2:9]:
