@@ -85,3 +85,19 @@ def test_negative_ids_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="negative"):
         write_labels_tiff(str(tmp_path / "x.tif"), np.array([[0, -1]]), {})
+
+
+def test_2d_labels_both_formats(tmp_path):
+    from napari_sam._napari.writer import write_labels_ome_zarr, write_labels_tiff
+
+    lab = np.zeros((30, 20), np.int32)
+    lab[3:9, 4:7] = 70000  # needs 32 bits
+    [tif] = write_labels_tiff(str(tmp_path / "a.tif"), lab, {"scale": [1.0, 1.0]})
+    back = tifffile.imread(tif)
+    assert back.dtype == np.uint32 and np.array_equal(back, lab)
+    [store] = write_labels_ome_zarr(str(tmp_path / "a.ome.zarr"), [lab, lab[::2, ::2]], {"name": "x"})
+    group = zarr.open_group(store, mode="r")["labels/x"]
+    assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["y", "x"]
+    np.testing.assert_array_equal(group["0"][:], lab)
+    with pytest.raises(ValueError, match="2 to 5"):
+        write_labels_ome_zarr(str(tmp_path / "b.ome.zarr"), np.zeros((2,) * 6, np.uint8), {})
