@@ -76,9 +76,21 @@ def test_no_compact_keeps_fixed_id_blocks(tmp_path):
 
 
 def test_lazy_result_without_output():
+    """Default (compact) ids: slice k is offset by the object count of slices 0..k-1, so ids are 1..N."""
     vol = blobs_volume(nz=3)
     lazy = segment_volume(vol, segment_fn=threshold_segment, contrast_limits=LIMITS)
     assert lazy.shape == vol.shape and lazy.dtype == np.uint32
+    refs = reference_slices(vol)
+    offset = 0
+    for k, ref in enumerate(refs):
+        np.testing.assert_array_equal(lazy[k].compute(), np.where(ref > 0, ref.astype(np.int64) + offset, 0))
+        offset += int(ref.max())
+    assert int(lazy.max().compute()) == offset
+
+
+def test_lazy_result_no_compact_keeps_id_blocks():
+    vol = blobs_volume(nz=3)
+    lazy = segment_volume(vol, segment_fn=threshold_segment, contrast_limits=LIMITS, compact=False)
     block = id_block_for(3)
     for k, ref in enumerate(reference_slices(vol)):
         np.testing.assert_array_equal(lazy[k].compute(), np.where(ref > 0, ref.astype(np.int64) + k * block, 0))
@@ -89,9 +101,10 @@ def test_lazy_result_from_tiff_computes_with_processes(tmp_path):
     tifffile.imwrite(tmp_path / "v.tif", vol)
     lazy = segment_volume(tmp_path / "v.tif", segment_fn=threshold_segment, contrast_limits=LIMITS)
     out = lazy.compute(scheduler="processes", num_workers=2)  # tasks reopen the file: no open handles pickled
-    block = id_block_for(3)
+    offset = 0
     for k, ref in enumerate(reference_slices(vol)):
-        np.testing.assert_array_equal(out[k], np.where(ref > 0, ref.astype(np.int64) + k * block, 0))
+        np.testing.assert_array_equal(out[k], np.where(ref > 0, ref.astype(np.int64) + offset, 0))
+        offset += int(ref.max())
 
 
 def test_input_is_never_modified(tmp_path):

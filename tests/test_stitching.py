@@ -119,3 +119,21 @@ def test_write_labels_blockwise_equals_masks_to_labels(block):
         out = np.full(shape, 7, dtype=np.uint32)
         write_labels(recs, out, overlap=overlap, block_shape=block)
         np.testing.assert_array_equal(out, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([np.uint8, np.uint16, np.uint32, np.int32, np.int64]))
+def test_relabel_sequential_equals_skimage(seed, dtype):
+    from skimage.segmentation import relabel_sequential as skimage_relabel
+
+    from napari_sam.automatic.labels import relabel_sequential
+
+    rng = np.random.default_rng(seed)
+    top = min(np.iinfo(dtype).max, 10**6)
+    ids = rng.choice(np.arange(1, top), size=min(int(rng.integers(0, 30)), top - 1), replace=False)
+    labels = rng.choice(np.concatenate([[0], ids]), size=(17, 23)).astype(dtype)
+    out = relabel_sequential(labels, np.unique(labels))
+    np.testing.assert_array_equal(out, skimage_relabel(labels)[0])
+    assert out.dtype == np.uint32
+    extra = np.concatenate([np.unique(labels), [int(top) - 1 + 2]])  # ids absent from this block keep their rank
+    np.testing.assert_array_equal(relabel_sequential(labels[:5], extra), relabel_sequential(labels, extra)[:5])

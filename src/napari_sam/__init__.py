@@ -36,6 +36,8 @@ _LAZY = {
     "segment_image": "napari_sam.tiled.tiles",
     "segment_volume": "napari_sam.volume.batch",
     "open_image": "napari_sam.volume.io",
+    "object_table": "napari_sam.volume.tables",
+    "limit_threads": "napari_sam.threads",
     "EmbeddingCache": "napari_sam.volume.cache",
     "embed_volume": "napari_sam.volume.embed",
     "Cancelled": "napari_sam.progress",

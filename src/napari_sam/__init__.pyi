@@ -20,11 +20,13 @@ from napari_sam.predict.pipeline import PromptPipeline as PromptPipeline
 from napari_sam.predict.pipeline import PromptResult as PromptResult
 from napari_sam.predict.predictor import Predictor as Predictor
 from napari_sam.progress import Cancelled as Cancelled
+from napari_sam.threads import limit_threads as limit_threads
 from napari_sam.tiled.tiles import segment_image as segment_image
 from napari_sam.volume.batch import segment_volume as segment_volume
 from napari_sam.volume.cache import EmbeddingCache as EmbeddingCache
 from napari_sam.volume.embed import embed_volume as embed_volume
 from napari_sam.volume.io import open_image as open_image
+from napari_sam.volume.tables import object_table as object_table
 
 __version__: str
 __all__: list[str]

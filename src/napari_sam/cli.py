@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--link-iou", type=float, default=0.5,
                      help="IoU above which objects of neighbouring slices are joined (default 0.5)")
     seg.add_argument("--cache", help="embedding cache folder (filled by `napari-sam embed`) to reuse")
+    seg.add_argument("--table", metavar="CSV", help="also write one row per object (id, slice, area, bbox, centroid, "
+                     "predicted IoU, stability score, prompt point) to this .csv file")
+    seg.add_argument("--threads", type=int, metavar="N", help="torch and BLAS threads per running slice (default: "
+                     "all cores with one worker; cores / --workers; one per worker thread on a dask cluster)")
     seg.add_argument("--points-per-side", type=int, help="AMG grid points per side")
     seg.add_argument("--pred-iou-thresh", type=float, help="AMG predicted-IoU filter")
     seg.add_argument("--stability-score-thresh", type=float, help="AMG stability-score filter")
@@ -170,11 +174,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.cache is not None and Path(args.cache).is_file():
         raise ValueError(f"--cache {args.cache} is a file; give a folder for the embedding cache")
     bars = _Bars(not args.quiet)
-    run = RunOptions(scheduler=args.scheduler, workers=args.workers, progress=bars)
+    run = RunOptions(scheduler=args.scheduler, workers=args.workers, progress=bars, threads=args.threads)
     start = time.perf_counter()
     try:
         result = segment_volume(args.input, args.output, source_options=source, tiles=tiles, output_options=output,
-                                run=run, cache=args.cache, **common, **_amg_params(args))
+                                run=run, cache=args.cache, table=args.table, **common, **_amg_params(args))
     finally:
         bars.close()
     where = args.output or str(Path(args.input) / "labels" / label_name)

@@ -11,7 +11,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_sam.automatic.records import MaskRecord
 
 
-__all__ = ['OVERLAP_POLICIES', 'paint_order', 'masks_to_labels', 'id_order', 'relabel_sequential', 'paint_record']
+__all__ = ['OVERLAP_POLICIES', 'SCORE_COLUMNS', 'paint_order', 'masks_to_labels', 'id_order', 'relabel_sequential',
+           'paint_record', 'label_scores']
+
+#: columns of the per-label score table (see :func:`label_scores`)
+SCORE_COLUMNS = ("label", "predicted_iou", "stability_score", "point_row", "point_col")
 
 
 OVERLAP_POLICIES = ("smaller_on_top", "score")
@@ -49,7 +53,8 @@ def masks_to_labels(
     *,
     overlap: str = "smaller_on_top",
     origin: tuple[int, int] = (0, 0),
-) -> np.ndarray:
+    return_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """Paint mask records into a label image.
 
     Parameters
@@ -63,6 +68,8 @@ def masks_to_labels(
     origin : (row, col)
         Image coordinate of the output's ``[0, 0]`` (to paint one window of a
         larger image); parts outside the window are clipped.
+    return_scores : bool
+        Also return the scores of the record behind each label (see :func:`label_scores`).
 
     Returns
     -------
@@ -70,6 +77,8 @@ def masks_to_labels(
         0 is background; ids 1..N are contiguous, numbered in the order of the
         objects' bounding boxes (top-left first), and every id is visible
         (objects entirely covered by others are left out).
+    scores : dict of str -> (N,) ndarray
+        Only with ``return_scores``: row ``i`` describes label ``i + 1``.
 
     Examples
     --------
@@ -93,7 +102,11 @@ def masks_to_labels(
     provisional[rank] = np.arange(1, len(records) + 1)
     for k in order:
         paint_record(canvas, records[k], int(provisional[k]), origin)
-    return relabel_sequential(canvas, np.unique(canvas))
+    present = np.unique(canvas)
+    labels = relabel_sequential(canvas, present)
+    if not return_scores:
+        return labels
+    return labels, label_scores(records, rank[present[present > 0] - 1])
 
 
 def id_order(records: Sequence[MaskRecord]) -> np.ndarray:
@@ -120,14 +133,17 @@ def relabel_sequential(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
     -------
     uint32 ndarray of ``labels``' shape
     """
+    from skimage.util import map_array  # the compiled lookup behind skimage.segmentation.relabel_sequential
+
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     present = np.unique(np.asarray(present, dtype=np.int64))
     present = present[present > 0]
-    idx = np.searchsorted(present, labels)
-    idx = np.minimum(idx, max(len(present) - 1, 0))
-    found = (labels > 0) & (len(present) > 0)
-    if len(present):
-        found &= present[idx] == labels
-    return np.where(found, idx + 1, 0).astype(np.uint32)
+    if labels.dtype.kind == "u":
+        present = present[present <= np.iinfo(labels.dtype).max]
+    new = np.arange(1, present.size + 1, dtype=np.uint32)
+    return map_array(labels, present.astype(labels.dtype), new)
 
 
 def paint_record(canvas: np.ndarray, rec: MaskRecord, value: int, origin: tuple[int, int] = (0, 0)) -> None:
@@ -141,3 +157,30 @@ def paint_record(canvas: np.ndarray, rec: MaskRecord, value: int, origin: tuple[
         return
     m = rec.mask[ca0 - a0 : ca1 - a0, cb0 - b0 : cb1 - b0]
     canvas[ca0:ca1, cb0:cb1][m] = value
+
+
+def label_scores(records: Sequence[MaskRecord], sources: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
+    """The per-label score table: label ``i + 1`` was painted from ``records[sources[i]]``.
+
+    Parameters
+    ----------
+    records : sequence of MaskRecord
+    sources : (N,) ints
+        Index into ``records`` of the record behind each label ``1..N``.
+
+    Returns
+    -------
+    dict of str -> (N,) ndarray
+        ``label`` (uint32, ``1..N``), ``predicted_iou`` and ``stability_score``
+        (float64), ``point_row`` / ``point_col`` (float64, the grid point that
+        prompted the mask, image coordinates); see :data:`SCORE_COLUMNS`.
+    """
+    sources = np.asarray(sources, dtype=np.int64).reshape(-1)
+    chosen = [records[int(i)] for i in sources]
+    return {
+        "label": np.arange(1, sources.size + 1, dtype=np.uint32),
+        "predicted_iou": np.array([r.predicted_iou for r in chosen], dtype=np.float64),
+        "stability_score": np.array([r.stability_score for r in chosen], dtype=np.float64),
+        "point_row": np.array([r.point_rc[0] for r in chosen], dtype=np.float64),
+        "point_col": np.array([r.point_rc[1] for r in chosen], dtype=np.float64),
+    }

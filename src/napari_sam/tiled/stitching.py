@@ -20,7 +20,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from napari_sam.automatic.labels import id_order, paint_order, paint_record, relabel_sequential
+from napari_sam.automatic.labels import id_order, label_scores, paint_order, paint_record, relabel_sequential
 from napari_sam.automatic.nms import box_iou
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -194,6 +194,7 @@ def write_labels(
     *,
     overlap: str = "smaller_on_top",
     block_shape: tuple[int, int] | None = None,
+    return_scores: bool = False,
 ) -> Any:
     """Paint records into ``out`` block by block, with contiguous ids 1..N.
 
@@ -209,10 +210,14 @@ def write_labels(
         (numpy, zarr, ...); an unsigned integer dtype able to hold N.
     block_shape : (bh, bw), optional
         Defaults to a multiple of ``out.chunks`` near 2048 x 2048 (zarr) or 2048 x 2048.
+    return_scores : bool
+        Also return the scores of the record behind each label, as
+        :func:`~napari_sam.automatic.labels.masks_to_labels` does.
 
     Returns
     -------
     out
+        Or ``(out, scores)`` with ``return_scores``.
     """
     shape = (int(out.shape[0]), int(out.shape[1]))
     if len(out.shape) != 2:
@@ -224,8 +229,9 @@ def write_labels(
         else:
             block_shape = (2048, 2048)
     order = paint_order(records, overlap)
+    ranked = id_order(records)
     provisional = np.empty(len(records), dtype=np.int64)
-    provisional[id_order(records)] = np.arange(1, len(records) + 1)
+    provisional[ranked] = np.arange(1, len(records) + 1)
     if len(records) >= np.iinfo(np.uint32).max:
         raise ValueError("too many objects for uint32 labels")
     boxes = np.array([r.bbox_rc for r in records], dtype=np.int64).reshape(-1, 4)
@@ -241,9 +247,10 @@ def write_labels(
         out[b[0] : b[2], b[1] : b[3]] = canvas
     ids = np.array(sorted(present), dtype=np.int64)
     positive = ids[ids > 0]
-    if np.array_equal(positive, np.arange(1, len(positive) + 1)):
-        return out  # already contiguous: no second pass
-    for b in _blocks(shape, block_shape):  # pass 2: lookup table
-        block = np.asarray(out[b[0] : b[2], b[1] : b[3]])
-        out[b[0] : b[2], b[1] : b[3]] = relabel_sequential(block, ids)
+    if not np.array_equal(positive, np.arange(1, len(positive) + 1)):  # else already contiguous: no second pass
+        for b in _blocks(shape, block_shape):  # pass 2: lookup table
+            block = np.asarray(out[b[0] : b[2], b[1] : b[3]])
+            out[b[0] : b[2], b[1] : b[3]] = relabel_sequential(block, ids)
+    if return_scores:
+        return out, label_scores(records, ranked[positive - 1])
     return out

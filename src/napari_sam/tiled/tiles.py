@@ -154,6 +154,7 @@ def segment_image(
     merge_iou: float = 0.5,
     progress: ProgressCallback | None = None,
     cancel: CancelToken = None,
+    return_scores: bool = False,
     **amg_params: Any,
 ) -> Any:
     """Segment everything in a 2D image, optionally tile by tile.
@@ -184,6 +185,10 @@ def segment_image(
         Mask IoU above which records of neighbouring tiles are the same object.
     progress, cancel
         See :mod:`napari_sam.progress`.
+    return_scores : bool
+        Also return the per-label scores (predicted IoU, stability score,
+        prompt point) of the record behind each label; see
+        :func:`napari_sam.automatic.labels.label_scores` and :func:`napari_sam.object_table`.
     **amg_params
         :class:`~napari_sam.automatic.generator.AutomaticMaskGenerator` options
         (``points_per_side``, ``pred_iou_thresh``, ...), applied to every tile.
@@ -192,6 +197,8 @@ def segment_image(
     -------
     labels : (H, W) uint32 (or ``out``)
         0 background, objects 1..N; independent of tile processing order.
+    scores : dict of str -> (N,) ndarray
+        Only with ``return_scores``: row ``i`` describes label ``i + 1``.
     """
     if out is not None:
         shape = spatial_shape(image, channel_axis)
@@ -213,5 +220,5 @@ def segment_image(
         **amg_params,
     )
     if out is None:
-        return masks_to_labels(records, shape, overlap=overlap)
-    return write_labels(records, out, overlap=overlap)
+        return masks_to_labels(records, shape, overlap=overlap, return_scores=return_scores)
+    return write_labels(records, out, overlap=overlap, return_scores=return_scores)

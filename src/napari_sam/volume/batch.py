@@ -24,6 +24,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from napari_sam.threads import ThreadLimited
 from napari_sam.volume import slices as vol
 from napari_sam.volume.cache import EmbeddingCache, data_identity, weights_identity
 from napari_sam.volume.io import json_safe, ome_zarr_root, prepare_labels_array, write_ome_labels_metadata
@@ -47,6 +48,7 @@ from napari_sam.volume.source import (
     DEFAULT_CHUNK,
     default_tiles,
     model_amg_params,
+    model_input_size,
     prepare_source,
     volume_cache_key,
     worker_predictor,
@@ -69,6 +71,7 @@ def sam_segment(
     cache: str | None = None,
     cache_key: dict | None = None,
     slice_index: int = 0,
+    return_scores: bool = False,
 ) -> np.ndarray:
     """The default per-slice function: tiled automatic SAM labelling of one 2-D slice.
 
@@ -78,7 +81,8 @@ def sam_segment(
     Returns
     -------
     numpy.ndarray
-        ``(Y, X)`` uint32 labels, 0 background.
+        ``(Y, X)`` uint32 labels, 0 background (with ``return_scores``: ``(labels, scores)``,
+        see :func:`napari_sam.tiled.tiles.segment_image`).
     """
     from napari_sam.tiled.tiles import segment_image
 
@@ -90,7 +94,7 @@ def sam_segment(
         predictor.start_slice(slice_index)
     return segment_image(
         image, predictor, channel_axis=channel_axis, contrast_limits=contrast_limits,
-        tile_shape=tile_shape, halo=halo, **model_amg_params(model, amg_params),
+        tile_shape=tile_shape, halo=halo, return_scores=return_scores, **model_amg_params(model, amg_params),
     )
 
 
@@ -112,6 +116,7 @@ def segment_volume(
     run: RunOptions | None = None,
     cache: str | os.PathLike | None = None,
     segment_fn: Callable[..., np.ndarray] | None = None,
+    table: str | os.PathLike | None = None,
     **options: Any,
 ) -> da.Array:
     """Label every 2-D slice of an image or volume with automatic SAM segmentation.
@@ -142,7 +147,9 @@ def segment_volume(
         ``scheduler`` (None, "threads", "processes", "synchronous", an address such as
         ``"tcp://host:8786"`` or a ``distributed.Client``), ``workers`` (default 1 with the
         SAM model, which uses all cores itself), ``progress(done, total, desc)``, ``cancel``
-        token (see ``napari_sam.progress``).
+        token (see ``napari_sam.progress``), ``threads`` (torch and BLAS threads per running
+        slice; default: one per worker thread on a dask cluster, the cores divided by
+        ``workers`` locally; see :mod:`napari_sam.threads`).
     cache : path, optional
         An :class:`~napari_sam.volume.cache.EmbeddingCache` folder (``napari-sam embed``) whose
         tile embeddings are reused (and filled when missing); a cache made for other
@@ -150,7 +157,12 @@ def segment_volume(
     segment_fn : callable, optional
         ``segment_fn(image2d, *, channel_axis, contrast_limits) -> (Y, X) int labels``;
         replaces the SAM model (used by tests and custom pipelines; must be picklable for
-        process and cluster schedulers).
+        process and cluster schedulers).  It may return ``(labels, scores)`` (see
+        :func:`napari_sam.automatic.labels.label_scores`) to fill the object table.
+    table : path, optional
+        Write the object table (CSV, one row per object and slice: id, slice, area, bbox,
+        centroid, predicted IoU, stability score, prompt point; see
+        :func:`napari_sam.object_table`) once the output is complete.  Needs an output.
     **options
         Any field of the four option classes by name (``overwrite=True``, ``axes="ZYX"``,
         ...); everything else is an AMG parameter for ``segment_image`` (``points_per_side``,
@@ -176,11 +188,15 @@ def segment_volume(
                          contrast_limits=so.contrast_limits, strict=so.strict)
     if oo.link_3d and "Z" not in src.in_axes:
         raise ValueError(f"--link-3d joins objects across Z, but the input axes {src.in_axes!r} have no Z")
-    view, has_ch, src_spec, meta = src.view, src.has_ch, src.spec, src.meta
+    view, meta = src.view, src.meta
     limits, indices = src.limits, src.indices
-    loop_shape, ny, nx, n_slices, nloop = src.loop_shape, src.ny, src.nx, src.n_slices, len(src.loop_axes)
+    ny, nx, n_slices = src.ny, src.nx, src.n_slices
     block = vol.id_block_for(n_slices)
-    tile_shape, halo = default_tiles(ny, nx, to.tile_shape, to.halo)
+    if table is not None and output is None and oo.label_name is None:
+        raise ValueError("table (--table) needs an output; for a lazy result use napari_sam.object_table")
+    input_size = None if segment_fn is not None else model_input_size(  # loads the model: fails early
+        worker_predictor(str(model), None if checkpoint is None else str(checkpoint), device))
+    tile_shape, halo = default_tiles(ny, nx, to.tile_shape, to.halo, input_size=input_size)
     workers = ro.workers
     weights = None
     if segment_fn is None:
@@ -192,7 +208,7 @@ def segment_volume(
         segment_fn = functools.partial(
             sam_segment, model=str(model), checkpoint=None if checkpoint is None else str(checkpoint),
             device=device, tile_shape=tile_shape, halo=halo, amg_params=dict(amg_params),
-            cache=None if cache is None else str(cache), cache_key=key,
+            cache=None if cache is None else str(cache), cache_key=key, return_scores=table is not None,
         )
         fn_name = f"sam:{model}"
         weights = weights_identity(model, checkpoint)  # by content: new weights at the same path are noticed
@@ -203,18 +219,12 @@ def segment_volume(
         if amg_params:
             raise TypeError(f"unexpected options {sorted(amg_params)} with a custom segment_fn")
         fn_name = _callable_name(segment_fn)
+    segment_fn = ThreadLimited(segment_fn, threads=ro.threads, workers=workers, scheduler=ro.scheduler)
 
     if output is None and oo.label_name is None:
         if oo.link_3d:
             raise ValueError("link_3d needs an output path (the linking reads the written slices)")
-        parts = [
-            da.from_delayed(dask.delayed(vol._lazy_slice)(
-                view[idx] if src_spec is None else None, k=k, block=block, contrast_limits=limits,
-                has_channels=has_ch, segment_fn=segment_fn, src=src_spec, loop_index=idx),
-                shape=(ny, nx), dtype=np.uint32)
-            for k, idx in enumerate(indices)
-        ]
-        return da.stack(parts).reshape(loop_shape + (ny, nx)) if nloop else parts[0]
+        return vol.lazy_labels(src, segment_fn, compact=oo.compact)  # id policy: napari_sam.volume.ids
 
     target = _output_target(output, oo, src, tile_shape)
     signature = json_safe({
@@ -236,6 +246,11 @@ def segment_volume(
                              attrs=target.attrs, resume=oo.resume and write_path.exists(), overwrite=False,
                              zarr_format=target.zarr_format)
         _run_slices(write_path, src, oo, ro, workers, block, segment_fn, target.axes)
+        if table is not None:
+            from napari_sam.volume.tables import volume_table
+
+            volume_table(write_path, n_slices=n_slices, block=block, path=table,
+                         out_index=[_out_index(target.axes, src.loop_axes, idx) for idx in indices])
         if write_path != target.path:
             swap_in(write_path, target.path)
     return da.from_zarr(zarr.open_array(str(target.path), mode="r"))

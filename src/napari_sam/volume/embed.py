@@ -78,11 +78,19 @@ def embed_volume(
     import dask
 
     from napari_sam.volume.slices import compute_tasks
-    from napari_sam.volume.source import default_tiles, prepare_source, volume_cache_key
+    from napari_sam.volume.source import (
+        default_tiles,
+        model_input_size,
+        prepare_source,
+        volume_cache_key,
+        worker_predictor,
+    )
 
     src = prepare_source(source, axes=axes, level=level, channel=channel, channels=channels,
                          contrast_limits=contrast_limits, strict=strict)
-    tile_shape, halo = default_tiles(src.ny, src.nx, tile_shape, halo)
+    input_size = model_input_size(
+        worker_predictor(str(model), None if checkpoint is None else str(checkpoint), device))
+    tile_shape, halo = default_tiles(src.ny, src.nx, tile_shape, halo, input_size=input_size)
     key = volume_cache_key(src.view, src.meta, model, checkpoint, src.limits, tile_shape, halo, {})
     store = EmbeddingCache(cache, key, reset=reset_cache)
     tasks = [

@@ -91,16 +91,23 @@ class OutputOptions:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run: dask scheduler, local workers, progress callback, cancel token."""
+    """How to run: dask scheduler, local workers, progress callback, cancel token, threads per slice.
+
+    ``threads``: torch and BLAS threads of each running slice (default: see :mod:`napari_sam.threads`).
+    """
 
     scheduler: Any = None
     workers: int | None = None
     progress: ProgressCallback | None = None
     cancel: CancelToken = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        from napari_sam.threads import check_threads
+
+        check_threads(self.threads)
 
 
 _GROUPS = (SourceOptions, TileOptions, OutputOptions, RunOptions)

@@ -11,6 +11,13 @@ slices) is computed as a graph -> connected components -> per-slice lookup
 table, and applied slice by slice.  Because final ids are ``<= id_block`` and
 raw ids are ``> id_block``, applying the lookup table is idempotent per pixel,
 so an interrupted relabelling can simply be run again.
+
+Id policy of the lazy result (no output path): with ``compact=True`` (the
+default) ids are ``1..N`` over the volume, each slice offset by the object
+count of the slices before it, so ``skimage.measure.regionprops_table`` and
+``dask_image.ndmeasure`` work on it; ``compact=False`` keeps a fixed id block
+per slice (every slice computable on its own, ids up to ``2**32``).  See
+:mod:`napari_sam.volume.ids`, which holds the id arithmetic.
 """
 
 from __future__ import annotations
@@ -27,14 +34,22 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, is_cancelled, report
 from napari_sam.volume.cache import array_digest
+from napari_sam.volume.ids import (
+    UINT32_MAX,
+    apply_table,
+    id_block_for,
+    offset_slices,
+    relabel_tables,
+    sequential_labels,
+    slice_overlap_edges,
+)
 from napari_sam.volume.io import open_image
+from napari_sam.volume.scheduling import compute_tasks
 
 __all__ = [
+    "UINT32_MAX",
     "canonical_view",
     "volume_contrast_limits",
     "id_block_for",
@@ -43,9 +58,9 @@ __all__ = [
     "apply_table",
     "sequential_labels",
     "compute_tasks",
+    "lazy_labels",
 ]
 
-UINT32_MAX = np.iinfo(np.uint32).max
 #: folder inside an output array holding the per-slice done markers and lookup tables
 STATE_DIR = ".napari_sam"
 
@@ -167,221 +182,6 @@ def volume_contrast_limits(
     return limits
 
 
-def id_block_for(n_slices: int) -> int:
-    """Size of the id block of each slice: raw ids of slice ``k`` are ``(k+1)*block + 1..n_k``.
-
-    ``block = (2**32 - 1) // (n_slices + 1)``, so every raw id fits in uint32
-    and every raw id is larger than every final (relabelled) id ``<= block``.
-    """
-    if n_slices < 1:
-        raise ValueError("the volume has no slices")
-    block = UINT32_MAX // (n_slices + 1)
-    if block < 2:
-        raise ValueError(f"{n_slices} slices are too many for uint32 label ids")
-    return int(block)
-
-
-def sequential_labels(labels: np.ndarray, *, offset: int = 0) -> tuple[np.ndarray, int]:
-    """Renumber a label image to ``offset + 1..n`` in order of id value (background 0 kept).
-
-    Returns
-    -------
-    relabelled : numpy.ndarray
-        Same shape, uint32.
-    n : int
-        Number of objects.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> relabelled, n = sequential_labels(np.array([[0, 7, 7], [3, 0, 9]]), offset=10)
-    >>> relabelled
-    array([[ 0, 12, 12],
-           [11,  0, 13]], dtype=uint32)
-    >>> n
-    3
-    """
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu" and labels.dtype != bool:
-        raise TypeError(f"a segment function must return integer labels, got dtype {labels.dtype}")
-    if labels.size == 0:
-        return labels.astype(np.uint32), 0
-    if labels.dtype.kind == "i" and labels.min() < 0:
-        raise ValueError("a segment function returned negative labels")
-    top = int(labels.max())
-    if top <= 4 * labels.size + 1024:  # dense ids: O(N) lookup table instead of a sort
-        present = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=top + 1) > 0
-        present[0] = True
-        table = (np.cumsum(present) - 1).astype(np.uint32)
-        table[1:] += np.uint32(offset) * present[1:]
-        return table[labels], int(present[1:].sum())
-    uniq, inverse = np.unique(labels, return_inverse=True)
-    has_bg = uniq[0] == 0
-    new = np.arange(uniq.size, dtype=np.uint32) + (0 if has_bg else 1)
-    new[new > 0] += np.uint32(offset)
-    return new[inverse.reshape(labels.shape)], int(uniq.size - (1 if has_bg else 0))
-
-
-def slice_overlap_edges(a: np.ndarray, b: np.ndarray, *, min_iou: float = 0.5) -> np.ndarray:
-    """Pairs of objects of two neighbouring slices that overlap with IoU > ``min_iou``.
-
-    Parameters
-    ----------
-    a, b : numpy.ndarray
-        ``(Y, X)`` integer labels with *local* ids (``0`` background).
-    min_iou : float
-        With ``min_iou >= 0.5`` every object links to at most one object of the
-        other slice (two disjoint objects cannot both overlap it by more than half).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(K, 2)`` int64 pairs ``(id in a, id in b)``.
-    """
-    a = np.asarray(a).ravel().astype(np.int64)
-    b = np.asarray(b).ravel().astype(np.int64)
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        return np.zeros((0, 2), np.int64)
-    area_a = np.bincount(a)
-    area_b = np.bincount(b)
-    width = int(b.max()) + 1
-    keys, inter = np.unique(a[both] * width + b[both], return_counts=True)
-    ia, ib = keys // width, keys % width
-    iou = inter / (area_a[ia] + area_b[ib] - inter)
-    keep = iou > min_iou
-    return np.stack([ia[keep], ib[keep]], axis=1)
-
-
-def relabel_tables(counts: Sequence[int], edges: Sequence[tuple[int, int, np.ndarray]] = ()) -> list[np.ndarray]:
-    """Per-slice lookup tables from local ids to final ids ``1..N``.
-
-    Nodes are the objects of all slices in slice order; ``edges`` join objects
-    of slices ``i`` and ``j`` (``(i, j, pairs)`` with ``pairs`` ``(K, 2)`` local
-    ids).  Connected components become final objects, numbered by their first
-    node, so the result does not depend on the order in which slices finished.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        ``tables[k]`` is ``(counts[k] + 1,)`` uint32 with ``tables[k][0] == 0``.
-    """
-    counts = np.asarray(counts, dtype=np.int64)
-    start = np.concatenate([[0], np.cumsum(counts)])
-    total = int(start[-1])
-    rows, cols = [], []
-    for i, j, pairs in edges:
-        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        rows.append(start[i] + pairs[:, 0] - 1)
-        cols.append(start[j] + pairs[:, 1] - 1)
-    if rows and total:
-        r, c = np.concatenate(rows), np.concatenate(cols)
-        graph = coo_matrix((np.ones(r.size, np.int8), (r, c)), shape=(total, total))
-        _, comp = connected_components(graph, directed=False)
-    else:
-        comp = np.arange(total)
-    # number components by their lowest node, 1-based
-    _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
-    rank = np.empty(first.size, np.int64)
-    rank[np.argsort(first)] = np.arange(first.size)
-    comp = (rank[inverse] + 1).astype(np.uint32)
-    if total and comp.max() > UINT32_MAX:
-        raise ValueError("too many objects for uint32 labels")
-    return [np.concatenate([[0], comp[start[k]:start[k + 1]]]).astype(np.uint32) for k in range(counts.size)]
-
-
-def apply_table(raw: np.ndarray, table: np.ndarray, *, offset: int) -> np.ndarray:
-    """Map raw ids ``offset + local`` of one slice to final ids; ids ``<= offset`` are kept.
-
-    Idempotent: pixels already holding final ids (``<= id_block <= offset``)
-    are left alone, so a chunk written before an interruption is not mapped twice.
-    """
-    raw = np.asarray(raw, dtype=np.uint32)
-    if int(raw.max(initial=0)) - offset >= table.size:
-        raise ValueError("the labels hold ids the relabelling table does not know; rerun with --overwrite")
-    is_raw = raw > offset
-    local = np.where(is_raw, raw - np.uint32(offset), np.uint32(0))  # uint32 wrap-around masked out
-    out = table[local]
-    np.copyto(out, raw, where=~is_raw)
-    return out
-
-
-def compute_tasks(
-    tasks: Sequence[Any],
-    *,
-    scheduler: Any = None,
-    workers: int | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken = None,
-    desc: str = "",
-    offset: int = 0,
-    total: int | None = None,
-) -> list:
-    """Compute dask delayed ``tasks`` and return their results in order.
-
-    Parameters
-    ----------
-    scheduler : None, str or distributed.Client
-        ``None``/``"threads"``, ``"processes"``, ``"synchronous"`` run locally;
-        any other string is a dask.distributed scheduler address
-        (``"tcp://host:8786"``); a ``Client`` is used as is.
-    workers : int, optional
-        Number of local workers (ignored for a cluster).
-    progress, cancel
-        ``progress(offset + done, total, desc)`` after each task; ``cancel`` is
-        checked before each task starts locally and after each result on a cluster.
-    """
-    tasks = list(tasks)
-    total = len(tasks) + offset if total is None else total
-    if not tasks:
-        return []
-    report(progress, offset, total, desc)
-    local = {None: "threads", "threads": "threads", "processes": "processes",
-             "synchronous": "synchronous", "sync": "synchronous"}
-    if isinstance(scheduler, str) and scheduler in local or scheduler is None:
-        from dask.callbacks import Callback
-
-        keys = {t.key for t in tasks}
-        done = [0]
-
-        def _pre(key, dsk, state):
-            check_cancelled(cancel)
-
-        def _post(key, result, dsk, state, worker_id):
-            if key in keys:
-                done[0] += 1
-                report(progress, offset + done[0], total, desc)
-
-        kwargs = {"num_workers": workers} if workers and local[scheduler] != "synchronous" else {}
-        with Callback(pretask=_pre, posttask=_post):
-            return list(dask.compute(*tasks, scheduler=local[scheduler], **kwargs))
-    from distributed import Client, as_completed
-
-    if isinstance(scheduler, Client):
-        client = scheduler
-    else:
-        try:
-            client = Client(str(scheduler), timeout=5)
-        except (OSError, TimeoutError) as exc:
-            raise ConnectionError(f"cannot reach the dask scheduler {scheduler} within 5 s ({exc}); check the "
-                                  "address and that `dask scheduler` runs there, or drop --scheduler") from None
-    try:
-        futures = client.compute(tasks)
-        order = {f.key: i for i, f in enumerate(futures)}
-        results: list = [None] * len(futures)
-        done = 0
-        for fut in as_completed(futures):
-            results[order[fut.key]] = fut.result()
-            done += 1
-            report(progress, offset + done, total, desc)
-            if is_cancelled(cancel):
-                client.cancel(futures)
-                check_cancelled(cancel)
-        return results
-    finally:
-        if client is not scheduler:
-            client.close()
-
 
 # ------------------------------------------------------------------ per-slice tasks
 
@@ -437,24 +237,57 @@ def _segment_slice(
     image: Any, *, k: int, src: tuple | None, loop_index: tuple, out_path: str, out_index: tuple,
     block: int, contrast_limits: np.ndarray, has_channels: bool, segment_fn: Callable,
 ) -> int:
-    """Segment slice ``k``, write ``(k+1)*block + local`` ids, then mark it done; returns n."""
-    marker = Path(out_path) / STATE_DIR / f"slice-{k}.json"
+    """Segment slice ``k``, write ``(k+1)*block + local`` ids, then mark it done; returns n.
+
+    A segment function may return ``(labels, scores)`` (see
+    :func:`napari_sam.automatic.labels.label_scores`): the scores are stored
+    beside the done marker with the slice's local ids, for the object table.
+    """
+    state = Path(out_path) / STATE_DIR
+    marker = state / f"slice-{k}.json"
     if marker.exists():
         return read_marker(marker)
     image = read_slice(image, src, loop_index)
     digest = array_digest(image)  # stored with the marker: --resume checks that this slice is unchanged
-    extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
-    labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
-                        **extra)
-    labels = np.asarray(labels)
-    if labels.shape != image.shape[:2]:
-        raise ValueError(f"the segment function returned shape {labels.shape} for a slice of {image.shape[:2]}")
+    labels, scores = _call_segment(segment_fn, image, k=k, contrast_limits=contrast_limits, has_channels=has_channels)
     raw, n = sequential_labels(labels, offset=(k + 1) * block)
     if n >= block:
         raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
     zarr.open_array(out_path, mode="r+")[out_index] = raw
+    if scores is not None:
+        tmp = state / f".scores-{k}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
+        np.savez(tmp, **local_scores(labels, scores))
+        os.replace(tmp, state / f"scores-{k}.npz")
     _write_atomic(marker, json.dumps({"n_labels": n, "digest": digest}))
     return n
+
+
+def _call_segment(segment_fn: Callable, image: np.ndarray, *, k: int, contrast_limits: Any,
+                  has_channels: bool) -> tuple[np.ndarray, dict | None]:
+    """``segment_fn`` on one slice: its labels (shape checked) and its scores (None when it gives none)."""
+    extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
+    result = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
+                        **extra)
+    labels, scores = result if isinstance(result, tuple) else (result, None)
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"the segment function returned shape {labels.shape} for a slice of {image.shape[:2]}")
+    return labels, scores
+
+
+def local_scores(labels: np.ndarray, scores: dict) -> dict[str, np.ndarray]:
+    """Score columns re-keyed from ``labels``' ids to the local ids :func:`sequential_labels` gives them.
+
+    Rows of labels that do not occur in ``labels`` are dropped.
+    """
+    present = np.unique(np.asarray(labels))
+    present = present[present > 0].astype(np.int64)
+    ids = np.asarray(scores["label"], dtype=np.int64)
+    pos = np.minimum(np.searchsorted(present, ids), max(present.size - 1, 0))
+    keep = (present.size > 0) & (present[pos] == ids) if present.size else np.zeros(ids.size, bool)
+    out = {name: np.asarray(col)[keep] for name, col in scores.items()}
+    out["label"] = (pos[keep] + 1).astype(np.uint32)
+    return out
 
 
 def _slice_unchanged(image: Any, *, src: tuple | None, loop_index: tuple, marker: str) -> bool:
@@ -472,16 +305,37 @@ def _takes_slice_index(fn: Callable) -> bool:
         return False
 
 
-def _lazy_slice(image: Any, *, k: int, block: int, contrast_limits, has_channels, segment_fn,
+def _lazy_slice(image: Any, *, k: int, contrast_limits, has_channels, segment_fn,
                 src: tuple | None = None, loop_index: tuple = ()) -> np.ndarray:
+    """Labels of slice ``k`` with local ids ``1..n``."""
     image = read_slice(image, src, loop_index)
-    extra = {"slice_index": k} if _takes_slice_index(segment_fn) else {}
-    labels = segment_fn(image, channel_axis=-1 if has_channels else None, contrast_limits=contrast_limits,
-                        **extra)
-    out, n = sequential_labels(labels, offset=k * block)
-    if n >= block:
-        raise ValueError(f"slice {k} has {n} objects, more than its id block of {block}")
-    return out
+    labels, _ = _call_segment(segment_fn, image, k=k, contrast_limits=contrast_limits, has_channels=has_channels)
+    return sequential_labels(labels)[0]
+
+
+def lazy_labels(src: Any, segment_fn: Callable, *, compact: bool = True) -> da.Array:
+    """The labels of every slice of a prepared source as a lazy dask array (nothing is computed yet).
+
+    Parameters
+    ----------
+    src : SimpleNamespace
+        From :func:`napari_sam.volume.source.prepare_source`.
+    segment_fn : callable
+        The per-slice function (see :func:`~napari_sam.volume.batch.segment_volume`).
+    compact : bool
+        The id policy (module docstring): ``True`` gives ids ``1..N`` over the
+        volume; ``False`` a fixed id block per slice.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(*loop, Y, X)`` uint32, one chunk per slice.
+    """
+    local = [dask.delayed(_lazy_slice)(
+        src.view[idx] if src.spec is None else None, k=k, contrast_limits=src.limits, has_channels=src.has_ch,
+        segment_fn=segment_fn, src=src.spec, loop_index=idx) for k, idx in enumerate(src.indices)]
+    return offset_slices(local, shape=(src.ny, src.nx), loop_shape=src.loop_shape if src.loop_axes else (),
+                         compact=compact, block=id_block_for(src.n_slices))
 
 
 def _edges_task(out_path: str, ia: tuple, ib: tuple, oa: int, ob: int, min_iou: float) -> np.ndarray:

@@ -16,17 +16,18 @@ from napari_sam.volume import slices as vol
 from napari_sam.volume.cache import data_identity, make_key, weights_identity
 from napari_sam.volume.io import DataWarning, infer_axes, open_image, validate_axes
 
-__all__ = ['DEFAULT_CHUNK', 'DEFAULT_TILE', 'DEFAULT_HALO', 'worker_predictor', 'model_amg_params', 'prepare_source', 'default_tiles', 'volume_cache_key']
+__all__ = ['DEFAULT_CHUNK', 'DEFAULT_TILE', 'DEFAULT_HALO', 'worker_predictor', 'model_amg_params', 'model_input_size', 'prepare_source', 'default_tiles', 'volume_cache_key']
 
 
 #: side of the output chunks (1, chunk, chunk) when no tile shape is given
 DEFAULT_CHUNK = 1024
 
 
-#: tile core and halo used for slices larger than one tile when no tile_shape is given
+#: tile core and halo for slices larger than one tile when neither tile_shape nor the model's input size is known
 DEFAULT_TILE = 1024
 
 
+#: halo of a DEFAULT_TILE tile; other tile sizes keep the same ratio (1/16)
 DEFAULT_HALO = 64
 
 
@@ -138,14 +139,40 @@ def _check_missing_chunks(meta: dict, axes: str, channel: Any, channels: Any, st
     return mask
 
 
-def default_tiles(ny: int, nx: int, tile_shape: Any, halo: Any) -> tuple:
-    """``(tile_shape, halo)``: tiles of DEFAULT_TILE with DEFAULT_HALO for slices larger than a tile.
+def model_input_size(predictor: Any) -> int | None:
+    """The side of the square input the predictor's model sees (1024 for SAM, 256 for the built-in model).
 
-    SAM sees 1024-pixel inputs, so a larger slice is cut into 1024-pixel tiles
-    (native resolution) instead of being shrunk; smaller slices are one tile.
+    ``None`` when the predictor does not say (then :func:`default_tiles` uses :data:`DEFAULT_TILE`).
     """
-    if tile_shape is None and max(ny, nx) > DEFAULT_TILE:
-        return (DEFAULT_TILE, DEFAULT_TILE), (DEFAULT_HALO, DEFAULT_HALO) if halo is None else halo
+    size = getattr(predictor, "image_size", None)
+    if size is None:
+        size = getattr(getattr(predictor, "model", None), "image_size", None)
+    return None if size is None else int(size)
+
+
+def default_tiles(ny: int, nx: int, tile_shape: Any, halo: Any, *, input_size: int | None = None) -> tuple:
+    """``(tile_shape, halo)`` for a ``ny`` x ``nx`` slice: the model's choice where none is given.
+
+    The model's input size decides: a slice larger than the input is cut into
+    tiles of ``input_size`` pixels (so objects keep their native scale instead
+    of being shrunk to fit one input) with a halo of ``input_size // 16``
+    (64 px for SAM's 1024, 16 px for the built-in model's 256); smaller slices
+    are one tile.  ``input_size=None`` (a custom segment function) uses
+    :data:`DEFAULT_TILE`.  An explicit ``tile_shape`` / ``halo`` always wins.
+
+    Examples
+    --------
+    >>> default_tiles(1024, 1024, None, None, input_size=256)
+    ((256, 256), (16, 16))
+    >>> default_tiles(1024, 1024, None, None, input_size=1024)
+    (None, None)
+    """
+    size = DEFAULT_TILE if input_size is None else int(input_size)
+    if size < 1:
+        raise ValueError(f"input_size must be positive, got {input_size!r}")
+    if tile_shape is None and max(ny, nx) > size:
+        side = max(1, size // (DEFAULT_TILE // DEFAULT_HALO))
+        return (size, size), (side, side) if halo is None else halo
     return tile_shape, halo
 
 
