@@ -85,7 +85,7 @@ def main() -> int:
     [(image, meta, _)] = nuclei_2d()
     viewer.add_image(image, **meta)
     _, truth = make_nuclei_image((256, 256), kind="nuclei", seed=3)  # same seed as the sample
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Interactive segmentation (SAM)")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-toolkit", "Interactive segmentation (SAM)")
     widget.model_combo.value = MODEL
     widget.start_session()
     _wait(widget, lambda: widget.session is not None)
@@ -164,7 +164,7 @@ def main() -> int:
     viewer.layers.clear()
     viewer.window.remove_dock_widget("all")
     viewer.add_image(image, **meta)
-    _, auto = viewer.window.add_plugin_dock_widget("napari-sam", "Automatic segmentation (SAM)")
+    _, auto = viewer.window.add_plugin_dock_widget("napari-sam-toolkit", "Automatic segmentation (SAM)")
     auto.model_combo.value = MODEL
     auto.points_per_side.value = 32
     auto.run()

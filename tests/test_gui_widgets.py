@@ -40,7 +40,7 @@ def stand_in_model(monkeypatch):
 
 
 def _open(viewer, name):
-    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam", name)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-toolkit", name)
     widget.model_combo.value = STAND_IN
     return widget
 

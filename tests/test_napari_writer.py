@@ -33,7 +33,7 @@ def plugins():
 
 
 def save(viewer, path):
-    return viewer.layers.save(str(path), plugin="napari-sam")
+    return viewer.layers.save(str(path), plugin="napari-sam-toolkit")
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".tiff"])

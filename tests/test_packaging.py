@@ -32,7 +32,7 @@ def wheel(tmp_path_factory) -> Path:
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    [whl] = out.glob("napari_sam-*.whl")
+    [whl] = out.glob("napari_sam_toolkit-*.whl")
     return whl
 
 
@@ -51,16 +51,16 @@ def test_wheel_contains_the_manifest_and_its_entry_point(wheel, tmp_path):
 
     (tmp_path / "napari.yaml").write_text(shipped)
     manifest = PluginManifest.from_file(tmp_path / "napari.yaml")
-    assert manifest.name == "napari-sam"
+    assert manifest.name == "napari-sam-toolkit"
     manifest.validate_imports()  # every python_name resolves to an importable object
     for cmd in manifest.contributions.commands:
-        assert cmd.id.startswith("napari-sam.")
+        assert cmd.id.startswith("napari-sam-toolkit.")
         assert cmd.python_name.startswith(("napari_sam._napari.", "napari_sam._qt."))
 
 
 def test_npe2_validate_cli():
     npe2 = Path(sys.executable).with_name("npe2")
-    proc = subprocess.run([str(npe2), "validate", "napari-sam"], capture_output=True, text=True)
+    proc = subprocess.run([str(npe2), "validate", "napari-sam-toolkit"], capture_output=True, text=True)
     assert proc.returncode == 0 and "valid" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -69,13 +69,13 @@ def test_plugin_manager_discovers_the_installed_plugin():
 
     pm = PluginManager()
     pm.discover()
-    manifest = pm.get_manifest("napari-sam")
+    manifest = pm.get_manifest("napari-sam-toolkit")
     widgets = {w.display_name for w in manifest.contributions.widgets}
     assert widgets == {"Interactive segmentation (SAM)", "Automatic segmentation (SAM)"}
     samples = {s.key for s in manifest.contributions.sample_data}
     assert samples == {"nuclei_2d", "nuclei_3d"}
     segment_menu = manifest.contributions.menus["napari/layers/segment"]
-    assert {m.command for m in segment_menu} == {"napari-sam.interactive_widget", "napari-sam.automatic_widget"}
+    assert {m.command for m in segment_menu} == {"napari-sam-toolkit.interactive_widget", "napari-sam-toolkit.automatic_widget"}
 
 
 def test_sample_data_commands_give_images():
@@ -83,8 +83,8 @@ def test_sample_data_commands_give_images():
 
     pm = PluginManager()
     pm.discover()
-    pm.activate("napari-sam")
-    for cmd_id, ndim in (("napari-sam.sample_nuclei_2d", 2), ("napari-sam.sample_nuclei_3d", 3)):
+    pm.activate("napari-sam-toolkit")
+    for cmd_id, ndim in (("napari-sam-toolkit.sample_nuclei_2d", 2), ("napari-sam-toolkit.sample_nuclei_3d", 3)):
         [(data, meta, kind)] = pm.commands.execute(cmd_id)
         assert kind == "image" and data.ndim == ndim and np.issubdtype(data.dtype, np.integer)
         assert data.max() > data.min() and meta["name"]

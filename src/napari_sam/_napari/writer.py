@@ -1,7 +1,7 @@
 """npe2 writers: save a Labels layer as a TIFF, or as OME-Zarr labels in a new store.
 
 ``File > Save Selected Layers...`` with a name ending in ``.tif`` / ``.tiff``
-or ``.ome.zarr`` (or ``viewer.layers.save(path, plugin="napari-sam")``).
+or ``.ome.zarr`` (or ``viewer.layers.save(path, plugin="napari-sam-toolkit")``).
 
 * TIFF: one page per 2-D slice, written slice by slice (a lazy dask layer is
   never loaded whole), BigTIFF when the labels exceed 4 GB; unsigned dtype
