@@ -32,6 +32,7 @@ _LAZY = {
     "estimate_contrast_limits": "napari_sam.normalize",
     "to_rgb_uint8": "napari_sam.normalize",
     "AutomaticMaskGenerator": "napari_sam.automatic.generator",
+    "AmgParams": "napari_sam.automatic.params",
     "masks_to_labels": "napari_sam.automatic.labels",
     "segment_image": "napari_sam.tiled.tiles",
     "segment_volume": "napari_sam.volume.batch",

@@ -2,6 +2,7 @@
 
 from napari_sam.automatic.generator import AutomaticMaskGenerator as AutomaticMaskGenerator
 from napari_sam.automatic.labels import masks_to_labels as masks_to_labels
+from napari_sam.automatic.params import AmgParams as AmgParams
 from napari_sam.model.cards import ModelCard as ModelCard
 from napari_sam.model.checkpoint import CheckpointError as CheckpointError
 from napari_sam.model.registry import available_models as available_models

@@ -1,6 +1,7 @@
 """Automatic mask generation: SAM prompted by a grid of points, filtered and painted into labels.
 
-:mod:`~napari_sam.automatic.generator` orchestrates; the maths lives in
+:mod:`~napari_sam.automatic.generator` orchestrates with the parameters of
+:class:`~napari_sam.automatic.params.AmgParams`; the maths lives in
 :mod:`~napari_sam.automatic.grid` (point grids, crops),
 :mod:`~napari_sam.automatic.regions` (scores, boxes, small regions),
 :mod:`~napari_sam.automatic.nms` (box tests, suppression) and
@@ -19,6 +20,7 @@ from napari_sam.automatic.grid import (
 )
 from napari_sam.automatic.labels import masks_to_labels
 from napari_sam.automatic.nms import box_iou, is_box_near_crop_edge, mask_nms, nms
+from napari_sam.automatic.params import AmgParams
 from napari_sam.automatic.records import MaskRecord, RawMasks
 from napari_sam.automatic.regions import (
     masks_to_boxes,
@@ -28,6 +30,7 @@ from napari_sam.automatic.regions import (
 )
 
 __all__ = [
+    "AmgParams",
     "AutomaticMaskGenerator",
     "MaskRecord",
     "RawMasks",

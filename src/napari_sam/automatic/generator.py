@@ -14,8 +14,10 @@ Same parameters, defaults and algorithm as the official
   crop, NMS across crops and the optional small-region cleanup.  It never
   runs the model, so moving a slider re-filters in milliseconds.
 
-:func:`masks_to_labels` paints the records into a label image.
-The maths lives in :mod:`napari_sam.amg_utils`.
+:func:`~napari_sam.automatic.labels.masks_to_labels` paints the records into a
+label image.  The parameters are an :class:`~napari_sam.automatic.params.AmgParams`;
+the maths lives in :mod:`~napari_sam.automatic.grid`, :mod:`~napari_sam.automatic.regions`
+and :mod:`~napari_sam.automatic.nms`.
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-from napari_sam.automatic.defaults import FROM_CARD, SAM_DEFAULTS, card_amg_params
+from napari_sam.automatic._candidates import Candidates, decode_batch, record_at
+from napari_sam.automatic.defaults import FROM_CARD
 from napari_sam.automatic.grid import (
     batch_slices,
     build_all_layer_point_grids,
@@ -34,9 +36,10 @@ from napari_sam.automatic.grid import (
     global_contrast_limits,
     spatial_shape,
 )
-from napari_sam.automatic.nms import is_box_near_crop_edge, mask_nms, nms
+from napari_sam.automatic.nms import mask_nms, nms
+from napari_sam.automatic.params import AmgParams
 from napari_sam.automatic.records import MaskRecord, RawMasks
-from napari_sam.automatic.regions import masks_to_boxes, postprocess_small_regions, stability_score
+from napari_sam.automatic.regions import postprocess_small_regions
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 
 __all__ = ['AutomaticMaskGenerator']
@@ -49,23 +52,18 @@ _DUPLICATE_BOX_IOU = 0.7
 _UNSET: Any = object()  # filter(): "use the generator's setting" where None is a value
 
 
-def _check_mask_nms(mask_nms_thresh: float | None, nms_area_bonus: float) -> None:
-    if mask_nms_thresh is not None and not 0.0 <= float(mask_nms_thresh) <= 1.0:
-        raise ValueError(
-            f"mask_nms_thresh must be None (box NMS) or a fraction in [0, 1]; got {mask_nms_thresh}."
-        )
-    if not np.isfinite(nms_area_bonus) or nms_area_bonus < 0:
-        raise ValueError(f"nms_area_bonus must be a finite number >= 0; got {nms_area_bonus}.")
-
-
 class AutomaticMaskGenerator:
     """Grid-prompted SAM over one 2D image (optionally with crop layers).
 
     Every parameter left out takes the value recommended by the card of
     ``predictor.model`` (``model.card.amg``, see :func:`napari_sam.model_card`),
     else SAM's default (:data:`napari_sam.automatic.defaults.SAM_DEFAULTS`,
-    given below); an argument you
-    pass always wins.  ``self.params`` holds the values in use.
+    given below); an argument you pass always wins.  Give the parameters as
+    one :class:`~napari_sam.automatic.params.AmgParams` (``params=``), as
+    keywords, or both (the keywords are folded into ``params`` and win).
+    ``self.amg`` holds the values in use (``self.params``: the same as a dict).
+    Values out of range (a threshold outside [0, 1] or NaN, a count below 1)
+    raise ``ValueError``.
 
     Parameters
     ----------
@@ -73,6 +71,8 @@ class AutomaticMaskGenerator:
         Anything with ``set_image``, ``predict_batch(..., upsample=False)``,
         ``upsample_logits`` and ``mask_threshold``; its ``model.card``, when
         there is one, supplies the defaults.
+    params : AmgParams, optional
+        All parameters at once; fields left at ``FROM_CARD`` follow the card.
     points_per_side : int or None
         Grid points per side of layer 0 (``None`` requires ``point_grids``); SAM: 32.
     points_per_batch : int
@@ -123,6 +123,7 @@ class AutomaticMaskGenerator:
     def __init__(
         self,
         predictor: Any,
+        params: AmgParams | None = None,
         *,
         points_per_side: int | None = FROM_CARD,
         points_per_batch: int = FROM_CARD,
@@ -141,49 +142,36 @@ class AutomaticMaskGenerator:
         mask_nms_thresh: float | None = FROM_CARD,
         nms_area_bonus: float = FROM_CARD,
     ) -> None:
-        given = {k: v for k, v in locals().items() if k in SAM_DEFAULTS and v is not FROM_CARD}
-        params = {**SAM_DEFAULTS, **card_amg_params(predictor), **given}
-        if "point_grids" in given and given["point_grids"] is not None and "points_per_side" not in given:
-            params["points_per_side"] = None  # explicit grids replace the default grid
-        #: the parameters in use: SAM's defaults < the model card's recommendation < the arguments
-        self.params = params
-        points_per_side, points_per_batch = params["points_per_side"], params["points_per_batch"]
-        pred_iou_thresh, stability_score_thresh = params["pred_iou_thresh"], params["stability_score_thresh"]
-        stability_score_offset, box_nms_thresh = params["stability_score_offset"], params["box_nms_thresh"]
-        crop_n_layers, crop_nms_thresh = params["crop_n_layers"], params["crop_nms_thresh"]
-        crop_overlap_ratio = params["crop_overlap_ratio"]
-        crop_n_points_downscale_factor, point_grids = params["crop_n_points_downscale_factor"], params["point_grids"]
-        min_mask_region_area, refilter_margin = params["min_mask_region_area"], params["refilter_margin"]
-        upsample_batch, mask_nms_thresh = params["upsample_batch"], params["mask_nms_thresh"]
-        nms_area_bonus = params["nms_area_bonus"]
-        if (points_per_side is None) == (point_grids is None):
-            raise ValueError("give exactly one of points_per_side and point_grids")
-        if points_per_batch < 1 or upsample_batch < 1:
-            raise ValueError("points_per_batch and upsample_batch must be at least 1")
-        if crop_n_layers < 0:
-            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        _check_mask_nms(mask_nms_thresh, nms_area_bonus)
-        if points_per_side is not None:
-            grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        given = {k: v for k, v in locals().items() if k in AmgParams.__dataclass_fields__ and v is not FROM_CARD}
+        if params is not None and not isinstance(params, AmgParams):
+            raise TypeError(f"params must be an AmgParams, got {type(params).__name__}")
+        #: the parameters in use, all set: SAM's defaults < the model card < ``params`` < the keywords
+        self.amg = (params or AmgParams()).replace(**given).resolve(predictor)
+        #: the same as a dict
+        self.params = self.amg.as_dict()
+        amg = self.amg
+        if amg.points_per_side is not None:
+            grids = build_all_layer_point_grids(amg.points_per_side, amg.crop_n_layers,
+                                                amg.crop_n_points_downscale_factor)
         else:
-            grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]  # type: ignore[union-attr]
-            if len(grids) != crop_n_layers + 1:
-                raise ValueError(f"point_grids needs one grid per layer ({crop_n_layers + 1}), got {len(grids)}")
+            grids = [np.array(g) for g in amg.point_grids]  # type: ignore[union-attr]
+            if len(grids) != amg.crop_n_layers + 1:
+                raise ValueError(f"point_grids needs one grid per layer ({amg.crop_n_layers + 1}), got {len(grids)}")
         self.predictor = predictor
         self.point_grids = grids
-        self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = float(stability_score_thresh)
-        self.stability_score_offset = float(stability_score_offset)
-        self.box_nms_thresh = float(box_nms_thresh)
-        self.crop_n_layers = int(crop_n_layers)
-        self.crop_nms_thresh = float(crop_nms_thresh)
-        self.crop_overlap_ratio = float(crop_overlap_ratio)
-        self.min_mask_region_area = int(min_mask_region_area)
-        self.refilter_margin = float(refilter_margin)
-        self.upsample_batch = int(upsample_batch)
-        self.mask_nms_thresh = None if mask_nms_thresh is None else float(mask_nms_thresh)
-        self.nms_area_bonus = float(nms_area_bonus)
+        self.points_per_batch = amg.points_per_batch
+        self.pred_iou_thresh = amg.pred_iou_thresh
+        self.stability_score_thresh = amg.stability_score_thresh
+        self.stability_score_offset = amg.stability_score_offset
+        self.box_nms_thresh = amg.box_nms_thresh
+        self.crop_n_layers = amg.crop_n_layers
+        self.crop_nms_thresh = amg.crop_nms_thresh
+        self.crop_overlap_ratio = amg.crop_overlap_ratio
+        self.min_mask_region_area = amg.min_mask_region_area
+        self.refilter_margin = amg.refilter_margin
+        self.upsample_batch = amg.upsample_batch
+        self.mask_nms_thresh = amg.mask_nms_thresh
+        self.nms_area_bonus = amg.nms_area_bonus
         #: wall and process-CPU seconds spent per phase (accumulated over calls)
         self.timings: dict[str, float] = {
             k: 0.0 for k in ("encoder", "decoder", "postprocess", "encoder_cpu", "decoder_cpu", "postprocess_cpu")
@@ -265,7 +253,7 @@ class AutomaticMaskGenerator:
         ]
         total = int(sum(n_batches) + len(crop_boxes))
         done = 0
-        out: dict[str, list] = {k: [] for k in ("masks", "boxes", "iou", "stab", "pts", "crop")}
+        out = Candidates()
         image_box = (0, 0, image_shape[0], image_shape[1])
         thr = float(getattr(self.predictor, "mask_threshold", 0.0))
         for ci, (box, layer) in enumerate(zip(crop_boxes, layer_idx)):
@@ -281,25 +269,15 @@ class AutomaticMaskGenerator:
             grid = self.point_grids[int(layer)] * np.array([r1 - r0, c1 - c0], dtype=np.float64)
             for sl in batch_slices(len(grid), self.points_per_batch):
                 check_cancelled(cancel)
-                self._process_batch(grid[sl], box, image_box, thr, floor_iou, floor_stab, ci, out)
+                decode_batch(self.predictor, grid[sl], box, image_box, mask_threshold=thr, floor_iou=floor_iou,
+                             floor_stab=floor_stab, stability_score_offset=self.stability_score_offset,
+                             upsample_batch=self.upsample_batch, crop_index=ci, out=out, tick=self._tick)
                 done += 1
                 report(progress, done, total, f"decoding crop {ci + 1}/{len(crop_boxes)}")
         if hasattr(self.predictor, "reset_image"):
             self.predictor.reset_image()
-        k = len(out["masks"])
-        return RawMasks(
-            masks=out["masks"],
-            boxes_rc=np.asarray(out["boxes"], dtype=np.int64).reshape(k, 4),
-            predicted_iou=np.asarray(out["iou"], dtype=np.float32).reshape(k),
-            stability_score=np.asarray(out["stab"], dtype=np.float32).reshape(k),
-            points_rc=np.asarray(out["pts"], dtype=np.float64).reshape(k, 2),
-            crop_index=np.asarray(out["crop"], dtype=np.int64).reshape(k),
-            crop_boxes_rc=crop_boxes,
-            image_shape=image_shape,
-            min_pred_iou=floor_iou,
-            min_stability_score=floor_stab,
-            stability_score_offset=self.stability_score_offset,
-        )
+        return out.to_raw(crop_boxes_rc=crop_boxes, image_shape=image_shape, min_pred_iou=floor_iou,
+                          min_stability_score=floor_stab, stability_score_offset=self.stability_score_offset)
 
     def filter(
         self,
@@ -333,14 +311,16 @@ class AutomaticMaskGenerator:
         import time
 
         t0, p0 = time.perf_counter(), time.process_time()
-        iou_t = self.pred_iou_thresh if pred_iou_thresh is None else float(pred_iou_thresh)
-        stab_t = self.stability_score_thresh if stability_score_thresh is None else float(stability_score_thresh)
-        box_t = self.box_nms_thresh if box_nms_thresh is None else float(box_nms_thresh)
-        crop_t = self.crop_nms_thresh if crop_nms_thresh is None else float(crop_nms_thresh)
-        min_area = self.min_mask_region_area if min_mask_region_area is None else int(min_mask_region_area)
-        mask_t = self.mask_nms_thresh if mask_nms_thresh is _UNSET else mask_nms_thresh
-        bonus = self.nms_area_bonus if nms_area_bonus is None else float(nms_area_bonus)
-        _check_mask_nms(mask_t, bonus)
+        given = {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
+                 "box_nms_thresh": box_nms_thresh, "crop_nms_thresh": crop_nms_thresh,
+                 "min_mask_region_area": min_mask_region_area, "nms_area_bonus": nms_area_bonus}
+        changes = {k: v for k, v in given.items() if v is not None}
+        if mask_nms_thresh is not _UNSET:
+            changes["mask_nms_thresh"] = mask_nms_thresh
+        now = self.amg.replace(**changes)  # checks the values like the constructor
+        iou_t, stab_t = now.pred_iou_thresh, now.stability_score_thresh
+        box_t, crop_t, min_area = now.box_nms_thresh, now.crop_nms_thresh, now.min_mask_region_area
+        mask_t, bonus = now.mask_nms_thresh, now.nms_area_bonus
         for name, value, floor in (
             ("pred_iou_thresh", iou_t, raw.min_pred_iou),
             ("stability_score_thresh", stab_t, raw.min_stability_score),
@@ -378,7 +358,7 @@ class AutomaticMaskGenerator:
             cb = raw.crop_boxes_rc[raw.crop_index[idx[pos]]].astype(np.float32)
             crop_score = np.float32(1.0) / ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1]))
             pos = pos[nms(raw.boxes_rc[idx[pos]], crop_score, crop_t)]
-        records = [self._record(raw, int(i)) for i in idx[pos]]
+        records = [record_at(raw, int(i)) for i in idx[pos]]
         if min_area > 0 and records:
             records, keep_pos = postprocess_small_regions(
                 records, min_area, max(box_t, crop_t), image_shape=raw.image_shape
@@ -394,7 +374,7 @@ class AutomaticMaskGenerator:
     ) -> list[MaskRecord]:
         """Near-duplicate box NMS, small-region cleanup, then mask NMS, over all crops."""
         pos = np.sort(nms(raw.boxes_rc[idx], score, _DUPLICATE_BOX_IOU))
-        records = [self._record(raw, int(i)) for i in idx[pos]]
+        records = [record_at(raw, int(i)) for i in idx[pos]]
         if min_area > 0 and records:  # nms_thresh 1: clean up only, drop nothing
             records, _ = postprocess_small_regions(records, min_area, 1.0, image_shape=raw.image_shape)
         boxes = np.array([r.bbox_rc for r in records], dtype=np.int64).reshape(-1, 4)
@@ -413,68 +393,3 @@ class AutomaticMaskGenerator:
         if thresh <= 0:
             return -np.inf
         return thresh - (self.refilter_margin if margin is None else margin)
-
-    @torch.inference_mode()
-    def _process_batch(
-        self,
-        points_rc: np.ndarray,
-        crop_box: np.ndarray,
-        image_box: tuple[int, int, int, int],
-        thr: float,
-        floor_iou: float,
-        floor_stab: float,
-        crop_index: int,
-        out: dict[str, list],
-    ) -> None:
-        import time
-
-        t0, p0 = time.perf_counter(), time.process_time()
-        b = len(points_rc)
-        pts = np.ascontiguousarray(points_rc[:, None, :], dtype=np.float32)
-        labels = np.ones((b, 1), dtype=np.int64)
-        pred = self.predictor.predict_batch(pts, labels, multimask=True, upsample=False)
-        low = pred.low_res_logits
-        scores = pred.scores.detach().float().cpu().reshape(-1).numpy()
-        c = low.shape[1]
-        low = low.reshape(b * c, *low.shape[-2:])
-        self._tick("decoder", t0, p0)
-        t0, p0 = time.perf_counter(), time.process_time()
-        survivors = np.flatnonzero(scores > floor_iou) if np.isfinite(floor_iou) else np.arange(b * c)
-        r0, c0 = int(crop_box[0]), int(crop_box[1])
-        offset = np.array([r0, c0, r0, c0], dtype=np.int64)
-        for sl in batch_slices(len(survivors), self.upsample_batch):
-            sel = survivors[sl]
-            logits = self.predictor.upsample_logits(low[torch.as_tensor(sel, device=low.device)])
-            if logits.device.type == "cpu":
-                logits = logits.numpy()  # numpy's reductions are far faster than torch's on CPU
-            stab = stability_score(logits, thr, self.stability_score_offset)
-            masks = logits > thr
-            del logits
-            boxes, nonempty = masks_to_boxes(masks)
-            boxes_img = boxes + offset
-            ok = nonempty & (stab >= floor_stab if np.isfinite(floor_stab) else True)
-            ok &= ~is_box_near_crop_edge(boxes_img, crop_box, image_box)
-            for j in np.flatnonzero(ok):
-                lr0, lc0, lr1, lc1 = (int(v) for v in boxes[j])
-                local = masks[j, lr0:lr1, lc0:lc1]
-                local = local.cpu().numpy() if isinstance(local, torch.Tensor) else local.copy()
-                out["masks"].append(local)
-                out["boxes"].append(boxes_img[j])
-                out["iou"].append(scores[sel[j]])
-                out["stab"].append(stab[j])
-                out["pts"].append(points_rc[sel[j] // c] + np.array([r0, c0]))
-                out["crop"].append(crop_index)
-        self._tick("postprocess", t0, p0)
-
-    @staticmethod
-    def _record(raw: RawMasks, i: int) -> MaskRecord:
-        m = raw.masks[i]
-        return MaskRecord(
-            mask=m,
-            bbox_rc=tuple(int(v) for v in raw.boxes_rc[i]),  # type: ignore[arg-type]
-            area=int(m.sum()),
-            predicted_iou=float(raw.predicted_iou[i]),
-            stability_score=float(raw.stability_score[i]),
-            point_rc=(float(raw.points_rc[i, 0]), float(raw.points_rc[i, 1])),
-            crop_box_rc=tuple(int(v) for v in raw.crop_boxes_rc[raw.crop_index[i]]),  # type: ignore[arg-type]
-        )

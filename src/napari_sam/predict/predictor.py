@@ -220,6 +220,12 @@ class Predictor:
         )
         original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
         new_h, new_w = preprocess_shape(original_size, self.image_size)
+        if min(new_h, new_w) < 1:
+            raise ValueError(
+                f"an image of {original_size[0]} x {original_size[1]} pixels is too elongated for SAM: resized "
+                f"to a long side of {self.image_size} px its short side would be 0 px; crop it, or segment it "
+                "in tiles (tile_shape=)"
+            )
         resized = np.array(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x.float())

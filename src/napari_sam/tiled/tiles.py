@@ -12,7 +12,6 @@ block by :func:`~napari_sam.tiled.stitching.write_labels`.  Only the mask record
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,17 +20,33 @@ import numpy as np
 from napari_sam.automatic.generator import AutomaticMaskGenerator
 from napari_sam.automatic.grid import crop_image, global_contrast_limits, spatial_shape
 from napari_sam.automatic.labels import masks_to_labels
+from napari_sam.automatic.params import AmgParams
 from napari_sam.automatic.records import MaskRecord
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 from napari_sam.tiled.stitching import Tile, shift_record, stitch_tiles, write_labels
 
-__all__ = ["Tile", "tile_grid", "segment_image", "segment_records"]
+__all__ = ["MIN_TILE", "Tile", "tile_grid", "segment_image", "segment_records", "check_image_shape"]
 
-_AMG_PARAMS = {
-    name
-    for name, p in inspect.signature(AutomaticMaskGenerator.__init__).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY
-}
+#: smallest tile side and image side segmented automatically (SAM's patch size): a thinner
+#: image or tile holds less than one patch and cannot give meaningful masks
+MIN_TILE = 16
+
+
+def check_image_shape(shape: Sequence[int]) -> None:
+    """ValueError unless both sides of a 2-D ``shape`` are at least :data:`MIN_TILE` pixels."""
+    h, w = (int(s) for s in shape)
+    if min(h, w) < MIN_TILE:
+        raise ValueError(
+            f"the image is {h} x {w} pixels: too small to segment, each side needs at least {MIN_TILE} "
+            "pixels (SAM's patch size); pad or crop it, or check the axes (--axes / axes=)"
+        )
+
+
+def _fold_amg(amg: AmgParams | None, keywords: dict[str, Any]) -> AmgParams:
+    """``amg`` (default: all from the model card) with the loose keywords folded in."""
+    if amg is not None and not isinstance(amg, AmgParams):
+        raise TypeError(f"amg must be an AmgParams, got {type(amg).__name__}")
+    return (amg or AmgParams()).replace(**keywords)
 
 
 def _pair(value: int | Sequence[int], name: str, *, minimum: int) -> tuple[int, int]:
@@ -100,6 +115,7 @@ def segment_records(
     merge_iou: float = 0.5,
     progress: ProgressCallback | None = None,
     cancel: CancelToken = None,
+    amg: AmgParams | None = None,
     **amg_params: Any,
 ) -> tuple[list[MaskRecord], tuple[int, int]]:
     """Mask records of a whole image, stitched across tiles (see :func:`segment_image`).
@@ -109,12 +125,12 @@ def segment_records(
     records : list of MaskRecord in image coordinates, one per object
     image_shape : (H, W)
     """
-    unknown = set(amg_params) - _AMG_PARAMS
-    if unknown:
-        raise TypeError(
-            f"unknown parameter(s) {sorted(unknown)}; automatic mask generation accepts {sorted(_AMG_PARAMS)}"
-        )
+    params = _fold_amg(amg, amg_params)
     shape = spatial_shape(image, channel_axis)
+    check_image_shape(shape)
+    if tile_shape is not None and min(_pair(tile_shape, "tile_shape", minimum=0)) < MIN_TILE:
+        raise ValueError(f"tile_shape {tile_shape!r} is too small: each side needs at least {MIN_TILE} pixels "
+                         "(e.g. 1024, the size SAM sees)")
     if tile_shape is None:
         if halo not in (None, 0):
             raise ValueError("halo needs tile_shape: pass tile_shape= to tile the image, or drop halo")
@@ -123,7 +139,7 @@ def segment_records(
         tiles = tile_grid(shape, tile_shape, 0 if halo is None else halo)
     if contrast_limits is None:
         contrast_limits = global_contrast_limits(image, channel_axis, channels)
-    generator = AutomaticMaskGenerator(predictor, **amg_params)
+    generator = AutomaticMaskGenerator(predictor, params)
     per_tile: dict[tuple[int, int], list[MaskRecord]] = {}
     n = len(tiles)
     for t, tile in enumerate(tiles):
@@ -155,6 +171,7 @@ def segment_image(
     progress: ProgressCallback | None = None,
     cancel: CancelToken = None,
     return_scores: bool = False,
+    amg: AmgParams | None = None,
     **amg_params: Any,
 ) -> Any:
     """Segment everything in a 2D image, optionally tile by tile.
@@ -189,9 +206,12 @@ def segment_image(
         Also return the per-label scores (predicted IoU, stability score,
         prompt point) of the record behind each label; see
         :func:`napari_sam.automatic.labels.label_scores` and :func:`napari_sam.object_table`.
+    amg : AmgParams, optional
+        Automatic-generation parameters (fields left unset follow the model card).
     **amg_params
         :class:`~napari_sam.automatic.generator.AutomaticMaskGenerator` options
-        (``points_per_side``, ``pred_iou_thresh``, ...), applied to every tile.
+        (``points_per_side``, ``pred_iou_thresh``, ...), folded into ``amg``
+        (a keyword wins); applied to every tile.
 
     Returns
     -------
@@ -199,6 +219,12 @@ def segment_image(
         0 background, objects 1..N; independent of tile processing order.
     scores : dict of str -> (N,) ndarray
         Only with ``return_scores``: row ``i`` describes label ``i + 1``.
+
+    Raises
+    ------
+    ValueError
+        A side of the image or of ``tile_shape`` under :data:`MIN_TILE` pixels, or a
+        parameter out of range (see :class:`~napari_sam.automatic.params.AmgParams`).
     """
     if out is not None:
         shape = spatial_shape(image, channel_axis)
@@ -217,7 +243,7 @@ def segment_image(
         merge_iou=merge_iou,
         progress=progress,
         cancel=cancel,
-        **amg_params,
+        amg=_fold_amg(amg, amg_params),
     )
     if out is None:
         return masks_to_labels(records, shape, overlap=overlap, return_scores=return_scores)

@@ -24,7 +24,9 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from napari_sam.automatic.params import AmgParams
 from napari_sam.threads import ThreadLimited
+from napari_sam.tiled.tiles import check_image_shape
 from napari_sam.volume import slices as vol
 from napari_sam.volume.cache import EmbeddingCache, data_identity, weights_identity
 from napari_sam.volume.io import json_safe, ome_zarr_root, prepare_labels_array, write_ome_labels_metadata
@@ -33,7 +35,6 @@ from napari_sam.volume.options import (
     RunOptions,
     SourceOptions,
     TileOptions,
-    check_amg_params,
     split_options,
 )
 from napari_sam.volume.output import (
@@ -117,6 +118,7 @@ def segment_volume(
     cache: str | os.PathLike | None = None,
     segment_fn: Callable[..., np.ndarray] | None = None,
     table: str | os.PathLike | None = None,
+    amg: AmgParams | None = None,
     **options: Any,
 ) -> da.Array:
     """Label every 2-D slice of an image or volume with automatic SAM segmentation.
@@ -163,10 +165,13 @@ def segment_volume(
         Write the object table (CSV, one row per object and slice: id, slice, area, bbox,
         centroid, predicted IoU, stability score, prompt point; see
         :func:`napari_sam.object_table`) once the output is complete.  Needs an output.
+    amg : AmgParams, optional
+        Automatic-generation parameters for ``segment_image`` (fields left unset follow
+        the model card).
     **options
         Any field of the four option classes by name (``overwrite=True``, ``axes="ZYX"``,
-        ...); everything else is an AMG parameter for ``segment_image`` (``points_per_side``,
-        ``pred_iou_thresh``, ...).
+        ...); everything else is an AMG parameter (``points_per_side``,
+        ``pred_iou_thresh``, ...), folded into ``amg`` (a keyword wins).
 
     Returns
     -------
@@ -176,7 +181,12 @@ def segment_volume(
     (so, to, oo, ro), amg_params = split_options(
         {SourceOptions: source_options, TileOptions: tiles, OutputOptions: output_options, RunOptions: run},
         options)
-    check_amg_params(amg_params)
+    if segment_fn is None:  # names and ranges checked before anything is opened
+        if amg is not None and not isinstance(amg, AmgParams):
+            raise TypeError(f"amg must be an AmgParams, got {type(amg).__name__}")
+        amg_params = (amg or AmgParams()).replace(**amg_params).as_dict()
+    elif amg is not None:
+        raise TypeError("amg parameters are only used by the SAM model, not by a custom segment_fn")
     if output is not None and oo.label_name is not None:
         raise ValueError("give either an output path or label_name, not both")
     if output is not None:  # checks that need no reading, before the input is opened
@@ -200,6 +210,7 @@ def segment_volume(
     workers = ro.workers
     weights = None
     if segment_fn is None:
+        check_image_shape((ny, nx))
         worker_predictor(str(model), None if checkpoint is None else str(checkpoint), device)  # fail early
         key = None
         if cache is not None:

@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from napari_sam.automatic.params import AmgParams
 from napari_sam.progress import CancelToken, ProgressCallback
+from napari_sam.tiled.tiles import MIN_TILE
 
 __all__ = ["MIN_TILE", "SourceOptions", "TileOptions", "OutputOptions", "RunOptions", "split_options",
            "check_amg_params"]
-
-#: smallest tile side accepted (SAM's patch size): smaller tiles see nothing and make unreadable stores
-MIN_TILE = 16
 
 
 def _pair(value: Any, name: str) -> tuple[int, int] | None:
@@ -140,17 +139,8 @@ def split_options(given: dict[str, Any], kwargs: dict[str, Any]) -> tuple[list, 
 
 
 def check_amg_params(params: dict[str, Any]) -> None:
-    """Clear errors for thresholds outside [0, 1] (or NaN) and non-positive grid sizes."""
-    for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
-        if name in params and params[name] is not None:
-            v = float(params[name])
-            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{name} ({flag}) must be a number between 0 and 1, got {params[name]}")
-    for name in ("points_per_side", "points_per_batch"):
-        if name in params and params[name] is not None:
-            v = params[name]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if params.get("min_mask_region_area") is not None and int(params["min_mask_region_area"]) < 0:
-        raise ValueError(f"min_mask_region_area must be >= 0, got {params['min_mask_region_area']}")
+    """Clear errors for thresholds outside [0, 1] (or NaN), non-positive grid sizes and unknown names.
+
+    The checks are those of :class:`~napari_sam.automatic.params.AmgParams`.
+    """
+    AmgParams.from_dict(params)
