@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from test_amg_standin import StandInPredictor, blob_image, object_scale, random_blobs
 
 from napari_sam import automatic as U
+from napari_sam.automatic._candidates import record_at
 from napari_sam.automatic.generator import AutomaticMaskGenerator
 from napari_sam.automatic.labels import masks_to_labels
 from napari_sam.automatic.records import MaskRecord
@@ -447,7 +448,7 @@ def test_generator_mask_nms_keeps_no_overlapping_pair(blobs):
     for i, j in itertools.combinations(range(len(fk)), 2):
         assert (fk[i] & fk[j]).sum() <= 0.3 * min(fk[i].sum(), fk[j].sum())
     kept_boxes = np.array([r.bbox_rc for r in kept])
-    cands = [AutomaticMaskGenerator._record(raw, i) for i in np.flatnonzero(raw.predicted_iou > 0.6)]
+    cands = [record_at(raw, i) for i in np.flatnonzero(raw.predicted_iou > 0.6)]
     for rec in cands:
         m = full(rec)
         overlapping = any((m & k).sum() > 0.3 * min(m.sum(), k.sum()) for k in fk)

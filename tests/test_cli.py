@@ -169,3 +169,114 @@ def test_segment_ome_zarr_defaults_to_labels_group(tmp_path, capsys, standin):
     out = zarr.open_array(str(path / "labels" / "sam" / "0"), mode="r")[...]
     assert_compacted_equals_reference(out, reference_slices(vol))
     assert zarr.open_group(str(path / "labels"), mode="r").attrs["labels"] == ["sam"]
+
+
+# ------------------------------------------------------------------ models verify: sha256 against the known hash
+
+
+@pytest.fixture
+def registered_tiny(tmp_path, monkeypatch):
+    """A registered model 'mine' whose card publishes the sha256 of ``published/mine_weights.pt``."""
+    import hashlib
+
+    import torch
+    from _tiny_sam import tiny_sam_config
+
+    from napari_sam.model import registry
+    from napari_sam.model.cards import ModelCard
+
+    torch.manual_seed(0)
+    model = registry.build_model(tiny_sam_config(), device="cpu")
+    (tmp_path / "published").mkdir()
+    weights = tmp_path / "published" / "mine_weights.pt"
+    torch.save(model.state_dict(), weights)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    card = ModelCard(name="mine", config=tiny_sam_config(), sha256=sha,
+                     weights="https://example.invalid/models/mine_weights.pt")
+    monkeypatch.setitem(registry.REGISTRY, "mine", card)
+    return weights, model
+
+
+def test_models_verify_says_which_published_file_matches(capsys, registered_tiny):
+    weights, _ = registered_tiny
+    assert main(["models", "verify", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert "matches mine" in out and "OK" in out
+
+
+def test_models_verify_refuses_a_file_whose_hash_differs(tmp_path, capsys, registered_tiny):
+    import torch
+
+    weights, model = registered_tiny
+    state = model.state_dict()
+    first = next(iter(state))
+    state[first] = state[first] + 1e-3  # same shapes: it would load strictly, but it is not the published file
+    damaged = tmp_path / "mine_weights.pt"
+    torch.save(state, damaged)
+    assert main(["models", "verify", str(damaged)]) == 1
+    err = capsys.readouterr().err
+    assert "hash differs from mine's published hash" in err and "models fetch mine" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_models_verify_loads_an_unknown_file_strictly(tmp_path, capsys, registered_tiny):
+    import torch
+
+    _, model = registered_tiny
+    state = {k: v * 0.5 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "finetuned.pt")
+    assert main(["models", "verify", str(tmp_path / "finetuned.pt")]) == 0  # architecture found by tensor shapes
+    assert "unknown file" in (out := capsys.readouterr().out) and "loads strictly as mine: OK" in out
+    assert main(["models", "verify", str(tmp_path / "finetuned.pt"), "--model", "mine"]) == 0
+    del state[next(iter(state))]
+    torch.save(state, tmp_path / "broken.pt")
+    assert main(["models", "verify", str(tmp_path / "broken.pt")]) == 2
+    assert "fits no registered model" in capsys.readouterr().err
+    assert main(["models", "verify", str(tmp_path / "broken.pt"), "--model", "mine"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_models_verify_by_name_checks_the_local_file(tmp_path, capsys, monkeypatch):
+    assert main(["models", "verify", "builtin"]) == 0  # shipped beside its card
+    assert "matches builtin" in capsys.readouterr().out
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path))
+    assert main(["models", "verify", "vit_b"]) == 2  # not downloaded: says what to do, no network
+    assert "models fetch vit_b" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --debug anywhere; Ctrl-C twice
+
+
+def test_debug_is_accepted_after_the_subcommand(tmp_path, capsys):
+    missing = str(tmp_path / "nope.tif")
+    assert main(["segment", missing, "-o", str(tmp_path / "o.zarr")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    for argv in (["segment", missing, "-o", str(tmp_path / "o.zarr"), "--debug"],
+                 ["--debug", "segment", missing, "-o", str(tmp_path / "o.zarr")]):
+        with pytest.raises(ValueError, match="does not exist"):  # --debug re-raises: traceback shown
+            main(argv)
+    assert main(["info", "--debug"]) == 0
+    assert main(["models", "list", "--debug"]) == 0
+
+
+def test_a_second_ctrl_c_is_ignored_before_the_first_is_handled(monkeypatch, capsys):
+    """The first SIGINT ignores further ones *before* any cleanup runs: no window for a traceback."""
+    import napari_sam.cli as cli
+
+    seen = []
+
+    def interrupted(args):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            seen.append(signal.getsignal(signal.SIGINT))
+            signal.raise_signal(signal.SIGINT)  # a second Ctrl-C during cleanup: ignored
+            raise
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_info", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["info"]) == 130
+    assert seen == [signal.SIG_IGN]
+    assert "--resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # an in-process call restores the handler

@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `napari-sam COMMAND --help` for the options of each command.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # --debug also after the command (`napari-sam segment ... --debug`); SUPPRESS keeps the value given before it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_subparser(debug))
 
     seg = sub.add_parser("segment", help="automatic labelling of an image or volume into a labels zarr",
                          description="Label every 2-D slice with automatic SAM mask generation and write "
@@ -113,13 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     mod = sub.add_parser("models", help="list, fetch and verify model checkpoints",
                          description="Manage SAM checkpoints (downloaded with a known hash into the cache "
                          "folder, $NAPARI_SAM_CACHE to override).")
-    msub = mod.add_subparsers(dest="models_command", metavar="ACTION")
+    msub = mod.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_subparser(debug))
     msub.add_parser("list", help="known model names")
     f = msub.add_parser("fetch", help="download a checkpoint into the cache")
     f.add_argument("name")
-    v = msub.add_parser("verify", help="check that a checkpoint file (or cached NAME) loads strictly")
+    v = msub.add_parser("verify", help="check a checkpoint file (or cached NAME) against the published sha256",
+                        description="Compare the sha256 of a checkpoint file with the published hashes of the "
+                        "registered models and load it strictly. Exit 1 when a file that should be a published "
+                        "checkpoint has another hash.")
     v.add_argument("target", help="model name or checkpoint path")
-    v.add_argument("--model", help="architecture of a checkpoint path (default: guessed from the name)")
+    v.add_argument("--model", help="architecture of an unknown checkpoint file: a model name or card "
+                   "(default: the registered model with the file's tensor shapes)")
     msub.add_parser("path", help="print the checkpoint cache folder")
 
     sub.add_parser("info", help="versions, device and threads", description="Print versions, device and threads.")
@@ -134,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stability-score-thresh", type=float, help="AMG stability-score filter")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _subparser(parent: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """An ArgumentParser class whose instances inherit the arguments of ``parent``."""
+
+    class SubParser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("parents", [parent])
+            super().__init__(*args, **kwargs)
+
+    return SubParser
 
 
 def _amg_params(args: argparse.Namespace) -> dict:
@@ -208,20 +227,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
         for name in models.available_models():
             print(name)
     elif action == "path":
-        print(getattr(models, "cache_dir", lambda: os.environ.get("NAPARI_SAM_CACHE", "(pooch default)"))())
+        print(models.cache_dir())
     elif action == "fetch":
         print(models.fetch_checkpoint(args.name))
     elif action == "verify":
-        target = Path(args.target)
-        if target.exists():
-            name = args.model or next((n for n in models.available_models() if n in target.name), None)
-            if name is None:
-                raise ValueError(f"cannot tell the architecture of {target}; pass --model NAME")
-            models.load_model(name, checkpoint=target, device="cpu")
-        else:
-            models.load_model(args.target, device="cpu")
-            name = args.target
-        print(f"OK: {args.target} loads strictly as {name}")
+        from napari_sam.model.verify import verify_weights
+
+        verdict = verify_weights(args.target, model=args.model)
+        if not verdict.ok:
+            print(f"napari-sam models: error: {verdict.message}", file=sys.stderr)
+            return 1
+        print(verdict.message)
     return 0
 
 
@@ -233,13 +249,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import zarr
 
     import napari_sam
+    from napari_sam.model.registry import resolve_device
 
-    try:
-        from napari_sam.model.registry import resolve_device
-
-        device = str(resolve_device(None))
-    except ImportError:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(None))
     print(f"napari-sam {napari_sam.__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}")
     for mod in (torch, numpy, dask, zarr, tifffile):
@@ -261,24 +273,9 @@ _DEMO_FALLBACK_CONFIG = {
 
 
 def _demo_data(seed: int = 0) -> tuple:
-    try:
-        from napari_sam.synthetic import make_nuclei_image, make_nuclei_stack
+    from napari_sam.synthetic import make_nuclei_image, make_nuclei_stack
 
-        return make_nuclei_image((256, 256), seed=seed)[0], make_nuclei_stack((3, 128, 128), seed=seed)[0]
-    except ImportError:  # stand-alone fallback: blurred random discs
-        from skimage.draw import disk
-        from skimage.filters import gaussian
-
-        rng = np.random.default_rng(seed)
-
-        def discs(shape):
-            img = np.zeros(shape, np.float64)
-            for _ in range(max(4, shape[0] * shape[1] // 2500)):
-                rr, cc = disk(tuple(rng.integers(8, s - 8) for s in shape), rng.integers(5, 12), shape=shape)
-                img[rr, cc] = rng.uniform(0.5, 1.0)
-            return (gaussian(img, 1.5) * 3000 + rng.normal(200, 20, shape)).clip(0, 65535).astype(np.uint16)
-
-        return discs((256, 256)), np.stack([discs((128, 128)) for _ in range(3)])
+    return make_nuclei_image((256, 256), seed=seed)[0], make_nuclei_stack((3, 128, 128), seed=seed)[0]
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray) -> Any:
@@ -396,13 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         print(f"napari-sam {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
+    previous = _stop_on_first_interrupt()
     try:
         with warnings.catch_warnings():
             if not args.debug:
                 warnings.showwarning = one_line_warning
             return commands[args.command](args)
     except KeyboardInterrupt:
-        _ignore_further_interrupts()
         print("\ninterrupted: finished slices are kept; rerun with --resume to continue", file=sys.stderr)
         if argv is None:  # the console command: do not wait for a running slice to finish
             sys.stdout.flush()
@@ -414,15 +411,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"napari-sam {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, _USAGE_ERRORS) else 1
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, previous)
 
 
-def _ignore_further_interrupts() -> None:
-    """A second Ctrl-C while shutting down must not print a traceback."""
+def _first_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT handler: ignore every further Ctrl-C *before* raising, so shutting down prints no traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _stop_on_first_interrupt() -> Any:
+    """Install :func:`_first_interrupt` for SIGINT; returns the handler to restore (None: nothing installed).
+
+    Only from the main thread, and only over Python's default handler (a shell that
+    started the command with Ctrl-C ignored, or a host application's own handler, is respected).
+    """
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        return None
+    signal.signal(signal.SIGINT, _first_interrupt)
+    return previous
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     Accepts a plain state dict or one wrapped as ``{"model": ...}`` /
     ``{"state_dict": ...}``. Raises :class:`CheckpointError` for a missing,
-    truncated or corrupt file, or content that is not a state dict.
+    truncated or corrupt file, content that is not a state dict, or a tensor
+    holding NaN or infinite values (named in the message).
     """
     path = Path(path)
     if not path.is_file():
@@ -52,7 +53,23 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path} does not contain a model state dict (a mapping of names to tensors)."
         )
+    check_finite(obj, path=path)
     return dict(obj)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], *, path: Path | str) -> None:
+    """Raise :class:`CheckpointError` naming the first tensor of ``state`` with NaN or inf values."""
+    for name, tensor in state.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int(finite.numel() - finite.sum())
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s) of {tensor.numel()}; these "
+                "weights would give meaningless masks (a diverged training run or a damaged file). Use "
+                "another checkpoint, e.g. the last good one of the training run."
+            )
 
 
 def shape_signature(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
