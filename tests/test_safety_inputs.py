@@ -123,3 +123,88 @@ def test_corrupt_input_chunk_names_the_store_and_the_chunk(tmp_path, capsys, sta
     code = main(["segment", str(path), "-o", str(tmp_path / "o3.zarr"), "--quiet", "--contrast-limits", "0", "3000"])
     err = capsys.readouterr().err
     assert code == 2 and "chunk (1, 0, 1)" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ inputs SAM cannot segment meaningfully
+
+
+def test_a_one_pixel_high_image_is_a_clear_error(tmp_path, capsys, standin):
+    from test_amg_standin import StandInPredictor
+
+    from napari_sam.tiled.tiles import segment_image
+
+    strip = np.random.default_rng(0).random((1, 5000)).astype(np.float32)
+    for kw in ({}, {"tile_shape": 1024, "halo": 64}):
+        with pytest.raises(ValueError, match=r"1 x 5000 pixels: too small.*at least 16"):
+            segment_image(strip, StandInPredictor(), contrast_limits=(0, 1), **kw)
+    np.save(tmp_path / "strip.npy", strip)
+    code = main(["segment", str(tmp_path / "strip.npy"), "-o", str(tmp_path / "o.zarr"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 x 5000 pixels" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_an_image_too_elongated_for_the_model_input_is_a_clear_error():
+    import torch
+    from _tiny_sam import tiny_sam_config
+
+    from napari_sam.model.registry import build_model
+    from napari_sam.predict.predictor import Predictor
+
+    torch.manual_seed(0)
+    predictor = Predictor(build_model(tiny_sam_config(), device="cpu"))  # 128 px input: 20 x 5000 -> 1 x 128
+    predictor.set_image(np.zeros((20, 5000), np.float32), contrast_limits=(0, 1))
+    with pytest.raises(ValueError, match=r"4 x 5000 pixels is too elongated.*0 px"):
+        predictor.set_image(np.zeros((4, 5000), np.float32), contrast_limits=(0, 1))
+
+
+@pytest.mark.parametrize("tile", [1, 8, (64, 4)])
+def test_a_tile_smaller_than_sams_patch_is_a_clear_error(tile):
+    from test_amg_standin import StandInPredictor
+
+    from napari_sam.tiled.tiles import segment_image
+
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"tile_shape .* too small.*at least 16"):
+        segment_image(image, StandInPredictor(), contrast_limits=(0, 1), tile_shape=tile, points_per_side=2)
+
+
+@pytest.mark.parametrize("flag, value", [("--pred-iou-thresh", "nan"), ("--pred-iou-thresh", "-0.1"),
+                                         ("--stability-score-thresh", "1.5"), ("--points-per-side", "0")])
+def test_thresholds_out_of_range_are_one_line_usage_errors(tmp_path, capsys, standin, flag, value):
+    np.save(tmp_path / "v.npy", _volume(nz=2))
+    code = main(["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"), "--quiet", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+# ------------------------------------------------------------------ broken weights
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, capsys, bad):
+    import json
+
+    import torch
+    from _tiny_sam import tiny_sam_config
+
+    from napari_sam.model.checkpoint import CheckpointError, read_checkpoint
+    from napari_sam.model.registry import build_model, load_model
+
+    torch.manual_seed(0)
+    state = build_model(tiny_sam_config(), device="cpu").state_dict()
+    name = "mask_decoder.iou_prediction_head.layers.0.weight"
+    state[name][0, 3] = bad
+    torch.save({"model": state}, tmp_path / "w.pt")
+    (tmp_path / "cfg.json").write_text(json.dumps(tiny_sam_config()))
+    with pytest.raises(CheckpointError, match=rf"w\.pt.*{name}.*1 NaN or infinite"):
+        read_checkpoint(tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=name):
+        load_model(tmp_path / "cfg.json", checkpoint=tmp_path / "w.pt", device="cpu")
+    np.save(tmp_path / "v.npy", _volume(nz=1))
+    code = main(["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"), "--quiet",
+                 "--model", str(tmp_path / "cfg.json"), "--checkpoint", str(tmp_path / "w.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.zarr").exists()
