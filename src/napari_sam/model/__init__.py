@@ -15,11 +15,13 @@ from napari_sam.model.registry import (
     resolve_device,
 )
 from napari_sam.model.sam import Sam
+from napari_sam.model.verify import Verdict, verify_weights
 
 __all__ = [
     "CheckpointError",
     "ModelCard",
     "Sam",
+    "Verdict",
     "available_models",
     "build_model",
     "fetch_checkpoint",
@@ -27,4 +29,5 @@ __all__ = [
     "model_card",
     "register_model",
     "resolve_device",
+    "verify_weights",
 ]
