@@ -122,3 +122,8 @@ def test_segment_image_and_segment_volume_accept_amg():
         segment_volume(image[None], amg=AmgParams(**KW), pred_iou_thresh=math.nan)
     with pytest.raises(TypeError, match="custom segment_fn"):
         segment_volume(image[None], amg=AmgParams(**KW), segment_fn=lambda im, **kw: im > 0)
+
+
+def test_fields_are_keyword_only():
+    with pytest.raises(TypeError):
+        AmgParams(16)  # type: ignore[misc]

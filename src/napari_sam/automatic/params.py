@@ -105,7 +105,7 @@ def _checked(name: str, value: Any) -> Any:
     return v
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AmgParams:
     """Parameters of :class:`~napari_sam.automatic.generator.AutomaticMaskGenerator`.
 
