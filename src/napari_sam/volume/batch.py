@@ -204,13 +204,14 @@ def segment_volume(
     block = vol.id_block_for(n_slices)
     if table is not None and output is None and oo.label_name is None:
         raise ValueError("table (--table) needs an output; for a lazy result use napari_sam.object_table")
+    if segment_fn is None:
+        check_image_shape((ny, nx))  # before the model is loaded
     input_size = None if segment_fn is not None else model_input_size(  # loads the model: fails early
         worker_predictor(str(model), None if checkpoint is None else str(checkpoint), device))
     tile_shape, halo = default_tiles(ny, nx, to.tile_shape, to.halo, input_size=input_size)
     workers = ro.workers
     weights = None
     if segment_fn is None:
-        check_image_shape((ny, nx))
         worker_predictor(str(model), None if checkpoint is None else str(checkpoint), device)  # fail early
         key = None
         if cache is not None:
