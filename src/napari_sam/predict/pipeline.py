@@ -158,10 +158,18 @@ class PromptPipeline:
         self.predictor.set_image(rgb)
         self._rgb = rgb  # windows are cut from the same RGB the whole view was encoded from
 
-    def set_embedding(self, embedding: Embedding) -> None:
-        """As :meth:`Predictor.set_embedding`; with no pixels to crop, :meth:`predict` does not zoom."""
+    def set_embedding(self, embedding: Embedding, *, image: np.ndarray | None = None) -> None:
+        """As :meth:`Predictor.set_embedding`; with no pixels to crop, :meth:`predict` does not zoom.
+
+        ``image``: the ``(H, W, 3)`` uint8 RGB image the embedding was computed
+        from (e.g. kept beside a cached embedding); with it the window passes work.
+        """
+        if image is not None and tuple(np.shape(image)[:2]) != tuple(embedding.original_size):
+            raise ValueError(f"image has shape {np.shape(image)} but the embedding is of a "
+                             f"{tuple(embedding.original_size)} image; pass the image it was computed from.")
         self.reset_image()
         self.predictor.set_embedding(embedding)
+        self._rgb = None if image is None else np.asarray(image, np.uint8)
 
     def get_embedding(self) -> Embedding:
         return self.predictor.get_embedding()

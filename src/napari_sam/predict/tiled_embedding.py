@@ -1,0 +1,272 @@
+"""Interactive prompts on planes much larger than the model's input: embeddings per tile.
+
+A plane of 4096 x 4096 pixels squeezed into one embedding at the model's input
+size (256 px for the built-in model, 1024 px for SAM) turns a nucleus into a
+pixel or two.  :class:`TiledPrompter` instead embeds, at native resolution,
+only the tiles a prompt needs:
+
+* the plane is cut into a grid of tiles whose *interiors* are
+  ``input_size - 2 * halo`` pixels apart; each tile's window is its interior
+  grown by ``halo`` on every side (``input_size`` pixels, shifted to stay inside
+  the plane), so an object smaller than the halo whose prompt lies in a tile's
+  interior is entirely inside that tile's window;
+* a prompt is decoded in the tile whose interior holds it (the first positive
+  click, or a box's centre);
+* when the mask reaches the window's edge where the plane goes on (an object
+  crossing tiles, larger than the halo), the prompt is decoded again in a
+  window centred on the object (as large as the object needs, resized to the
+  input size only when it does not fit), and that mask is kept;
+* embeddings are kept in memory, least recently used dropped first.
+
+Works with a :class:`~napari_sam.predict.predictor.Predictor` or a
+:class:`~napari_sam.predict.pipeline.PromptPipeline` (whose zoom then works
+inside the tile).  Contrast limits must be given once for the whole plane so
+that every tile is normalised alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_sam.normalize import to_rgb_uint8
+
+__all__ = ["TiledPrediction", "TiledPrompter", "needs_tiling"]
+
+Window = tuple[int, int, int, int]
+
+
+def needs_tiling(shape: tuple[int, int], input_size: int, *, factor: float = 2.0) -> bool:
+    """Whether a plane of ``shape`` (H, W) should be prompted in tiles.
+
+    True when its long side exceeds ``factor`` times the model's input size: a
+    whole-plane embedding would shrink it more than ``factor`` times.
+    """
+    return max(int(shape[0]), int(shape[1])) > factor * int(input_size)
+
+
+@dataclass
+class TiledPrediction:
+    """What :meth:`TiledPrompter.predict` returns; unpacks as ``masks, scores, logits``.
+
+    Attributes
+    ----------
+    masks : (C, H, W) bool array
+        In the whole plane's frame.
+    scores : (C,) float32 array
+    logits : (C, m, m) float32 array
+        Low-res logits in the frame of ``window`` (not the plane).
+    window : (r0, c0, r1, c1)
+        The plane window the prompt was decoded in.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    window: Window
+
+    def __iter__(self):
+        return iter((self.masks, self.scores, self.logits))
+
+
+class TiledPrompter:
+    """Prompt a large plane through embeddings of the tiles around each prompt.
+
+    Parameters
+    ----------
+    predictor : Predictor or PromptPipeline
+        Its ``image_size`` is the tile side.  Its current image is replaced.
+    plane : array-like, shape (H, W) or (H, W, C)
+        The plane (numpy, dask or zarr; only the windows used are read).
+    channel_axis : {None, -1}, keyword-only
+        -1 for a trailing channel axis (RGB), None for grayscale.
+    contrast_limits : (2,) or (C, 2) array-like, optional, keyword-only
+        Limits of the whole plane (or stack); None: estimated per tile, which
+        gives tiles different contrast, so pass them.
+    halo : int, optional, keyword-only
+        Overlap of a tile's window beyond its interior on each side; default a
+        quarter of the tile side.
+    max_tiles : int, keyword-only
+        Embeddings kept in memory.
+    """
+
+    def __init__(self, predictor: Any, plane: Any, *, channel_axis: int | None = None,
+                 contrast_limits: Any = None, halo: int | None = None, max_tiles: int = 32) -> None:
+        if channel_axis not in (None, -1, len(getattr(plane, "shape", ())) - 1):
+            raise ValueError("channel_axis must be None (grayscale) or -1 (channels last) for tiled prompts.")
+        self.predictor = predictor
+        self.plane = plane
+        self.channel_axis = None if channel_axis is None else -1
+        self.contrast_limits = contrast_limits
+        self.tile = int(predictor.image_size)
+        self.halo = self.tile // 4 if halo is None else int(halo)
+        if not 0 <= self.halo < self.tile // 2:
+            raise ValueError(f"halo must be between 0 and {self.tile // 2 - 1} for tiles of {self.tile} px; "
+                             f"got {halo}.")
+        self.stride = self.tile - 2 * self.halo
+        self.shape = (int(plane.shape[0]), int(plane.shape[1]))
+        self.max_tiles = max(1, int(max_tiles))
+        self._cache: OrderedDict[Window, tuple[Any, np.ndarray | None]] = OrderedDict()
+        self._held: Window | None = None
+        #: number of encoder runs (tiles and object windows embedded)
+        self.n_encoded = 0
+
+    # ------------------------------------------------------------------ geometry
+    def n_tiles(self) -> tuple[int, int]:
+        """Tiles along rows and columns."""
+        return tuple(max(1, math.ceil(s / self.stride)) for s in self.shape)  # type: ignore[return-value]
+
+    def tile_index(self, point_rc: Any) -> tuple[int, int]:
+        """The tile whose interior holds ``point_rc`` (row, col)."""
+        n = self.n_tiles()
+        return tuple(int(np.clip(math.floor(float(p) / self.stride), 0, k - 1))  # type: ignore[return-value]
+                     for p, k in zip(point_rc, n))
+
+    def tile_window(self, index: tuple[int, int]) -> Window:
+        """The window ``(r0, c0, r1, c1)`` of tile ``index``: its interior plus the halo, inside the plane."""
+        out = []
+        for i, size in zip(index, self.shape):
+            side = min(self.tile, size)
+            start = int(np.clip(i * self.stride - self.halo, 0, size - side))
+            out.append((start, start + side))
+        return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+    def _centred_window(self, extent: tuple[float, float, float, float], *, margin: float = 0.25) -> Window:
+        """A window around ``extent`` (r0, c0, r1, c1): at least a tile, the extent plus ``margin`` of context."""
+        out = []
+        for lo, hi, size in ((extent[0], extent[2], self.shape[0]), (extent[1], extent[3], self.shape[1])):
+            side = min(size, max(self.tile, math.ceil((hi - lo + 1) * (1 + 2 * margin))))
+            start = int(np.clip(round((lo + hi + 1) / 2 - side / 2), 0, size - side))
+            out.append((start, start + side))
+        return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+    # ---------------------------------------------------------------- embeddings
+    def cached_windows(self) -> list[Window]:
+        """Windows whose embeddings are in memory, least recently used first."""
+        return list(self._cache)
+
+    def hold(self, window: Window) -> None:
+        """Make the predictor hold the embedding of ``window`` (from memory, or by running the encoder)."""
+        if self._held == window:
+            return
+        p = self.predictor
+        if window in self._cache:
+            self._cache.move_to_end(window)
+            emb, rgb = self._cache[window]
+            if rgb is not None:
+                p.set_embedding(emb, image=rgb)
+            else:
+                p.set_embedding(emb)
+            self._held = window
+            return
+        r0, c0, r1, c1 = window
+        crop = np.asarray(self.plane[r0:r1, c0:c1])
+        rgb = to_rgb_uint8(crop, channel_axis=self.channel_axis, contrast_limits=self.contrast_limits)
+        p.set_image(rgb)
+        self.n_encoded += 1
+        keep_rgb = rgb if hasattr(p, "options") else None  # a PromptPipeline zooms inside the tile
+        self._cache[window] = (p.get_embedding(), keep_rgb)
+        self._held = window
+        while len(self._cache) > self.max_tiles:
+            self._cache.popitem(last=False)
+
+    def prefetch(self, point_rc: Any) -> Window:
+        """Embed the tile holding ``point_rc`` (e.g. where the user is about to click); returns its window."""
+        window = self.tile_window(self.tile_index(point_rc))
+        self.hold(window)
+        return window
+
+    # ------------------------------------------------------------------ prompts
+    def _first_window(self, pts: np.ndarray | None, lab: np.ndarray | None, box: np.ndarray | None) -> Window:
+        if box is not None:
+            r0, c0, r1, c1 = box
+            win = self.tile_window(self.tile_index(((r0 + r1) / 2, (c0 + c1) / 2)))
+            if not _inside(win, np.array([[r0, c0], [r1, c1]])):
+                win = self._centred_window((r0, c0, r1, c1))
+        else:
+            positive = pts[lab > 0] if (lab > 0).any() else pts
+            win = self.tile_window(self.tile_index(positive[0]))
+        if pts is not None and len(pts) and not _inside(win, pts):
+            lo, hi = pts.min(0), pts.max(0)
+            ext = (lo[0], lo[1], hi[0], hi[1])
+            if box is not None:
+                ext = (min(ext[0], box[0]), min(ext[1], box[1]), max(ext[2], box[2]), max(ext[3], box[3]))
+            win = self._centred_window(ext)
+        return win
+
+    def _decode(self, win: Window, pts, lab, box, mask_input, multimask: bool):
+        self.hold(win)
+        off = np.array(win[:2], dtype=np.float64)
+        wp = None if pts is None else pts - off
+        wb = None if box is None else box - np.concatenate([off, off])
+        masks, scores, logits = self.predictor.predict(wp, lab, wb, mask_input, multimask=multimask)
+        return np.asarray(masks, bool), np.asarray(scores, np.float32), np.asarray(logits, np.float32)
+
+    def predict(self, points_rc: Any = None, point_labels: Any = None, box_rc: Any = None,
+                mask_input: Any = None, *, multimask: bool = True) -> TiledPrediction:
+        """Masks for one prompt, decoded in the tile that holds it (see the module docstring).
+
+        Parameters
+        ----------
+        points_rc : (N, 2) array-like, optional
+            ``(row, col)`` in the plane's pixels.
+        point_labels : (N,) array-like, optional
+        box_rc : (4,) array-like, optional
+            ``(r0, c0, r1, c1)`` in the plane's pixels.
+        mask_input : (1, m, m) array-like, optional
+            Low-res logits in the frame of the window of an earlier
+            :class:`TiledPrediction` (only meaningful when the prompt decodes in
+            that same window).
+        multimask : bool
+
+        Returns
+        -------
+        TiledPrediction
+        """
+        pts = None if points_rc is None else np.asarray(points_rc, np.float64).reshape(-1, 2)
+        lab = None if point_labels is None else np.asarray(point_labels).ravel()
+        box = None if box_rc is None else np.asarray(box_rc, np.float64).ravel()
+        if pts is None and box is None:
+            raise ValueError("give points_rc (with point_labels) or box_rc: there is no prompt to decode.")
+        if pts is not None and (lab is None or len(lab) != len(pts)):
+            raise ValueError("point_labels must give one label per point of points_rc.")
+        h, w = self.shape
+        for where in ([] if pts is None else list(pts)) + ([] if box is None else [box[:2], box[2:]]):
+            if not (-0.5 <= where[0] <= h - 0.5 and -0.5 <= where[1] <= w - 0.5):
+                raise ValueError(f"prompt {np.round(where, 1).tolist()} is outside the {h} x {w} plane.")
+        win = self._first_window(pts, lab, box)
+        masks, scores, logits = self._decode(win, pts, lab, box, mask_input, multimask)
+        best = int(np.argmax(scores))
+        if mask_input is None and _touches_inner_edge(masks[best], win, self.shape):
+            rows, cols = np.nonzero(masks[best])
+            ext = (win[0] + rows.min(), win[1] + cols.min(), win[0] + rows.max(), win[1] + cols.max())
+            if box is not None:
+                ext = (min(ext[0], box[0]), min(ext[1], box[1]), max(ext[2], box[2]), max(ext[3], box[3]))
+            if pts is not None:
+                ext = (min(ext[0], pts[:, 0].min()), min(ext[1], pts[:, 1].min()),
+                       max(ext[2], pts[:, 0].max()), max(ext[3], pts[:, 1].max()))
+            again = self._centred_window(ext)
+            if again != win:
+                win = again
+                masks, scores, logits = self._decode(win, pts, lab, box, None, multimask)
+        full = np.zeros((len(masks), h, w), dtype=bool)
+        full[:, win[0]:win[2], win[1]:win[3]] = masks
+        return TiledPrediction(full, scores, logits, win)
+
+
+def _inside(win: Window, pts: np.ndarray) -> bool:
+    r0, c0, r1, c1 = win
+    return bool(((pts[:, 0] >= r0) & (pts[:, 0] <= r1 - 1) & (pts[:, 1] >= c0) & (pts[:, 1] <= c1 - 1)).all())
+
+
+def _touches_inner_edge(mask: np.ndarray, win: Window, shape: tuple[int, int]) -> bool:
+    """Whether ``mask`` (in ``win``'s frame) reaches a window side where the plane goes on."""
+    if not mask.any():
+        return False
+    r0, c0, r1, c1 = win
+    return bool((r0 > 0 and mask[0].any()) or (r1 < shape[0] and mask[-1].any())
+                or (c0 > 0 and mask[:, 0].any()) or (c1 < shape[1] and mask[:, -1].any()))
