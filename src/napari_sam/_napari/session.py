@@ -33,6 +33,7 @@ from napari_sam._napari.layers import (
 from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
 from napari_sam.predict.correction import PreviousResult
 from napari_sam.predict.pipeline import PromptPipeline
+from napari_sam.predict.tiled_embedding import TiledPrompter, needs_tiling
 from napari_sam.progress import CancelToken, ProgressCallback, report
 
 __all__ = ["ObjectPrediction", "Preview", "Session"]
@@ -107,10 +108,15 @@ class Session:
         see also :meth:`open_disk_cache`.
     max_embeddings : int, keyword-only
         How many slice embeddings to keep in memory (least recently used go).
+    tiled : bool or None, keyword-only
+        Prompt planes in native-resolution tiles around each prompt
+        (:class:`~napari_sam.predict.tiled_embedding.TiledPrompter`).  None
+        (default): when the plane's long side exceeds twice the model's input
+        size (:func:`~napari_sam.predict.tiled_embedding.needs_tiling`).
     """
 
     def __init__(self, predictor: Any, image_layer: Any, *, embedding_cache: Any = None,
-                 max_embeddings: int = 8, channel_axis: int | None = None) -> None:
+                 max_embeddings: int = 8, channel_axis: int | None = None, tiled: bool | None = None) -> None:
         if not hasattr(predictor, "predict") or not hasattr(predictor, "set_image"):
             raise TypeError("predictor needs set_image() and predict() (e.g. napari_sam.Predictor)")
         if getattr(image_layer, "_type_string", "image") != "image":
@@ -126,6 +132,9 @@ class Session:
         self._request = 0
         self._max_id: dict[int, int] = {}
         self.preview: Preview | None = None
+        self.tiled = tiled
+        self._tilers: OrderedDict[tuple, TiledPrompter] = OrderedDict()
+        self._tiler_held: TiledPrompter | None = None
 
     # --- embeddings -------------------------------------------------------------
     def contrast_limits(self) -> np.ndarray | None:
@@ -138,18 +147,49 @@ class Session:
         """The image plane currently shown by ``dims``."""
         return plane_ref(self.image_layer, dims)
 
-    def has_embedding(self, ref: PlaneRef) -> bool:
-        """Whether the slice ``ref`` is ready without running the encoder."""
-        return ref.key in self._embeddings
+    def _key(self, ref: PlaneRef) -> tuple:
+        """The memory-cache key of slice ``ref``: its index and the contrast limits it was embedded with."""
+        cl = self.contrast_limits()
+        return (ref.key, None if cl is None else tuple(np.round(cl.ravel(), 6)))
 
-    def prepare(self, ref: PlaneRef, *, progress: ProgressCallback | None = None) -> None:
+    def uses_tiles(self, ref: PlaneRef) -> bool:
+        """Whether prompts on ``ref`` are decoded in tiles (see ``tiled``)."""
+        if self.tiled is not None:
+            return bool(self.tiled)
+        size = getattr(self.predictor, "image_size", None)
+        return size is not None and needs_tiling(ref.shape, int(size))
+
+    def has_embedding(self, ref: PlaneRef) -> bool:
+        """Whether the slice ``ref`` is ready without running the encoder (tiled planes: always)."""
+        if self.uses_tiles(ref):
+            return True
+        return self._key(ref) in self._embeddings
+
+    def tiler(self, ref: PlaneRef) -> TiledPrompter:
+        """The :class:`~napari_sam.predict.tiled_embedding.TiledPrompter` of plane ``ref`` (made on first use)."""
+        key = self._key(ref)
+        if key not in self._tilers:
+            data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
+            self._tilers[key] = TiledPrompter(self.predictor, data[ref.selection()], contrast_limits=self.contrast_limits(),
+                                              channel_axis=self.channel_axis)
+            while len(self._tilers) > 2:
+                self._tilers.popitem(last=False)
+        self._tilers.move_to_end(key)
+        return self._tilers[key]
+
+    def prepare(self, ref: PlaneRef, *, progress: ProgressCallback | None = None, whole: bool = False) -> None:
         """Make the predictor hold slice ``ref`` (memory cache, disk cache or encoder).
 
-        Safe to call from a worker thread.
+        On a tiled plane (:meth:`uses_tiles`) nothing is embedded here: tiles
+        are embedded when a prompt needs them, unless ``whole=True`` (the whole
+        plane at the model's input size, as propagation uses).  Safe to call
+        from a worker thread.
         """
+        if not whole and self.uses_tiles(ref):
+            return
         with self.lock:
+            key = self._key(ref)
             cl = self.contrast_limits()
-            key = (ref.key, None if cl is None else tuple(np.round(cl.ravel(), 6)))
             if self._held == key:
                 return
             if key in self._embeddings:
@@ -161,10 +201,11 @@ class Session:
             if cached is not None:
                 self.predictor.set_embedding(cached)
             else:
-                report(progress, 0, 1, f"computing embedding of slice {key}")
+                where = f"slice {ref.key}" if ref.key else "the image"
+                report(progress, 0, 1, f"computing the embedding of {where}")
                 plane = get_plane(self.image_layer, ref)
                 self.predictor.set_image(plane, channel_axis=self.channel_axis, contrast_limits=cl)
-                report(progress, 1, 1, f"embedding of slice {key} ready")
+                report(progress, 1, 1, f"embedding of {where} ready")
             self._held = key
             if hasattr(self.predictor, "get_embedding"):
                 emb = self.predictor.get_embedding()
@@ -188,7 +229,7 @@ class Session:
         n = self._shape()[axis]
         for z in range(n):
             check_cancelled(cancel)
-            self.prepare(ref.with_index(axis, z))
+            self.prepare(ref.with_index(axis, z), whole=True)
             report(progress, z + 1, n, f"embedding slice {z + 1}/{n}")
         return n
 
@@ -272,9 +313,16 @@ class Session:
         with self.lock:
             if request != self._request:
                 return None
-            self.prepare(ref)
-            previous = None if shapes else self._corrected(ref, pts, lab)
-            objects = self._predict_objects(pts, lab, shapes, ref, previous)
+            if self.uses_tiles(ref):
+                tiler = self.tiler(ref)
+                if self._held is not None or self._tiler_held is not tiler:
+                    tiler.invalidate()  # the predictor holds something else now
+                self._held, self._tiler_held = None, tiler
+                objects = self._predict_tiled(tiler, pts, lab, shapes)
+            else:
+                self.prepare(ref)
+                previous = None if shapes else self._corrected(ref, pts, lab)
+                objects = self._predict_objects(pts, lab, shapes, ref, previous)
         if request != self._request:
             return None
         self.preview = Preview(ref, objects, request, *((None, None) if shapes else (pts.copy(), lab.copy())))
@@ -354,6 +402,20 @@ class Session:
             objects.append(ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits)))
         return objects
 
+    def _predict_tiled(self, tiler: TiledPrompter, pts, lab, shapes) -> list[ObjectPrediction]:
+        """Objects of a tiled plane: each decoded in the tile that holds its prompt (no mask prompts)."""
+        if not shapes:
+            if not (lab > 0).any():
+                return []
+            res = tiler.predict(pts, lab, multimask=len(pts) == 1)
+            return [ObjectPrediction(res.masks, res.scores, res.logits, int(np.argmax(res.scores)))]
+        objects = []
+        for s in shapes:
+            bp, bl = self._points_in_box(pts, lab, s["box_rc"], len(shapes))
+            res = tiler.predict(bp if len(bp) else None, bl if len(bl) else None, s["box_rc"], multimask=False)
+            objects.append(ObjectPrediction(res.masks, res.scores, res.logits))
+        return objects
+
     @staticmethod
     def _points_in_box(pts, lab, box, n_boxes):
         if len(pts) == 0 or n_boxes == 1:
@@ -421,7 +483,7 @@ class Session:
         laxis = self.stack_axis(lref)
 
         def prepare_slice(z: int) -> None:
-            self.prepare(ref.with_index(axis, z))
+            self.prepare(ref.with_index(axis, z), whole=True)
 
         with self.lock:
             masks = propagate_object(seed, ref.index[axis], self._shape()[axis], predictor=self.predictor,

@@ -149,6 +149,10 @@ class TiledPrompter:
         """Windows whose embeddings are in memory, least recently used first."""
         return list(self._cache)
 
+    def invalidate(self) -> None:
+        """Forget which tile the predictor holds (call after the predictor was given another image)."""
+        self._held = None
+
     def hold(self, window: Window) -> None:
         """Make the predictor hold the embedding of ``window`` (from memory, or by running the encoder)."""
         if self._held == window:

@@ -1,0 +1,84 @@
+"""Tier 2: the session on large planes (tiled prompts) and its embedding bookkeeping (no Qt)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+
+import napari_sam
+from napari_sam._napari._testing import DiskPredictor
+from napari_sam._napari.session import Session
+from napari_sam.synthetic import make_nuclei_image
+
+
+def _iou(a, b):
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_has_embedding_is_true_once_the_slice_is_embedded():
+    viewer = ViewerModel()
+    img = viewer.add_image(np.random.default_rng(0).random((3, 32, 32)))
+    session = Session(DiskPredictor(), img)
+    ref = session.plane(viewer.dims)
+    assert not session.has_embedding(ref)
+    session.prepare(ref)
+    assert session.has_embedding(ref)
+    assert not session.has_embedding(ref.with_index(0, 2))
+
+
+@pytest.fixture(scope="module")
+def big():
+    return make_nuclei_image((4096, 4096), seed=0)
+
+
+def test_click_on_a_4096_image_is_decoded_in_its_tile(big):
+    image, labels = big
+    viewer = ViewerModel()
+    layer = viewer.add_image(image, scale=(0.5, 0.5), translate=(7.0, 3.0))
+    predictor = napari_sam.make_predictor("builtin", device="cpu")
+    calls = []
+    original = predictor.set_image
+    predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    session = Session(predictor, layer)
+    ref = session.plane(viewer.dims)
+    assert session.uses_tiles(ref) and session.has_embedding(ref)
+    session.prepare(ref)
+    assert calls == []  # nothing is embedded before a prompt needs it
+    # an object inside a 512 crop, clicked at its centre
+    r0, c0 = 1088, 2112
+    sub = labels[r0:r0 + 512, c0:c0 + 512]
+    obj = [i for i in np.unique(sub[200:300, 200:300]) if i][0]
+    rr, cc = np.nonzero(labels == obj)
+    pt = np.array([rr[len(rr) // 2], cc[len(cc) // 2]], float)
+    points = viewer.add_points([pt * 0.5 + [7.0, 3.0]])
+    preview = session.predict(viewer.dims, points_layer=points)
+    assert len(calls) == 1  # one tile embedded, not the 4096² plane
+    got = preview.objects[0].mask
+    # the reference: the same click on the 512² crop, whole, same model and contrast limits
+    ref_pred = napari_sam.make_predictor("builtin", device="cpu")
+    ref_pred.set_image(image[r0:r0 + 512, c0:c0 + 512], contrast_limits=layer.contrast_limits)
+    masks, scores, _ = ref_pred.predict((pt - [r0, c0])[None], [1])
+    expected = np.zeros_like(got)
+    expected[r0:r0 + 512, c0:c0 + 512] = masks[int(np.argmax(scores))]
+    assert _iou(got, expected) >= 0.9
+    # commit writes the object where it is in the plane
+    target = viewer.add_labels(np.zeros(image.shape, np.uint16), scale=(0.5, 0.5), translate=(7.0, 3.0))
+    ids = session.commit(target, viewer.dims)
+    np.testing.assert_array_equal(target.data == ids[0], got)
+    # a second click in the same tile: no new embedding
+    points.data = [pt * 0.5 + [7.0, 3.5]]
+    session.predict(viewer.dims, points_layer=points)
+    assert len(calls) == 1
+
+
+def test_tiling_can_be_forced_off_and_on():
+    viewer = ViewerModel()
+    img = viewer.add_image(np.zeros((600, 600), np.uint8))
+    predictor = napari_sam.make_predictor("builtin", device="cpu")
+    ref = Session(predictor, img).plane(viewer.dims)
+    assert Session(predictor, img).uses_tiles(ref)  # 600 > 2 x 256
+    assert not Session(predictor, img, tiled=False).uses_tiles(ref)
+    small = viewer.add_image(np.zeros((300, 300), np.uint8))
+    assert not Session(predictor, small).uses_tiles(Session(predictor, small).plane(viewer.dims))
+    assert Session(predictor, small, tiled=True).uses_tiles(Session(predictor, small).plane(viewer.dims))
