@@ -226,3 +226,62 @@ def test_automatic_widget_uses_the_models_recommended_thresholds(viewer):
     assert widget.pred_iou_thresh.value == DEFAULT_PARAMS["pred_iou_thresh"]
     assert widget.box_nms_thresh.enabled and "mask_nms_thresh" not in widget.params()
     assert recommended_amg_params("vit_b") == {}
+
+
+def _run_auto(widget, qtbot):
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.runner.busy(), timeout=60_000)
+    widget.runner.wait()
+
+
+def test_automatic_never_erases_objects_painted_by_hand(viewer, qtbot):
+    image, gt = _blobs()
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, AUTOMATIC)
+    widget.points_per_side.value = 8
+    widget.min_mask_region_area.value = 0
+    _run_auto(widget, qtbot)
+    first = widget.output
+    # the user paints an object by hand into the result layer
+    first.data_setitem((np.arange(5, 10), np.arange(100, 105)), 50)
+    edited = first.data.copy()
+    widget.pred_iou_thresh.value = 0.95  # re-filter: the edited layer is kept, the result goes elsewhere
+    np.testing.assert_array_equal(first.data, edited)
+    assert widget.output is not first and widget.output.data.max() == 0
+    assert "edited by hand" in widget.status.value
+    second = widget.output
+    widget.pred_iou_thresh.value = 0.80  # re-filter into the new layer (it was not edited)
+    assert widget.output is second
+    assert {frozenset(np.flatnonzero(second.data == i)) for i in np.unique(second.data) if i} == \
+        {frozenset(np.flatnonzero(gt == i)) for i in np.unique(gt) if i}
+    second.undo()  # the re-filter's replacement is one undo step
+    assert second.data.max() == 0
+    np.testing.assert_array_equal(first.data, edited)
+    _run_auto(widget, qtbot)  # Run again: the unedited layer is reused
+    assert widget.output is second and second.data.max() == 3
+
+
+def test_automatic_tiles_large_images_by_default(viewer, qtbot, monkeypatch):
+    """A plane larger than the model's input is tiled at the input size unless the user says otherwise."""
+    from napari_sam._napari._testing import ThresholdPredictor
+    from napari_sam._qt import automatic
+
+    class SmallInput(ThresholdPredictor):
+        image_size = 64
+
+    monkeypatch.setattr(automatic, "make_predictor", lambda name, **kw: SmallInput())
+    image, gt = _blobs((160, 160))
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, AUTOMATIC)
+    assert widget.tiling.value == "auto"
+    widget.points_per_side.value = 8
+    widget.min_mask_region_area.value = 0
+    seen = []
+    widget.runner.status = lambda text: seen.append(text)
+    _run_auto(widget, qtbot)
+    assert "tiles of 64 px" in widget.status.value
+    assert any("tile 9/9" in s for s in seen)  # 160 px in 64 px tiles: 3 x 3, with progress per tile
+    assert widget.output.data.max() >= 1
+    widget.tiling.value = "untiled"
+    _run_auto(widget, qtbot)
+    assert "tiles" not in widget.status.value

@@ -180,7 +180,7 @@ def test_real_amg_and_tiling_with_the_stand_in_model():
     assert len(found) == len(truth)
     for obj in truth:
         assert max(len(obj & f) / len(obj | f) for f in found) > 0.8
-    assert not session.can_refilter
+    assert session.can_refilter  # a tiled run keeps each tile's candidates too
 
 
 def test_builtin_models_recommended_params_run_and_refilter_in_the_session(builtin_model):
@@ -205,3 +205,86 @@ def test_builtin_models_recommended_params_run_and_refilter_in_the_session(built
     expected = fresh.run(refs, params={**params, "pred_iou_thresh": 0.8})[refs[0]]
     assert _as_sets(stricter) == _as_sets(expected)
     assert len(_as_sets(stricter)) <= len(_as_sets(labels))
+
+
+def test_tiled_run_refilters_to_what_a_new_tiled_run_gives(builtin_model):
+    """After a tiled run, a stricter threshold re-filters (no model) to exactly what
+    napari_sam.tiled.tiles.segment_image gives with that threshold."""
+    from napari_sam.model.registry import recommended_amg_params
+    from napari_sam.predict.predictor import Predictor
+    from napari_sam.synthetic import make_nuclei_image
+    from napari_sam.tiled.tiles import segment_image
+
+    image, _ = make_nuclei_image((200, 200), kind="nuclei", seed=3)
+    viewer = ViewerModel()
+    img = viewer.add_image(image)
+    params = {**recommended_amg_params("builtin"), "points_per_side": 8, "crop_n_layers": 0}
+    predictor = Predictor(builtin_model, device="cpu")
+    session = AutomaticSession(predictor, img)
+    refs = session.planes(viewer.dims)
+    seen = []
+    session.run(refs, params=params, tile_shape=(100, 100), halo=(16, 16),
+                progress=lambda d, t, desc: seen.append((d, t, desc)))
+    assert any("tile 4/4" in desc for _, _, desc in seen) and seen[-1][0] == seen[-1][1]
+    stricter = params["pred_iou_thresh"] + 0.2
+    calls = []
+    original = predictor.set_image
+    predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    got = session.refilter(pred_iou_thresh=stricter)[refs[0]]
+    assert calls == []  # no model run
+    del predictor.set_image
+    expected = segment_image(image, predictor, contrast_limits=np.asarray(img.contrast_limits, float)[None],
+                             tile_shape=(100, 100), halo=(16, 16), **{**params, "pred_iou_thresh": stricter})
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_cancel_keeps_the_finished_slices(monkeypatch):
+    """keep_partial: a cancel after the first slice returns that slice (and says it was cancelled)."""
+    import threading
+
+    from napari_sam._napari._testing import ThresholdPredictor
+    from napari_sam.progress import Cancelled
+
+    image, gt = _discs()
+    stack = np.stack([image] * 3)
+    viewer = ViewerModel()
+    img = viewer.add_image(stack)
+    session = AutomaticSession(ThresholdPredictor(), img)
+    refs = session.planes(viewer.dims, scope="stack")
+    cancel = threading.Event()
+
+    def progress(done, total, desc):
+        if desc.startswith("slice 2/3"):
+            cancel.set()
+
+    params = {"points_per_side": 8, "min_mask_region_area": 0}
+    with pytest.raises(Cancelled):
+        session.run(refs, params=params, progress=progress, cancel=cancel)
+    cancel.clear()
+    out = session.run(refs, params=params, progress=progress, cancel=cancel, keep_partial=True)
+    assert session.cancelled and list(out) == [refs[0]]
+    assert _as_sets(out[refs[0]]) == _as_sets(gt)
+
+
+def test_write_undoable_is_one_undo_step_and_widens_uint8():
+    from napari_sam._napari.automatic import edited_planes, write_undoable
+
+    viewer = ViewerModel()
+    labels = viewer.add_labels(np.zeros((2, 20, 20), np.uint8))
+    viewer.dims.set_current_step(0, 1)
+    img = viewer.add_image(np.zeros((2, 20, 20)))
+    ref = AutomaticSession(None, img).planes(viewer.dims)[0]
+    result = np.zeros((20, 20), np.uint32)
+    result[2:5, 2:5] = 1
+    result[10:12, 10:12] = 2
+    top, digests = write_undoable(labels, {ref: result}, base=254)  # ids 255 and 256
+    assert top == 256 and labels.data.dtype != np.uint8
+    assert labels.data[1, 3, 3] == 255 and labels.data[1, 11, 11] == 256
+    assert edited_planes(labels, digests) == []
+    labels.data_setitem((np.array([1]), np.array([15]), np.array([15])), 7)  # painted by hand
+    assert edited_planes(labels, digests) == [ref]
+    before = labels.data.copy()
+    write_undoable(labels, {ref: np.zeros((20, 20), np.uint32)})
+    assert labels.data.max() == 0
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)

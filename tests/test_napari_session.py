@@ -389,3 +389,16 @@ def test_a_point_added_to_the_preview_corrects_the_mask_shown():
         session.commit(labels, viewer.dims)
         session.predict(viewer.dims, points_layer=_points(viewer, np.vstack([pts[1], pts[2]]), ndim=2))
         assert calls[-1][0][3] is None
+
+
+def test_commit_past_255_into_uint8_labels_widens_the_dtype():
+    viewer = ViewerModel()
+    img = viewer.add_image(np.zeros((30, 30)))
+    data = np.zeros((30, 30), np.uint8)
+    data[0, 0] = 255
+    labels = viewer.add_labels(data)
+    pts = _points(viewer, [[15.0, 15.0]], ndim=2)
+    session = Session(DiskPredictor(radius=3), img)
+    session.predict(viewer.dims, points_layer=pts)
+    assert session.commit(labels, viewer.dims) == [256]
+    assert labels.data.dtype.itemsize >= 2 and labels.data[15, 15] == 256 and labels.data[0, 0] == 255

@@ -4,8 +4,9 @@ The expensive phase (image encoder + grid decoding,
 ``AutomaticMaskGenerator.run_expensive``) runs once per plane and its
 candidates are kept; changing a threshold afterwards only re-runs the cheap
 phase (``filter`` + ``masks_to_labels``) on the kept candidates.  Tiled runs
-(``tile_shape``) go through :func:`napari_sam.tiled.tiles.segment_image` and are
-re-run when thresholds change (the tiler keeps no candidates).
+(``tile_shape``) keep the candidates of every tile and re-filter the same way:
+each tile's kept records are stitched as :func:`napari_sam.tiled.tiles.segment_image`
+stitches them, so a re-filter gives what a new tiled run would.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from napari_sam._napari.layers import PlaneRef, get_plane, plane_ref
-from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
+from napari_sam.progress import Cancelled, CancelToken, ProgressCallback, check_cancelled, report
 
-__all__ = ["DEFAULT_PARAMS", "THRESHOLDS", "AutoSession", "offset_labels"]
+__all__ = ["DEFAULT_PARAMS", "THRESHOLDS", "AutoSession", "auto_tiles", "edited_planes", "offset_labels",
+           "plane_digest", "write_undoable"]
 
 #: Defaults for fluorescence / EM microscopy: a 32 x 32 grid, slightly looser
 #: quality thresholds than SAM's natural-image defaults (0.88 / 0.95), and
@@ -47,6 +49,76 @@ def _default_to_labels(records: Any, shape: tuple[int, int]) -> np.ndarray:
     from napari_sam.automatic.labels import masks_to_labels
 
     return masks_to_labels(records, shape)
+
+
+def auto_tiles(shape: tuple[int, int], predictor: Any) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """``(tile_shape, halo)`` chosen from a plane's ``shape`` and the model's input size.
+
+    A plane larger than the model's input is cut into tiles of the input size
+    (objects keep their native scale), as the command line does
+    (:func:`napari_sam.volume.source.default_tiles`); a smaller one is not tiled.
+    """
+    from napari_sam.volume.source import default_tiles, model_input_size
+
+    return default_tiles(int(shape[0]), int(shape[1]), None, None, input_size=model_input_size(predictor))
+
+
+def plane_digest(labels_layer: Any, ref: PlaneRef) -> str:
+    """A fingerprint of plane ``ref`` of ``labels_layer`` (to notice edits made by hand since)."""
+    import hashlib
+
+    plane = np.ascontiguousarray(np.asarray(labels_layer.data[ref.selection()]))
+    return hashlib.blake2b(plane.tobytes(), digest_size=16).hexdigest() + str(plane.dtype)
+
+
+def edited_planes(labels_layer: Any, digests: dict[PlaneRef, Any]) -> list[PlaneRef]:
+    """The planes of ``digests`` whose pixels are none of the states written (e.g. painted by hand).
+
+    ``digests`` maps a plane to the :func:`plane_digest` written, or a set of
+    them (every result written there: undoing back to one is not an edit).
+    """
+    return [ref for ref, d in digests.items()
+            if plane_digest(labels_layer, ref) not in ({d} if isinstance(d, str) else d)]
+
+
+def write_undoable(labels_layer: Any, results: dict[PlaneRef, np.ndarray], *,
+                   base: int = 0) -> tuple[int, dict[PlaneRef, str]]:
+    """Replace planes of ``labels_layer`` by ``results`` as ONE undo step (``labels_layer.undo()``).
+
+    Ids are numbered as :meth:`AutomaticSession.write` numbers them; the layer's
+    dtype is widened when the ids need it.  Returns the largest id written and
+    the :func:`plane_digest` of every written plane.
+    """
+    from napari_sam._napari.labels import check_writable, widen_for
+
+    check_writable(labels_layer)
+    ordered = sorted(results.items(), key=lambda kv: kv[0].key)
+    for ref, lab in ordered:
+        target_shape = tuple(labels_layer.data.shape[ax] for ax in ref.axes)
+        if len(labels_layer.data.shape) != len(ref.index) or target_shape != tuple(lab.shape):
+            raise ValueError(f"labels layer {labels_layer.name!r} has shape {tuple(labels_layer.data.shape)}; "
+                             "it must have the image's shape (create a new output layer).")
+    widen_for(labels_layer, int(base) + sum(int(lab.max(initial=0)) for _, lab in ordered))
+    offset = int(base)
+    with labels_layer.block_history():
+        for ref, lab in ordered:
+            new = offset_labels(lab, offset)
+            old = np.asarray(labels_layer.data[ref.selection()])
+            rows, cols = np.nonzero(new != old)
+            if rows.size:
+                idx = tuple(rows if ax == ref.axes[0] else cols if ax == ref.axes[1]
+                            else np.full(rows.shape, i, np.intp) for ax, i in enumerate(ref.index))
+                labels_layer.data_setitem(idx, new[rows, cols], refresh=False)
+            offset += int(lab.max(initial=0))
+    labels_layer.refresh()
+    return offset, {ref: plane_digest(labels_layer, ref) for ref, _ in ordered}
+
+
+class TiledRaw:
+    """The expensive phase of a tiled plane: each tile and its candidates (image coordinates after shift)."""
+
+    def __init__(self, tiles: list, raws: list, shape: tuple[int, int]) -> None:
+        self.tiles, self.raws, self.shape = tiles, raws, shape
 
 
 def offset_labels(labels: np.ndarray, offset: int) -> np.ndarray:
@@ -83,6 +155,8 @@ class AutomaticSession:
         self.generator: Any = None
         self.raw: dict[PlaneRef, Any] = {}
         self.lock = threading.Lock()
+        #: whether the last :meth:`run` was cancelled (with ``keep_partial``)
+        self.cancelled = False
 
     def _contrast_limits(self) -> np.ndarray | None:
         if self.image_layer.rgb:
@@ -109,13 +183,16 @@ class AutomaticSession:
 
     def run(self, refs: list[PlaneRef], *, params: dict[str, Any] | None = None,
             tile_shape: tuple[int, int] | None = None, halo: tuple[int, int] | None = None,
-            progress: ProgressCallback | None = None, cancel: CancelToken = None) -> dict[PlaneRef, np.ndarray]:
+            progress: ProgressCallback | None = None, cancel: CancelToken = None,
+            keep_partial: bool = False) -> dict[PlaneRef, np.ndarray]:
         """Segment the planes ``refs`` (worker-safe); returns ``{ref: (H, W) uint32 labels}``.
 
         ``params`` override :data:`DEFAULT_PARAMS` (earlier runs and re-filters do not carry over).
 
-        Without ``tile_shape`` the candidates of each plane are kept for
-        :meth:`refilter`.
+        The candidates of each plane (of each tile with ``tile_shape``) are
+        kept for :meth:`refilter`.  With ``keep_partial``, a cancel returns
+        the planes finished so far (and sets ``self.cancelled``) instead of
+        raising :class:`~napari_sam.progress.Cancelled`.
         """
         params = {**DEFAULT_PARAMS, **(params or {})}
         unknown = set(params) - set(DEFAULT_PARAMS) - {"stability_score_offset", "crop_nms_thresh",
@@ -126,35 +203,73 @@ class AutomaticSession:
         cl = self._contrast_limits()
         channel_axis = -1 if self.image_layer.rgb else None
         out: dict[PlaneRef, np.ndarray] = {}
+        thresholds = {k2: params[k2] for k2 in THRESHOLDS if k2 in params}
+        self.cancelled = False
         with self.lock:
             self.params = params
             self.raw = {}
-            self.generator = None if tile_shape else self.make_generator(self.predictor, **params)
+            self.generator = self.make_generator(self.predictor, **params)
+            n = len(refs)
             for k, ref in enumerate(refs):
-                check_cancelled(cancel)
-                report(progress, k, len(refs), f"segmenting plane {k + 1}/{len(refs)}")
-                plane = get_plane(self.image_layer, ref)
-                if tile_shape:
-                    from napari_sam.tiled.tiles import segment_image
+                where = f"slice {k + 1}/{n}: " if n > 1 else ""
 
-                    out[ref] = np.asarray(segment_image(plane, self.predictor, channel_axis=channel_axis,
-                                                        contrast_limits=cl, tile_shape=tile_shape, halo=halo,
-                                                        cancel=cancel, **params), dtype=np.uint32)
-                    continue
-                raw = self.generator.run_expensive(plane, channel_axis=channel_axis, contrast_limits=cl,
-                                                   cancel=cancel)
+                def sub(done: int, total: int, desc: str, k: int = k, where: str = where) -> None:
+                    report(progress, k * total + done, n * total, f"{where}{desc}")
+
+                try:
+                    check_cancelled(cancel)
+                    plane = get_plane(self.image_layer, ref)
+                    if tile_shape:
+                        raw = self._run_tiles(plane, tile_shape, halo, channel_axis, cl, sub, cancel)
+                    else:
+                        raw = self.generator.run_expensive(plane, channel_axis=channel_axis, contrast_limits=cl,
+                                                           progress=sub, cancel=cancel)
+                except Cancelled:
+                    if not keep_partial:
+                        raise
+                    self.cancelled = True
+                    break
                 self.raw[ref] = raw
-                out[ref] = self._labels(raw, ref, {k2: params[k2] for k2 in THRESHOLDS if k2 in params})
-            report(progress, len(refs), len(refs), "automatic segmentation done")
+                out[ref] = self._labels(raw, ref, thresholds)
+            if not self.cancelled:
+                report(progress, n, n, "automatic segmentation done")
         return out
 
+    def _run_tiles(self, plane, tile_shape, halo, channel_axis, cl, progress, cancel) -> TiledRaw:
+        """The expensive phase of every tile of ``plane`` (tile i/N in the progress)."""
+        from napari_sam.automatic.grid import crop_image, spatial_shape
+        from napari_sam.tiled.tiles import check_image_shape, tile_grid
+
+        shape = spatial_shape(plane, channel_axis)
+        check_image_shape(shape)
+        tiles = tile_grid(shape, tile_shape, 0 if halo is None else halo)
+        raws = []
+        for t, tile in enumerate(tiles):
+            check_cancelled(cancel)
+            window = np.asarray(crop_image(plane, tile.window, channel_axis))
+
+            def sub(done: int, total: int, desc: str, t: int = t) -> None:
+                report(progress, t * total + done, len(tiles) * total, f"tile {t + 1}/{len(tiles)}: {desc}")
+
+            raws.append(self.generator.run_expensive(window, channel_axis=channel_axis, contrast_limits=cl,
+                                                     progress=sub, cancel=cancel))
+        return TiledRaw(tiles, raws, shape)
+
     def _labels(self, raw: Any, ref: PlaneRef, thresholds: dict[str, Any]) -> np.ndarray:
-        records = self.generator.filter(raw, **thresholds)
+        if isinstance(raw, TiledRaw):
+            from napari_sam.tiled.stitching import shift_record, stitch_tiles
+
+            per_tile = {tile.index: [shift_record(r, tile.window[0], tile.window[1])
+                                     for r in self.generator.filter(tr, **thresholds)]
+                        for tile, tr in zip(raw.tiles, raw.raws)}
+            records = stitch_tiles(per_tile, raw.tiles, raw.shape)
+        else:
+            records = self.generator.filter(raw, **thresholds)
         return np.asarray(self.to_labels(records, ref.shape), dtype=np.uint32)
 
     @property
     def can_refilter(self) -> bool:
-        """True after an untiled run: thresholds can change without the model."""
+        """True after a run: thresholds can change without the model."""
         return self.generator is not None and bool(self.raw)
 
     def refilter(self, **thresholds: Any) -> dict[PlaneRef, np.ndarray]:
@@ -169,7 +284,7 @@ class AutomaticSession:
         if unknown:
             raise ValueError(f"only {THRESHOLDS} can be re-filtered, not {sorted(unknown)}")
         if not self.can_refilter:
-            raise ValueError("nothing to re-filter: run the automatic segmentation (untiled) first")
+            raise ValueError("nothing to re-filter yet: press Run first")
         with self.lock:
             self.params.update(thresholds)
             current = {k: self.params[k] for k in THRESHOLDS if k in self.params}

@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_sam._napari.layers import PlaneRef
 
-__all__ = ["check_writable", "labels_plane_ref", "next_free_id", "write_mask", "write_masks"]
+__all__ = ["check_writable", "labels_plane_ref", "next_free_id", "widen_for", "write_mask", "write_masks"]
 
 
 def check_writable(labels_layer: Any) -> None:
@@ -80,6 +80,32 @@ def next_free_id(labels_layer: Any, *, known_max: int = 0, ref: PlaneRef | None 
     chunks = getattr(data, "chunks", "auto")
     total = da.from_array(data, chunks=chunks if isinstance(chunks, tuple) else "auto").max()
     return max(int(total.compute()), known_max) + 1
+
+
+def widen_for(labels_layer: Any, max_id: int) -> bool:
+    """Make ``labels_layer`` able to hold id ``max_id``: a wider integer dtype for numpy data.
+
+    Returns True when the dtype was widened (napari then starts a new undo
+    history for the layer).
+
+    Raises
+    ------
+    ValueError
+        The id does not fit and the data is not a numpy array (a zarr array
+        keeps its dtype on disk).
+    """
+    data = labels_layer.data
+    dtype = np.dtype(data.dtype)
+    if not np.issubdtype(dtype, np.integer) or int(max_id) <= np.iinfo(dtype).max:
+        return False
+    if not isinstance(data, np.ndarray):
+        raise ValueError(
+            f"label id {int(max_id)} does not fit the {dtype} labels layer {labels_layer.name!r} (its data is "
+            "stored on disk and keeps its type): choose or create a uint32 labels layer as the target."
+        )
+    wider = np.promote_types(dtype, np.min_scalar_type(int(max_id)))
+    labels_layer.data = data.astype(wider)
+    return True
 
 
 def _mask_indices(
@@ -153,6 +179,7 @@ def write_masks(
     if int(min((v for objs in items.values() for _, v in objs), default=1)) <= 0:
         raise ValueError("label ids must be positive integers (0 is the background)")
     check_writable(labels_layer)
+    widen_for(labels_layer, max((int(v) for objs in items.values() for _, v in objs), default=0))
     written = 0
     with labels_layer.block_history():
         for ref, objects in items.items():

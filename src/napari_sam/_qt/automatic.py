@@ -2,7 +2,11 @@
 
 *Run* segments the current slice or every slice in the background (progress,
 cancel) into a Labels layer.  Afterwards, moving a quality threshold
-re-filters the kept candidates at once, without running the model again.
+re-filters the kept candidates at once, without running the model again
+(tiled runs too).  Images larger than the model's input are tiled
+automatically (tiles of the input size) unless *tiling* says otherwise.
+Objects painted by hand into the result layer are never erased: a new result
+then goes to a new layer; every replacement is one undo step (Ctrl-Z).
 """
 
 from __future__ import annotations
@@ -24,13 +28,23 @@ from napari.layers import Image
 from napari.utils.notifications import show_warning
 
 from napari_sam._napari import prompt_layers as pl
-from napari_sam._napari.automatic import DEFAULT_PARAMS, THRESHOLDS, AutomaticSession
+from napari_sam._napari.automatic import (
+    DEFAULT_PARAMS,
+    THRESHOLDS,
+    AutomaticSession,
+    auto_tiles,
+    edited_planes,
+    write_undoable,
+)
 from napari_sam._napari.labels import next_free_id
 from napari_sam._napari.predictors import make_predictor, model_choices
 from napari_sam._qt._workers import Runner
 from napari_sam.model.registry import recommended_amg_params
 
-__all__ = ["AutomaticWidget"]
+__all__ = ["AutomaticWidget", "TILING"]
+
+#: choices of the tiling menu
+TILING = ("auto", "untiled", "custom")
 
 
 class AutomaticWidget(Container):
@@ -45,6 +59,7 @@ class AutomaticWidget(Container):
         self._predictor: Any = None
         self.output: Any = None
         self._base = 0
+        self._digests: dict = {}
 
         self.image_combo = ComboBox(label="image", choices=self._image_choices)
         self.model_combo = ComboBox(label="model", choices=model_choices())
@@ -62,7 +77,10 @@ class AutomaticWidget(Container):
                                            step=0.05)
         self.min_mask_region_area = SpinBox(label="min region area (px)", value=p["min_mask_region_area"],
                                             min=0, max=100_000)
-        self.tile = SpinBox(label="tile size (0 = untiled)", value=0, min=0, max=16384, step=256)
+        self.tiling = ComboBox(label="tiling", choices=list(TILING), value="auto")
+        self.tiling.tooltip = ("auto: images larger than the model's input are cut into tiles of the input size; "
+                               "untiled: one run over the whole image; custom: the tile size and halo below")
+        self.tile = SpinBox(label="tile size (custom)", value=1024, min=16, max=16384, step=256)
         self.halo = SpinBox(label="tile halo", value=64, min=0, max=2048, step=16)
         self.scope = RadioButtons(label="slices", choices=["current slice", "all slices"], value="current slice")
         self.run_button = PushButton(text="Run")
@@ -73,7 +91,7 @@ class AutomaticWidget(Container):
             self.image_combo, self.model_combo, self.checkpoint, self.device,
             self.points_per_side, self.points_per_batch, self.crop_n_layers,
             self.pred_iou_thresh, self.stability_score_thresh, self.box_nms_thresh, self.min_mask_region_area,
-            self.tile, self.halo, self.scope, self.run_button, self.cancel_button, self.progress, self.status,
+            self.tiling, self.tile, self.halo, self.scope, self.run_button, self.cancel_button, self.progress, self.status,
         ])
         self.native.setMaximumWidth(430)
         self.runner = Runner(self.progress, self._set_status)
@@ -137,9 +155,9 @@ class AutomaticWidget(Container):
             return
         key = (self.model_combo.value, str(self.checkpoint.value or ""), self.device.value)
         scope = "stack" if self.scope.value == "all slices" else "slice"
-        tile = int(self.tile.value)
-        tile_shape = (tile, tile) if tile else None
-        halo = (int(self.halo.value),) * 2 if tile else None
+        tiling, tile = self.tiling.value, int(self.tile.value)
+        tile_shape = (tile, tile) if tiling == "custom" else None
+        halo = (int(self.halo.value),) * 2 if tiling == "custom" else None
         params = self.params()
 
         def job(progress: Any = None, cancel: Any = None) -> Any:
@@ -148,8 +166,11 @@ class AutomaticWidget(Container):
                 self._predictor_key = key
             session = AutomaticSession(self._predictor, image, **self._factories)
             refs = session.planes(self.viewer.dims, scope=scope)
-            return session, session.run(refs, params=params, tile_shape=tile_shape, halo=halo,
-                                        progress=progress, cancel=cancel)
+            shape, hal = tile_shape, halo
+            if tiling == "auto":
+                shape, hal = auto_tiles(refs[0].shape, self._predictor)
+            return session, session.run(refs, params=params, tile_shape=shape, halo=hal,
+                                        progress=progress, cancel=cancel, keep_partial=True), (shape, len(refs))
 
         try:
             AutomaticSession(None, image).planes(self.viewer.dims, scope=scope)  # fail early, on this thread
@@ -160,31 +181,59 @@ class AutomaticWidget(Container):
         self.runner.start("run", job, with_progress=True, cancellable=True,
                           on_done=lambda res: self._write(image, scope, *res))
 
-    def _write(self, image: Any, scope: str, session: AutomaticSession, results: dict) -> None:
-        self.session = session
+    def _target(self, image: Any, refs: Any) -> tuple[Any, str]:
+        """The layer a result goes to: the last output, or a new layer when it was edited by hand."""
         name = f"{image.name} SAM auto"
-        if self.output is None or self.output not in self.viewer.layers or self.output.name != name:
-            self.output = pl.make_labels_layer(self.viewer, image, name=name)
-        if scope == "slice":  # keep the other planes' ids: number above them
-            for ref in results:
-                self.output.data[ref.selection()] = 0
-            self._base = next_free_id(self.output) - 1
-        else:
-            self._base = 0
-        top = AutomaticSession.write(self.output, results, base=self._base)
-        self._set_status(f"{top - self._base} object(s) in {len(results)} plane(s)")
+        out = self.output
+        if out is None or out not in self.viewer.layers or not out.name.startswith(name):
+            self._digests = {}
+            return pl.make_labels_layer(self.viewer, image, name=name), ""
+        edited = edited_planes(out, {r: d for r, d in self._digests.items() if r in refs})
+        if edited:
+            self._digests = {}
+            new = pl.make_labels_layer(self.viewer, image, name=name)
+            return new, f"; {out.name!r} was edited by hand, so it is kept and this result is in {new.name!r}"
+        return out, ""
+
+    def _remember(self, digests: dict) -> None:
+        """Record the planes' states written (a later state outside these is an edit by hand)."""
+        for ref, d in digests.items():
+            self._digests.setdefault(ref, set()).add(d)
+
+    def _write(self, image: Any, scope: str, session: AutomaticSession, results: dict, info: tuple) -> None:
+        self.session = session
+        (tile_shape, n_planes) = info
+        self.output, note = self._target(image, results)
+        # ids above those of the planes not rewritten (all of them for one slice of a stack)
+        self._base = next_free_id(self.output) - 1 if scope == "slice" and self.output.ndim > 2 else 0
+        try:
+            top, digests = write_undoable(self.output, results, base=self._base)
+        except ValueError as exc:
+            show_warning(f"napari-sam: {exc}")
+            return
+        self._remember(digests)
+        tiles = f", tiles of {tile_shape[0]} px" if tile_shape else ""
+        done = f"{top - self._base} object(s) in {len(results)} slice(s){tiles}"
+        if session.cancelled:
+            done = f"cancelled: kept {len(results)} of {n_planes} slice(s), {top - self._base} object(s)"
+        self._set_status(done + note + " (Ctrl-Z on the layer undoes)")
 
     def refilter(self) -> None:
         """Re-apply the thresholds to the last run's candidates (instant, no model)."""
         if self.session is None or self.output is None or self.runner.busy("run"):
             return
         if not self.session.can_refilter:
-            self._set_status("tiled run: press Run again to apply the new thresholds")
             return
         try:
             results = self.session.refilter(**self.thresholds())
         except ValueError as exc:
-            self._set_status(str(exc))
+            if "below" in str(exc):  # the last run kept no candidates that weak
+                self._set_status("this threshold is lower than the last run kept candidates for: "
+                                 "press Run to apply it")
+            else:
+                self._set_status(str(exc))
             return
-        top = AutomaticSession.write(self.output, results, base=self._base)
-        self._set_status(f"re-filtered: {top - self._base} object(s)")
+        self.output, note = self._target(self.session.image_layer, results)
+        top, digests = write_undoable(self.output, results, base=self._base)
+        self._remember(digests)
+        self._set_status(f"re-filtered: {top - self._base} object(s){note}")
