@@ -285,3 +285,32 @@ def test_automatic_tiles_large_images_by_default(viewer, qtbot, monkeypatch):
     widget.tiling.value = "untiled"
     _run_auto(widget, qtbot)
     assert "tiles" not in widget.status.value
+
+
+def test_worker_errors_are_shown_once_and_cancel_is_info(viewer, qtbot, monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    from napari_sam._qt import _workers
+    from napari_sam.progress import Cancelled
+
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", lambda msg: shown.append(("error", msg)))
+    monkeypatch.setattr(_workers, "show_info", lambda msg: shown.append(("info", msg)))
+    monkeypatch.setattr(notification_manager, "receive_error", lambda *a, **k: shown.append(("relayed", a)))
+    widget = _open(viewer, AUTOMATIC)
+
+    def fails():
+        raise ValueError("bad input")
+
+    def cancelled():
+        raise Cancelled("cancelled by the user")
+
+    widget.runner.start("run", fails)
+    widget.runner.wait()
+    qtbot.wait(50)
+    assert [k for k, _ in shown] == ["error"]
+    shown.clear()
+    widget.runner.start("run", cancelled)
+    widget.runner.wait()
+    qtbot.wait(50)
+    assert [k for k, _ in shown] == ["info"] and widget.status.value == "cancelled"

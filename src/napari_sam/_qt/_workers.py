@@ -2,8 +2,9 @@
 
 The long functions are tier-1/2 functions taking ``progress`` and ``cancel``;
 here they run in a ``napari.qt.threading`` worker, the progress callback is
-marshalled to the GUI thread, and errors are shown as napari notifications
-instead of tracebacks.
+marshalled to the GUI thread, and an error is shown ONCE as a napari
+notification (a plain superqt worker: napari's own worker would also relay it,
+and an unconnected worker re-raises it).  A cancel is information, not an error.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from magicgui.widgets import ProgressBar
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from superqt.utils import ensure_main_thread
+from superqt.utils import create_worker, ensure_main_thread
 
 from napari_sam.progress import Cancelled
 
@@ -67,10 +67,9 @@ class Runner:
         if cancellable:
             self.cancel_event = threading.Event()
             kwargs["cancel"] = self.cancel_event
-        worker = create_worker(func, *args, _start_thread=False, **kwargs)
+        worker = create_worker(func, *args, _start_thread=False, _connect={"errored": self._error}, **kwargs)
         if on_done is not None:
             worker.returned.connect(lambda result: None if self.closed else on_done(result))
-        worker.errored.connect(self._error)
         worker.finished.connect(lambda: self._finished(lane, worker))
         self.workers[lane] = worker
         worker.start()
@@ -82,8 +81,8 @@ class Runner:
 
     def _error(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
-            show_info("napari-sam: cancelled")
             self.status("cancelled")
+            show_info("napari-sam: cancelled")
             return
         self.status(f"error: {exc}")
         show_error(f"napari-sam: {exc}")
