@@ -97,10 +97,10 @@ def test_keys_toggle_cycle_and_commit(viewer, qtbot):
     points.add([[30.0, 30.0]])
     qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=10_000)
     widget.runner.wait()
-    _press(viewer, qtbot, "m")  # best (the disc) -> the dilated candidate
+    _press(viewer, qtbot, "n")  # best (the disc) -> the dilated candidate
     assert (widget.preview_layer.data > 0).sum() > (gt == 1).sum()
-    _press(viewer, qtbot, "m")
-    _press(viewer, qtbot, "m")  # back to the disc
+    _press(viewer, qtbot, "n")
+    _press(viewer, qtbot, "n")  # back to the disc
     np.testing.assert_array_equal(widget.preview_layer.data > 0, gt == 1)
     _press(viewer, qtbot, "c")
     np.testing.assert_array_equal(widget.labels_combo.value.data == 1, gt == 1)
@@ -314,3 +314,36 @@ def test_worker_errors_are_shown_once_and_cancel_is_info(viewer, qtbot, monkeypa
     widget.runner.wait()
     qtbot.wait(50)
     assert [k for k, _ in shown] == ["info"] and widget.status.value == "cancelled"
+
+
+def test_undo_last_commit_works_whichever_layer_is_active(viewer, qtbot):
+    image, gt = _blobs()
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    labels = widget.labels_combo.value
+    for active in (widget.points_layer, widget.shapes_layer, labels, viewer.layers["blobs"]):
+        widget.points_layer.add([[60.0, 90.0]])
+        qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=10_000)
+        widget.runner.wait()
+        assert widget.commit() and labels.data.any()
+        viewer.layers.selection.active = active
+        _press(viewer, qtbot, "u")
+        assert labels.data.max() == 0, active.name
+    assert not widget.undo_last_commit()
+
+
+def test_plugin_keys_do_not_shadow_napari_keys(viewer, qtbot):
+    """napari's own M (new label) on labels and T (path mode) on shapes keep working."""
+    image, _ = _blobs()
+    viewer.add_image(image, name="blobs")
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    labels = widget.labels_combo.value
+    viewer.layers.selection.active = labels
+    labels.selected_label = 3
+    _press(viewer, qtbot, "m")
+    assert labels.selected_label == 1  # napari: the next free label (the layer is empty)
+    viewer.layers.selection.active = widget.shapes_layer
+    _press(viewer, qtbot, "t")
+    assert str(widget.shapes_layer.mode) == "add_path"

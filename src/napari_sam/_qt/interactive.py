@@ -1,10 +1,14 @@
 """Interactive segmentation dock widget (thin: every action calls the tier-2 Session).
 
 Workflow: choose the image, the model and the device, press *Start*; the
-embedding of the shown slice is computed in the background.  Click points
-(``T`` toggles positive/negative, Alt+click adds a negative point) or draw boxes/polygons in the "SAM boxes"
-layer; a preview follows each change.  ``M`` cycles the three ambiguity masks,
-``C`` commits into the target Labels layer (Ctrl-Z undoes).
+embedding of the shown slice is computed in the background (images much
+larger than the model's input are embedded tile by tile around each prompt
+instead).  Click points (``T`` on the points layer toggles positive/negative,
+Alt+click adds a negative point) or draw boxes/polygons in the "SAM boxes"
+layer; a preview follows each change.  ``N`` shows the next of the three
+ambiguity masks, ``C`` commits into the target Labels layer, ``U`` (or the
+button) undoes the last commit whichever layer is active.  The keys are bound
+on the plugin's layers only (``U`` on the viewer) and shadow none of napari's.
 """
 
 from __future__ import annotations
@@ -35,14 +39,16 @@ __all__ = ["InteractiveWidget", "SHORTCUTS"]
 
 #: (key, action) pairs bound on the SAM prompt layers and the target labels layer.
 SHORTCUTS = (
-    ("T", "next points positive / negative"),
+    ("T", "next points positive / negative (SAM points)"),
     ("Alt+click", "add a negative point"),
-    ("M", "next of the 3 ambiguity masks"),
+    ("N", "next of the 3 ambiguity masks"),
     ("C", "commit the preview"),
+    ("U", "undo the last commit (any layer active)"),
     ("Shift+X", "clear all prompts"),
-    ("Ctrl+Z", "undo (on the labels layer)"),
     ("R / E / P", "box / ellipse / polygon (SAM boxes)"),
 )
+#: choices of the "large images" menu -> Session(tiled=...)
+LARGE_IMAGES = {"auto": None, "tiles around prompts": True, "whole image": False}
 
 
 class InteractiveWidget(Container):
@@ -64,8 +70,12 @@ class InteractiveWidget(Container):
         self.labels_combo = ComboBox(label="target labels", choices=self._labels_choices, nullable=True)
         self.new_labels_button = PushButton(text="New labels layer")
         self.overwrite = CheckBox(text="overwrite existing labels", value=False)
+        self.large = ComboBox(label="large images", choices=list(LARGE_IMAGES), value="auto")
+        self.large.tooltip = ("auto: an image more than twice the model's input size is embedded in tiles "
+                              "of the input size around each prompt, at full resolution")
         self.commit_button = PushButton(text="Commit [C]")
-        self.cycle_button = PushButton(text="Next ambiguity mask [M]")
+        self.undo_button = PushButton(text="Undo last commit [U]")
+        self.cycle_button = PushButton(text="Next ambiguity mask [N]")
         self.toggle_button = PushButton(text="Next points: positive [T]")
         self.clear_button = PushButton(text="Clear prompts [Shift+X]")
         self.cache_dir = FileEdit(label="embedding cache", mode="d", value="")
@@ -78,15 +88,16 @@ class InteractiveWidget(Container):
         keys = "\n".join(f"{k}: {a}" for k, a in SHORTCUTS)
         self.shortcuts = Label(label="shortcuts", value=keys)
         self.extend([
-            self.image_combo, self.model_combo, self.checkpoint, self.device, self.start_button,
+            self.image_combo, self.model_combo, self.checkpoint, self.device, self.large, self.start_button,
             self.labels_combo, self.new_labels_button, self.overwrite,
-            self.toggle_button, self.cycle_button, self.commit_button, self.clear_button,
+            self.toggle_button, self.cycle_button, self.commit_button, self.undo_button, self.clear_button,
             self.cache_dir, self.precompute_button, self.iou, self.propagate_button,
             self.cancel_button, self.progress, self.status, self.shortcuts,
         ])
         self.native.setMaximumWidth(430)
         self.runner = Runner(self.progress, self._set_status)
         self._last_id: int | None = None
+        self._commits: list[Any] = []  # labels layers committed into, newest last
         self._debounce = QTimer()
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(120)
@@ -99,6 +110,8 @@ class InteractiveWidget(Container):
         self.start_button.changed.connect(self.start_session)
         self.new_labels_button.changed.connect(self.new_labels_layer)
         self.commit_button.changed.connect(self.commit)
+        self.undo_button.changed.connect(self.undo_last_commit)
+        self.viewer.bind_key("U", lambda _viewer: self.undo_last_commit(), overwrite=True)
         self.cycle_button.changed.connect(self.cycle)
         self.toggle_button.changed.connect(self.toggle)
         self.clear_button.changed.connect(self.clear)
@@ -125,6 +138,10 @@ class InteractiveWidget(Container):
                 timer.stop()
             except RuntimeError:  # Qt already deleted it
                 pass
+        try:
+            self.viewer.bind_key("U", None)
+        except (KeyError, ValueError, TypeError):
+            pass
         for emitter, cb in ((self.viewer.layers.events.inserted, self.reset_choices),
                             (self.viewer.layers.events.removed, self.reset_choices),
                             (self.viewer.dims.events.current_step, self._on_step)):
@@ -155,7 +172,7 @@ class InteractiveWidget(Container):
                           on_done=lambda predictor: self._session_ready(predictor, image, name, ckpt))
 
     def _session_ready(self, predictor: Any, image: Any, name: str, ckpt: str) -> None:
-        self.session = Session(predictor, image)
+        self.session = Session(predictor, image, tiled=LARGE_IMAGES[self.large.value])
         cache = str(self.cache_dir.value or "")
         if cache and cache != ".":
             try:
@@ -174,12 +191,13 @@ class InteractiveWidget(Container):
         for layer in (self.points_layer, self.shapes_layer):
             layer.events.data.connect(lambda e=None: self._debounce.start())
         self._bind_keys(self.points_layer, self.shapes_layer, self.labels_combo.value)
+        self.points_layer.bind_key("t", lambda _layer: self.toggle(), overwrite=True)
         self.viewer.layers.selection.active = self.points_layer
         self._set_status("session ready: click points or draw boxes")
         self._on_slice_changed()
 
     def _bind_keys(self, *layers: Any) -> None:
-        actions = {"c": self.commit, "m": self.cycle, "t": self.toggle, "Shift-X": self.clear}
+        actions = {"c": self.commit, "n": self.cycle, "Shift-X": self.clear}
         for layer in layers:
             if layer is None:
                 continue
@@ -304,9 +322,21 @@ class InteractiveWidget(Container):
             show_info("napari-sam: nothing written (the object lies on existing labels)")
             return []
         self._last_id = ids[-1]
+        self._commits.append(labels)
         self.clear()
-        self._set_status(f"committed label(s) {ids}; Ctrl-Z on the labels layer undoes")
+        self._set_status(f"committed label(s) {ids}; U undoes")
         return ids
+
+    def undo_last_commit(self) -> bool:
+        """Undo the last commit through its labels layer's undo history, whichever layer is active."""
+        while self._commits:
+            labels = self._commits.pop()
+            if labels in self.viewer.layers:
+                labels.undo()
+                self._set_status("last commit undone")
+                return True
+        self._set_status("no commit to undo")
+        return False
 
     # ------------------------------------------------------------------ stack work
     def precompute(self) -> None:
