@@ -402,3 +402,35 @@ def test_commit_past_255_into_uint8_labels_widens_the_dtype():
     session.predict(viewer.dims, points_layer=pts)
     assert session.commit(labels, viewer.dims) == [256]
     assert labels.data.dtype.itemsize >= 2 and labels.data[15, 15] == 256 and labels.data[0, 0] == 255
+
+
+def test_commit_into_labels_with_another_scale_and_translate_lands_at_the_same_world_place():
+    viewer = ViewerModel()
+    img = viewer.add_image(np.zeros((40, 40)), scale=(1.0, 1.0), translate=(0.0, 0.0))
+    # labels at half the resolution, shifted by 4 world units
+    labels = viewer.add_labels(np.zeros((24, 24), np.uint16), scale=(2.0, 2.0), translate=(4.0, 4.0))
+    pts = _points(viewer, [[20.0, 24.0]], ndim=2)
+    session = Session(DiskPredictor(radius=6), img)
+    preview = session.predict(viewer.dims, points_layer=pts)
+    [obj] = session.commit(labels, viewer.dims)
+    # brute force: a labels pixel is in the object when its centre (world) falls on an image pixel of the mask
+    mask = preview.objects[0].mask
+    expected = np.zeros((24, 24), bool)
+    for i in range(24):
+        for j in range(24):
+            r, c = int(round(i * 2.0 + 4.0)), int(round(j * 2.0 + 4.0))
+            expected[i, j] = 0 <= r < 40 and 0 <= c < 40 and mask[r, c]
+    np.testing.assert_array_equal(labels.data == obj, expected)
+    assert expected.sum() > 20
+
+
+def test_commit_into_a_rotated_labels_layer_is_refused():
+    viewer = ViewerModel()
+    img = viewer.add_image(np.zeros((30, 30)))
+    labels = viewer.add_labels(np.zeros((30, 30), np.uint16), rotate=30)
+    pts = _points(viewer, [[15.0, 15.0]], ndim=2)
+    session = Session(DiskPredictor(radius=3), img)
+    session.predict(viewer.dims, points_layer=pts)
+    with pytest.raises(ValueError, match="rotate"):
+        session.commit(labels, viewer.dims)
+    assert labels.data.max() == 0

@@ -31,6 +31,7 @@ from napari_sam._napari.layers import (
     shapes_to_prompts,
 )
 from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
+from napari_sam._napari.regrid import mask_to_labels_grid, same_grid
 from napari_sam.predict.correction import PreviousResult
 from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.predict.tiled_embedding import TiledPrompter, needs_tiling
@@ -450,12 +451,17 @@ class Session:
         ref = self.plane(dims)
         if ref != self.preview.ref:
             raise ValueError("the preview belongs to another slice; update the prompts on this slice")
-        lref = _labels.labels_plane_ref(labels_layer, dims, ref.shape)
+        lref = plane_ref(labels_layer, dims)
+        regrid = not same_grid(self.image_layer, ref, labels_layer, lref)
+        if not regrid:
+            lref = _labels.labels_plane_ref(labels_layer, dims, ref.shape)
         _labels.check_writable(labels_layer)
         next_id = _labels.next_free_id(labels_layer, known_max=self._max_id.get(id(labels_layer), 0), ref=lref)
         items, ids = [], []
         for k, obj in enumerate(self.preview.objects):
-            items.append((obj.mask, next_id + k))
+            # a target with another scale/translate gets the object where it is in world space
+            mask = mask_to_labels_grid(obj.mask, self.image_layer, ref, labels_layer, lref) if regrid else obj.mask
+            items.append((mask, next_id + k))
             ids.append(next_id + k)
         written = _labels.write_masks(labels_layer, {lref: items}, overwrite=overwrite)
         if not written:
