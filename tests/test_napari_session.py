@@ -434,3 +434,26 @@ def test_commit_into_a_rotated_labels_layer_is_refused():
     with pytest.raises(ValueError, match="rotate"):
         session.commit(labels, viewer.dims)
     assert labels.data.max() == 0
+
+
+def test_cancelled_propagation_keeps_the_finished_slices_as_one_undo_step():
+    import itertools
+
+    zz = np.arange(8)[:, None, None]
+    vol = np.broadcast_to(np.pad(np.ones((10, 10), bool), 10), (8, 30, 30)) & (zz >= 0)
+    viewer = ViewerModel()
+    img = viewer.add_image(vol.astype(float))
+    labels = viewer.add_labels(np.zeros((8, 30, 30), np.uint16))
+    labels.data[0] = vol[0] * 5
+    viewer.dims.set_current_step(0, 0)
+    session = Session(ThresholdPredictor(), img)
+    counter = itertools.count()
+    cancel = lambda: next(counter) >= 3  # noqa: E731  -- stop before the 4th slice
+    lref, axis, masks = session.propagate(labels, viewer.dims, 5, cancel=cancel, keep_partial=True)
+    assert masks.cancelled and sorted(masks) == [1, 2, 3]
+    before = labels.data.copy()
+    session.write_propagation(labels, lref, axis, masks, 5)
+    np.testing.assert_array_equal(labels.data[1:4] == 5, vol[1:4])
+    assert not labels.data[4:].any()
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
+from napari_sam.progress import Cancelled, CancelToken, ProgressCallback, check_cancelled, report
 
 __all__ = ["propagate_object", "mask_iou", "mask_prompt_logits", "mask_input_side"]
 
@@ -81,6 +81,7 @@ def propagate_object(
     max_distance: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken = None,
+    keep_partial: bool = False,
 ) -> dict[int, np.ndarray]:
     """Follow the object ``seed_mask`` from slice ``start`` up and down the stack.
 
@@ -106,14 +107,15 @@ def propagate_object(
         At most this many slices in each direction (None: to the stack ends).
     progress, cancel
         See :mod:`napari_sam.progress`; cancellation raises ``Cancelled``.
+    keep_partial : bool, keyword-only
+        On cancel, return the slices accepted so far instead of raising
+        (the returned :class:`Propagated` has ``cancelled=True``).
 
     Returns
     -------
-    dict of int -> numpy.ndarray of bool (H, W)
+    Propagated (a dict of int -> numpy.ndarray of bool (H, W))
         The accepted masks of the other slices, keyed by slice index.
     """
-    from napari_sam.predict.zoom import interior_point  # the same point a recentred click uses
-
     seed_mask = np.asarray(seed_mask, dtype=bool)
     if seed_mask.ndim != 2:
         raise ValueError(f"seed_mask must be 2D (H, W), got shape {seed_mask.shape}")
@@ -127,9 +129,31 @@ def propagate_object(
     targets = [range(start + 1, min(n_slices, start + 1 + reach)),
                range(start - 1, max(-1, start - 1 - reach), -1)]
     total = sum(len(t) for t in targets)
-    done = 0
-    out: dict[int, np.ndarray] = {}
+    out = Propagated()
     report(progress, 0, total, "propagating")
+    try:
+        _follow(targets, seed_mask, out, predictor, prepare_slice, iou_threshold, min_area, box_margin,
+                progress, cancel, total)
+    except Cancelled:
+        if not keep_partial:
+            raise
+        out.cancelled = True
+        return out
+    report(progress, total, total, "propagation done")
+    return out
+
+
+class Propagated(dict):
+    """``{slice index: mask}`` of a propagation; ``cancelled`` says it was stopped early."""
+
+    cancelled = False
+
+
+def _follow(targets, seed_mask, out, predictor, prepare_slice, iou_threshold, min_area, box_margin,
+            progress, cancel, total) -> None:
+    from napari_sam.predict.zoom import interior_point  # the same point a recentred click uses
+
+    done = 0
     for direction in targets:
         prev = seed_mask
         prev_logits = mask_prompt_logits(seed_mask, size=mask_input_side(predictor))
@@ -147,5 +171,3 @@ def propagate_object(
                 break
             out[z] = new
             prev, prev_logits = new, np.asarray(logits[:1], dtype=np.float32)
-    report(progress, total, total, "propagation done")
-    return out

@@ -473,14 +473,16 @@ class Session:
     # --- 3D propagation ---------------------------------------------------------
     def propagate(self, labels_layer: Any, dims: Any, label_id: int, *, iou_threshold: float = 0.3,
                   min_area: int = 10, max_distance: int | None = None,
-                  progress: ProgressCallback | None = None, cancel: CancelToken = None
-                  ) -> tuple[PlaneRef, int, dict[int, np.ndarray]]:
+                  progress: ProgressCallback | None = None, cancel: CancelToken = None,
+                  keep_partial: bool = False) -> tuple[PlaneRef, int, dict[int, np.ndarray]]:
         """Follow object ``label_id`` of the current slice through the stack (worker-safe).
 
         Reads the seed from ``labels_layer`` on the current slice, runs
         :func:`~napari_sam._napari.propagate.propagate_object` and returns
         ``(labels plane ref, stack axis, {slice index: mask})``.  Nothing is
-        written: call :meth:`write_propagation` on the main thread.
+        written: call :meth:`write_propagation` on the main thread.  With
+        ``keep_partial`` a cancel returns the slices done so far (the masks
+        dict has ``cancelled=True``).
         """
         ref = self.plane(dims)
         lref = _labels.labels_plane_ref(labels_layer, dims, ref.shape)
@@ -495,7 +497,7 @@ class Session:
             masks = propagate_object(seed, ref.index[axis], self._shape()[axis], predictor=self.predictor,
                                      prepare_slice=prepare_slice, iou_threshold=iou_threshold,
                                      min_area=min_area, max_distance=max_distance,
-                                     progress=progress, cancel=cancel)
+                                     progress=progress, cancel=cancel, keep_partial=keep_partial)
         return lref, laxis, masks
 
     def write_propagation(self, labels_layer: Any, lref: PlaneRef, axis: int, masks: dict[int, np.ndarray],

@@ -368,11 +368,14 @@ class InteractiveWidget(Container):
             lref, axis, masks = result
             n = self.session.write_propagation(labels, lref, axis, masks, label_id,
                                                overwrite=bool(self.overwrite.value))
-            self._set_status(f"propagated label {label_id} to {len(masks)} slice(s) ({n} px)")
+            if n:
+                self._commits.append(labels)  # one undo step: U undoes it
+            stopped = "cancelled: kept " if getattr(masks, "cancelled", False) else ""
+            self._set_status(f"{stopped}label {label_id} propagated to {len(masks)} slice(s) ({n} px)")
 
         self.runner.start("stack", self.session.propagate, labels, self.viewer.dims, label_id,
                           iou_threshold=float(self.iou.value), with_progress=True, cancellable=True,
-                          on_done=done)
+                          keep_partial=True, on_done=done)
 
     @property
     def last_label(self) -> int | None:
