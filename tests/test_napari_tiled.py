@@ -82,3 +82,14 @@ def test_tiling_can_be_forced_off_and_on():
     small = viewer.add_image(np.zeros((300, 300), np.uint8))
     assert not Session(predictor, small).uses_tiles(Session(predictor, small).plane(viewer.dims))
     assert Session(predictor, small, tiled=True).uses_tiles(Session(predictor, small).plane(viewer.dims))
+
+
+def test_prompt_dots_are_sized_in_screen_pixels():
+    from napari_sam._napari import prompt_layers as pl
+
+    viewer = ViewerModel()
+    for side in (64, 4096):
+        img = viewer.add_image(np.zeros((side, side), np.uint8))
+        layer = pl.make_points_layer(viewer, img)
+        lo, hi = layer.canvas_size_limits
+        assert 4 <= lo <= hi <= 16  # a few screen pixels at every zoom, not 68 image pixels

@@ -29,6 +29,8 @@ __all__ = [
 
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
+#: (min, max) size of a prompt dot on screen, in screen pixels, whatever the image size and zoom
+POINT_SCREEN_PX = (7, 12)
 #: Above this many voxels a new labels layer is a zarr array on disk instead of numpy.
 ZARR_LABELS_ABOVE = 512 * 1024 * 1024
 
@@ -42,14 +44,18 @@ def _spatial(image_layer: Any) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]
 
 
 def make_points_layer(viewer: Any, image_layer: Any, *, name: str = "SAM points") -> Any:
-    """A Points layer for prompts: feature ``prompt`` (positive/negative), lime/red faces."""
+    """A Points layer for prompts: feature ``prompt`` (positive/negative), lime/red faces.
+
+    Dots are drawn :data:`POINT_SCREEN_PX` screen pixels across, so they never
+    hide the object clicked on a large image.
+    """
     shape, scale, translate = _spatial(image_layer)
     features = pd.DataFrame({"prompt": pd.Categorical([], categories=["negative", "positive"])})
     layer = viewer.add_points(
         np.zeros((0, len(shape))), ndim=len(shape), name=name, features=features,
         face_color="prompt", face_color_cycle=[NEGATIVE_COLOR, POSITIVE_COLOR],
         border_color="white", size=max(3.0, min(shape[-2:]) / 60) * float(scale[-1]),
-        scale=scale, translate=translate,
+        canvas_size_limits=POINT_SCREEN_PX, scale=scale, translate=translate,
     )
     layer.feature_defaults["prompt"] = "positive"
     layer.mode = "add"
