@@ -347,3 +347,27 @@ def test_plugin_keys_do_not_shadow_napari_keys(viewer, qtbot):
     viewer.layers.selection.active = widget.shapes_layer
     _press(viewer, qtbot, "t")
     assert str(widget.shapes_layer.mode) == "add_path"
+
+
+def test_status_follows_the_prompts_and_shows_no_internals(viewer, qtbot):
+    image, _ = _blobs()
+    viewer.add_image(np.stack([image] * 3), name="stack")
+    widget = _open(viewer, INTERACTIVE)
+    _start(qtbot, widget)
+    widget.points_layer.add([[1, 60.0, 90.0]])
+    qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=10_000)
+    widget.runner.wait()
+    assert "preview: 1 object" in widget.status.value
+    widget.points_layer.data = np.zeros((0, 3))  # the last point deleted
+    qtbot.waitUntil(lambda: not widget.preview_layer.data.any(), timeout=10_000)
+    widget.runner.wait()
+    assert "preview" not in widget.status.value
+    seen = []
+    widget.runner.status = seen.append  # progress texts
+    widget.status.changed.connect(seen.append)
+    viewer.dims.set_current_step(0, 2)
+    qtbot.wait(400)
+    widget.runner.wait()
+    assert any("slice 2" in s for s in seen)
+    assert not any("np." in s or "(" in s for s in seen)
+    assert widget.status.native.wordWrap()

@@ -93,3 +93,14 @@ def test_prompt_dots_are_sized_in_screen_pixels():
         layer = pl.make_points_layer(viewer, img)
         lo, hi = layer.canvas_size_limits
         assert 4 <= lo <= hi <= 16  # a few screen pixels at every zoom, not 68 image pixels
+
+
+def test_quality_hint_for_the_builtin_model_outside_its_domain():
+    from napari_sam._napari.session import quality_hint
+
+    viewer = ViewerModel()
+    grey = viewer.add_image(np.zeros((32, 32), np.uint8))
+    rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), rgb=True)
+    assert "RGB" in quality_hint("builtin", rgb, [0.9]) and "checkpoint" in quality_hint("builtin", rgb)
+    assert "low" in quality_hint("builtin", grey, [0.2, 0.3, 0.9])
+    assert quality_hint("builtin", grey, [0.9]) == "" and quality_hint("vit_b", rgb, [0.1]) == ""

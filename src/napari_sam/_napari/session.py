@@ -37,7 +37,7 @@ from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.predict.tiled_embedding import TiledPrompter, needs_tiling
 from napari_sam.progress import CancelToken, ProgressCallback, report
 
-__all__ = ["ObjectPrediction", "Preview", "Session"]
+__all__ = ["ObjectPrediction", "Preview", "Session", "quality_hint"]
 
 
 @dataclass
@@ -92,6 +92,26 @@ class Preview:
         for k, obj in enumerate(self.objects):
             out[obj.mask & (out == 0)] = k + 1
         return out
+
+
+def quality_hint(model_name: str, image_layer: Any, scores: Any = ()) -> str:
+    """A hint when the built-in model is used far from what it was trained on, else ``""``.
+
+    The built-in model learnt from single-channel fluorescence-like images: an
+    RGB image (e.g. H&E), or masks whose predicted IoU is mostly low, are
+    outside its domain.
+    """
+    if model_name != "builtin":
+        return ""
+    scores = np.asarray(scores, float).ravel()
+    if getattr(image_layer, "rgb", False):
+        why = "this is an RGB image"
+    elif scores.size and float(np.median(scores)) < 0.5:
+        why = "its predicted quality is low here"
+    else:
+        return ""
+    return (f"the built-in model was trained on grayscale microscopy and {why}: choose an official model "
+            "(vit_b, vit_t) or load a checkpoint for better masks")
 
 
 class Session:
@@ -202,7 +222,7 @@ class Session:
             if cached is not None:
                 self.predictor.set_embedding(cached)
             else:
-                where = f"slice {ref.key}" if ref.key else "the image"
+                where = f"slice {', '.join(str(i) for i in ref.key)}" if ref.key else "the image"
                 report(progress, 0, 1, f"computing the embedding of {where}")
                 plane = get_plane(self.image_layer, ref)
                 self.predictor.set_image(plane, channel_axis=self.channel_axis, contrast_limits=cl)

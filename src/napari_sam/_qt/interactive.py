@@ -32,7 +32,7 @@ from qtpy.QtWidgets import QApplication
 
 from napari_sam._napari import prompt_layers as pl
 from napari_sam._napari.predictors import make_predictor, model_choices, model_identity
-from napari_sam._napari.session import Session
+from napari_sam._napari.session import Session, quality_hint
 from napari_sam._qt._workers import Runner
 
 __all__ = ["InteractiveWidget", "SHORTCUTS"]
@@ -85,6 +85,7 @@ class InteractiveWidget(Container):
         self.cancel_button = PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="status", value="choose an image and press Start")
+        self.status.native.setWordWrap(True)
         keys = "\n".join(f"{k}: {a}" for k, a in SHORTCUTS)
         self.shortcuts = Label(label="shortcuts", value=keys)
         self.extend([
@@ -245,8 +246,15 @@ class InteractiveWidget(Container):
         except ValueError as exc:
             self._set_status(str(exc))
             return
+        if self.session.uses_tiles(ref):
+            side = getattr(self.session.predictor, "image_size", "?")
+            self._set_status(f"large image: each prompt embeds the {side} px tile around it "
+                             "(the first click on a new tile takes a moment)")
+            self._debounce.start()
+            return
         if not self.session.has_embedding(ref):
-            self._set_status(f"computing the embedding of slice {ref.key} ...")
+            where = f"slice {', '.join(str(i) for i in ref.key)}" if ref.key else "the image"
+            self._set_status(f"computing the embedding of {where} ...")
             self.runner.start("embed", self.session.prepare, ref, with_progress=True,
                               on_done=lambda _r=None: self._after_embedding())
         else:
@@ -276,10 +284,14 @@ class InteractiveWidget(Container):
             return
         if preview.objects:
             pl.show_preview(self.preview_layer, self.session.image_layer, preview.ref, preview.label_image())
-            scores = ", ".join(f"{o.scores[o.choice]:.2f}" for o in preview.objects)
-            self._set_status(f"preview: {len(preview.objects)} object(s), score {scores}")
+            chosen = [float(o.scores[o.choice]) for o in preview.objects]
+            scores = ", ".join(f"{v:.2f}" for v in chosen)
+            hint = quality_hint(str(self.model_combo.value), self.session.image_layer, chosen)
+            self._set_status(f"preview: {len(preview.objects)} object(s), predicted quality {scores}"
+                             + (f". Note: {hint}" if hint else ""))
         else:
             pl.show_preview(self.preview_layer, self.session.image_layer, None, None)
+            self._set_status("no prompt on this slice: click points or draw boxes")
 
     def cycle(self) -> None:
         """Show the next of the ambiguity masks."""
