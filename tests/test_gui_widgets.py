@@ -371,3 +371,35 @@ def test_status_follows_the_prompts_and_shows_no_internals(viewer, qtbot):
     assert any("slice 2" in s for s in seen)
     assert not any("np." in s or "(" in s for s in seen)
     assert widget.status.native.wordWrap()
+
+
+def test_interactive_on_a_4096_image_embeds_only_the_clicked_tile(viewer, qtbot):
+    """Real viewer, built-in model: a click on a 4096² image matches the click on a 512² crop."""
+    import napari_sam
+    from napari_sam.synthetic import make_nuclei_image
+
+    image, labels = make_nuclei_image((4096, 4096), seed=0)
+    layer = viewer.add_image(image, name="big")
+    widget = _open(viewer, INTERACTIVE)
+    widget.model_combo.value = "builtin"
+    widget.device.value = "cpu"
+    _start(qtbot, widget)
+    assert "large image" in widget.status.value
+    tiles_before = len(widget.session.tiler(widget.session.plane(viewer.dims)).cached_windows())
+    r0, c0 = 1088, 2112
+    obj = [i for i in np.unique(labels[r0 + 200:r0 + 300, c0 + 200:c0 + 300]) if i][0]
+    rr, cc = np.nonzero(labels == obj)
+    pt = np.array([rr[len(rr) // 2], cc[len(cc) // 2]], float)
+    widget.points_layer.add([pt])
+    qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=60_000)
+    widget.runner.wait()
+    tiler = widget.session.tiler(widget.session.plane(viewer.dims))
+    assert tiles_before == 0 and tiler.n_encoded == 1
+    ref = napari_sam.make_predictor("builtin", device="cpu")
+    ref.set_image(image[r0:r0 + 512, c0:c0 + 512], contrast_limits=layer.contrast_limits)
+    masks, scores, _ = ref.predict((pt - [r0, c0])[None], [1])
+    expected = np.zeros(image.shape, bool)
+    expected[r0:r0 + 512, c0:c0 + 512] = masks[int(np.argmax(scores))]
+    got = widget.preview_layer.data > 0
+    assert (got & expected).sum() / (got | expected).sum() >= 0.9
+    assert widget.points_layer.canvas_size_limits[1] <= 16

@@ -291,7 +291,8 @@ class InteractiveWidget(Container):
                              + (f". Note: {hint}" if hint else ""))
         else:
             pl.show_preview(self.preview_layer, self.session.image_layer, None, None)
-            self._set_status("no prompt on this slice: click points or draw boxes")
+            if str(self.status.value).startswith("preview"):  # the last prompt was removed
+                self._set_status("no prompt on this slice: click points or draw boxes")
 
     def cycle(self) -> None:
         """Show the next of the ambiguity masks."""
