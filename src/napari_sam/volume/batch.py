@@ -54,6 +54,7 @@ from napari_sam.volume.source import (
     volume_cache_key,
     worker_predictor,
 )
+from napari_sam.volume.streaming import segment_slice_streamed, takes_out
 
 __all__ = ['sam_segment', 'segment_volume']
 
@@ -73,17 +74,21 @@ def sam_segment(
     cache_key: dict | None = None,
     slice_index: int = 0,
     return_scores: bool = False,
-) -> np.ndarray:
+    out: Any = None,
+) -> Any:
     """The default per-slice function: tiled automatic SAM labelling of one 2-D slice.
 
     With ``cache`` (an :class:`~napari_sam.volume.cache.EmbeddingCache` folder) and its
     ``cache_key``, tile embeddings of slice ``slice_index`` are read from / written to it.
+    With ``out`` (a 2-D writable array, e.g. :class:`~napari_sam.volume.streaming.OffsetLabels`)
+    the labels are written into it block by block and ``image`` may be lazy: nothing of the
+    slice's size is held in memory (see :mod:`napari_sam.volume.streaming`).
 
     Returns
     -------
     numpy.ndarray
-        ``(Y, X)`` uint32 labels, 0 background (with ``return_scores``: ``(labels, scores)``,
-        see :func:`napari_sam.tiled.tiles.segment_image`).
+        ``(Y, X)`` uint32 labels (or ``out``), 0 background (with ``return_scores``:
+        ``(labels, scores)``, see :func:`napari_sam.tiled.tiles.segment_image`).
     """
     from napari_sam.tiled.tiles import segment_image
 
@@ -95,7 +100,8 @@ def sam_segment(
         predictor.start_slice(slice_index)
     return segment_image(
         image, predictor, channel_axis=channel_axis, contrast_limits=contrast_limits,
-        tile_shape=tile_shape, halo=halo, return_scores=return_scores, **model_amg_params(model, amg_params),
+        tile_shape=tile_shape, halo=halo, out=out, return_scores=return_scores,
+        **model_amg_params(model, amg_params),
     )
 
 
@@ -331,8 +337,9 @@ def _run_slices(out_path: Path, src: Any, oo: OutputOptions, ro: RunOptions, wor
     state.mkdir(exist_ok=True)
     out_idx = [_out_index(out_axes, loop_axes, idx) for idx in indices]
     _check_finished_slices(out_path, src, ro, workers)
+    task_fn = segment_slice_streamed if takes_out(segment_fn) else vol._segment_slice  # stream when it can
     tasks = [
-        dask.delayed(vol._segment_slice, pure=False)(
+        dask.delayed(task_fn, pure=False)(
             view[idx] if src.spec is None else None, k=k, src=src.spec, loop_index=idx, out_path=str(out_path),
             out_index=out_idx[k], block=block, contrast_limits=src.limits, has_channels=src.has_ch,
             segment_fn=segment_fn)
