@@ -55,6 +55,13 @@ from napari_sam.volume.source import (
     worker_predictor,
 )
 from napari_sam.volume.streaming import segment_slice_streamed, takes_out
+from napari_sam.volume.writers import (
+    check_tiff_target,
+    finish_tiff,
+    open_written,
+    output_format,
+    tiff_staging_path,
+)
 
 __all__ = ['sam_segment', 'segment_volume']
 
@@ -134,7 +141,10 @@ def segment_volume(
     source : path or array
         A path understood by :func:`napari_sam.volume.io.open_image`, or a numpy/dask array.
     output : path, optional
-        Zarr labels array to write (uint32, chunks ``(1, ..., tile, tile)``).  Without
+        Labels to write, the format chosen by the suffix (:mod:`napari_sam.volume.writers`):
+        ``.zarr`` a uint32 zarr array (chunks ``(1, ..., tile, tile)``, ``zarr_format`` 3 or
+        2), ``.tif`` / ``.tiff`` / ``.ome.tif`` a TIFF (BigTIFF when large; a GeoTIFF input's
+        CRS and transform are kept); any other suffix is a ``ValueError``.  Without
         it (and without ``label_name``) the result is a lazy dask array computed on demand.
     model, checkpoint, device
         Model for the default segment function (``load_model`` name, or a config ``.json``).
@@ -150,7 +160,7 @@ def segment_volume(
         napari-sam wrote: the new one is written beside it and swapped in when complete),
         ``compact`` (renumber ids to ``1..N``), ``label_name`` (OME-Zarr input: write to its
         ``labels/<label_name>`` group), ``link_3d`` / ``link_iou`` (join objects of
-        neighbouring Z slices whose IoU exceeds ``link_iou``).
+        neighbouring Z slices whose IoU exceeds ``link_iou``), ``zarr_format`` (2 or 3).
     run : RunOptions, optional
         ``scheduler`` (None, "threads", "processes", "synchronous", an address such as
         ``"tcp://host:8786"`` or a ``distributed.Client``), ``workers`` (default 1 with the
@@ -195,6 +205,10 @@ def segment_volume(
         raise TypeError("amg parameters are only used by the SAM model, not by a custom segment_fn")
     if output is not None and oo.label_name is not None:
         raise ValueError("give either an output path or label_name, not both")
+    fmt, final = (None, None) if output is None else (output_format(output), Path(output))
+    if fmt == "tiff":  # the run writes a zarr staging store; the TIFF is written from it at the end
+        check_tiff_target(final, resume=oo.resume, overwrite=oo.overwrite)
+        output = tiff_staging_path(final)
     if output is not None:  # checks that need no reading, before the input is opened
         check_no_overlap(Path(output), [Path(source)] if isinstance(source, (str, os.PathLike))
                          else store_paths(source))
@@ -271,6 +285,9 @@ def segment_volume(
                          out_index=[_out_index(target.axes, src.loop_axes, idx) for idx in indices])
         if write_path != target.path:
             swap_in(write_path, target.path)
+        if fmt == "tiff":
+            finish_tiff(target.path, final, axes=target.axes, geotiff=meta.get("geotiff"))
+            return open_written(final, "tiff")
     return da.from_zarr(zarr.open_array(str(target.path), mode="r"))
 
 
@@ -292,7 +309,7 @@ def _output_target(output: Any, oo: OutputOptions, src: Any, tile_shape: Any) ->
     else:
         out_axes = loop_axes + "YX"
         out_path = Path(output)
-        zarr_format = 3
+        zarr_format = int(oo.zarr_format)
         what = "output"
     check_no_overlap(out_path, inputs, what=what)
     if out_path.exists() and not (oo.resume or oo.overwrite):

@@ -1,0 +1,153 @@
+"""Output formats chosen by the suffix of ``-o``: zarr (v2 / v3), TIFF, GeoTIFF; and unknown suffixes."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from test_batch import LIMITS, assert_compacted_equals_reference, blobs_volume, reference_slices
+from test_batch_standins import threshold_segment
+
+from napari_sam.cli import main
+from napari_sam.volume import writers
+from napari_sam.volume.batch import segment_volume
+from napari_sam.volume.writers import tiff_staging_path, write_tiff
+
+RUN = {"segment_fn": threshold_segment, "contrast_limits": LIMITS}
+
+
+@pytest.mark.parametrize("name", ["labels.png", "labels", "labels.h5", "labels.zarr.bak"])
+def test_unknown_suffix_is_a_usage_error_and_creates_nothing(tmp_path, capsys, name):
+    src = tmp_path / "in.npy"
+    np.save(src, blobs_volume(nz=1)[0])
+    assert main(["segment", str(src), "-o", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "suffix" in err and ".tif" in err and ".zarr" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+    with pytest.raises(ValueError, match="suffix"):
+        segment_volume(src, tmp_path / name, **RUN)
+
+
+def test_tif_output_is_a_tiff_with_the_labels(tmp_path):
+    vol = blobs_volume(nz=3)
+    out = segment_volume(vol, tmp_path / "labels.tif", axes="ZYX", **RUN).compute()
+    assert (tmp_path / "labels.tif").is_file()  # not a zarr directory named .tif
+    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:
+        data = tif.asarray()
+        assert not tif.is_bigtiff and tif.pages[0].tags[305].value == "napari-sam"
+    assert data.shape == vol.shape and data.dtype == np.uint32
+    assert_compacted_equals_reference(data, reference_slices(vol))  # the stand-in applied slice by slice
+    np.testing.assert_array_equal(out, data)
+    assert not tiff_staging_path(tmp_path / "labels.tif").exists()
+
+
+def test_ome_tif_output_is_read_as_ome(tmp_path):
+    vol = blobs_volume(nz=2)
+    segment_volume(vol, tmp_path / "labels.ome.tif", axes="ZYX", **RUN)
+    with tifffile.TiffFile(tmp_path / "labels.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].axes == "ZYX"
+        assert_compacted_equals_reference(tif.asarray(), reference_slices(vol))
+
+
+def test_large_tiff_is_bigtiff(tmp_path, monkeypatch):
+    monkeypatch.setattr(writers, "BIGTIFF_BYTES", 1000)
+    segment_volume(blobs_volume(nz=2), tmp_path / "big.tiff", axes="ZYX", **RUN)
+    with tifffile.TiffFile(tmp_path / "big.tiff") as tif:
+        assert tif.is_bigtiff
+
+
+def test_tiff_is_written_slice_by_slice(tmp_path):
+    nz, side = 24, 512
+    arr = zarr.create_array(store=str(tmp_path / "s.zarr"), shape=(nz, side, side), chunks=(1, 256, 256),
+                            dtype="uint32")
+    for k in range(nz):
+        arr[k] = np.arange(side * side, dtype=np.uint32).reshape(side, side) % 97 + k
+    write_tiff(tmp_path / "s.zarr", tmp_path / "w.tif", axes="ZYX")  # warm-up: imports
+    tracemalloc.start()
+    try:
+        write_tiff(tmp_path / "s.zarr", tmp_path / "s.tif", axes="ZYX")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    volume_bytes = nz * side * side * 4
+    assert peak < volume_bytes / 4, f"{peak / 2**20:.1f} MiB for an {volume_bytes / 2**20:.0f} MiB volume"
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "s.tif"), arr[:])
+
+
+def test_existing_tiff_overwrite_and_resume_rules(tmp_path):
+    vol, target = blobs_volume(nz=2), tmp_path / "labels.tif"
+    foreign = tmp_path / "photo.tif"
+    tifffile.imwrite(foreign, np.zeros((20, 20), np.uint8))
+    with pytest.raises(ValueError, match="not written by napari-sam"):
+        segment_volume(vol, foreign, axes="ZYX", overwrite=True, **RUN)
+    assert tifffile.imread(foreign).shape == (20, 20)
+    segment_volume(vol, target, axes="ZYX", **RUN)
+    with pytest.raises(ValueError, match="already exists"):
+        segment_volume(vol, target, axes="ZYX", **RUN)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        segment_volume(vol, target, axes="ZYX", resume=True, **RUN)
+    other = blobs_volume(nz=2, seed=5)
+    segment_volume(other, target, axes="ZYX", overwrite=True, **RUN)
+    assert_compacted_equals_reference(tifffile.imread(target), reference_slices(other))
+
+
+def test_interrupted_tiff_run_resumes_from_its_staging_store(tmp_path):
+    vol, target = blobs_volume(nz=3), tmp_path / "labels.tif"
+    calls = []
+
+    def failing(image, *, channel_axis=None, contrast_limits=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return threshold_segment(image, channel_axis=channel_axis, contrast_limits=contrast_limits)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        segment_volume(vol, target, axes="ZYX", segment_fn=failing, contrast_limits=LIMITS, workers=1)
+    assert not target.exists() and tiff_staging_path(target).is_dir()
+    segment_volume(vol, target, axes="ZYX", segment_fn=failing, contrast_limits=LIMITS, workers=1, resume=True)
+    assert len(calls) == 4  # the finished slice was not segmented again
+    assert_compacted_equals_reference(tifffile.imread(target), reference_slices(vol))
+    assert not tiff_staging_path(target).exists()
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_zarr_format_option(tmp_path, fmt):
+    vol = blobs_volume(nz=2)
+    segment_volume(vol, tmp_path / "l.zarr", axes="ZYX", zarr_format=fmt, **RUN)
+    assert (tmp_path / "l.zarr" / (".zarray" if fmt == 2 else "zarr.json")).is_file()
+    arr = zarr.open_array(str(tmp_path / "l.zarr"), mode="r", zarr_format=fmt)
+    assert_compacted_equals_reference(arr[:], reference_slices(vol))
+
+
+def test_cli_zarr_format_is_checked(tmp_path, capsys):
+    np.save(tmp_path / "in.npy", blobs_volume(nz=1)[0])
+    with pytest.raises(SystemExit) as exc:  # argparse's usage error
+        main(["segment", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.zarr"), "--zarr-format", "4"])
+    assert exc.value.code == 2 and not (tmp_path / "o.zarr").exists()
+    with pytest.raises(ValueError, match="zarr_format"):
+        segment_volume(tmp_path / "in.npy", tmp_path / "o.zarr", zarr_format=4, **RUN)
+
+
+GEO = {
+    33550: (12, [30.0, 30.0, 0.0]),  # ModelPixelScaleTag
+    33922: (12, [0.0, 0.0, 0.0, 440720.0, 3751320.0, 0.0]),  # ModelTiepointTag
+    34735: (3, [1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32611, 3076, 0, 1, 9001]),  # GeoKeyDirectory
+    34737: (2, "WGS 84 / UTM zone 11N|"),  # GeoAsciiParamsTag
+}
+
+
+def test_geotiff_input_gives_a_geotiff_with_the_same_crs_and_transform(tmp_path):
+    image = blobs_volume(nz=1)[0]
+    src = tmp_path / "scene.tif"
+    extratags = [(code, dt, 0 if dt == 2 else len(v), v, True) for code, (dt, v) in GEO.items()]
+    tifffile.imwrite(src, image, extratags=extratags)
+    segment_volume(src, tmp_path / "labels.tif", **RUN)
+    with tifffile.TiffFile(src) as a, tifffile.TiffFile(tmp_path / "labels.tif") as b:
+        for code in GEO:
+            va, vb = a.pages[0].tags[code].value, b.pages[0].tags[code].value
+            assert np.array_equal(np.asarray(va), np.asarray(vb)) if code != 34737 else va == vb, code
+        assert b.pages[0].geotiff_tags["GTRasterTypeGeoKey"] == a.pages[0].geotiff_tags["GTRasterTypeGeoKey"]
+        assert b.pages[0].geotiff_tags["ProjectedCSTypeGeoKey"] == a.pages[0].geotiff_tags["ProjectedCSTypeGeoKey"]
+        assert_compacted_equals_reference(b.asarray()[None], reference_slices(image[None]))
