@@ -151,3 +151,45 @@ def test_geotiff_input_gives_a_geotiff_with_the_same_crs_and_transform(tmp_path)
         assert b.pages[0].geotiff_tags["GTRasterTypeGeoKey"] == a.pages[0].geotiff_tags["GTRasterTypeGeoKey"]
         assert b.pages[0].geotiff_tags["ProjectedCSTypeGeoKey"] == a.pages[0].geotiff_tags["ProjectedCSTypeGeoKey"]
         assert_compacted_equals_reference(b.asarray()[None], reference_slices(image[None]))
+
+
+def _with_level_translation(path, zarr_format):
+    """Give level 1 of an OME-Zarr made by ``make_ome_zarr`` the half-pixel translation of 2x averaging."""
+    grp = zarr.open_group(str(path), mode="r+")
+    attrs = dict(grp.attrs)
+    ms = (attrs["ome"] if zarr_format == 3 else attrs)["multiscales"][0]
+    n = len(ms["axes"])
+    ms["datasets"][1]["coordinateTransformations"].append(
+        {"type": "translation", "translation": [0.0] * (n - 2) + [0.5, 0.5]})
+    grp.attrs.update(attrs)
+    return ms
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_ome_labels_of_level_n_have_that_levels_scale_and_translation(tmp_path, zarr_format):
+    from test_io import make_ome_zarr
+
+    vol = blobs_volume(nz=2, ny=64, nx=64)
+    path = make_ome_zarr(tmp_path / "img.zarr", vol, axes="zyx", zarr_format=zarr_format)
+    image_ms = _with_level_translation(path, zarr_format)
+    out = segment_volume(path, label_name="sam", level=1, **RUN).compute()
+    assert out.shape == (2, 32, 32)
+    grp_attrs = dict(zarr.open_group(str(path / "labels" / "sam"), mode="r").attrs)
+    label_ms = (grp_attrs["ome"] if zarr_format == 3 else grp_attrs)["multiscales"][0]
+    want = {t["type"]: t[t["type"]] for t in image_ms["datasets"][1]["coordinateTransformations"]}
+    got = {t["type"]: t[t["type"]] for t in label_ms["datasets"][0]["coordinateTransformations"]}
+    assert got == want == {"scale": [1.0, 2.0, 2.0], "translation": [0.0, 0.5, 0.5]}
+    assert [t["type"] for t in label_ms["datasets"][0]["coordinateTransformations"]] == ["scale", "translation"]
+    assert label_ms["axes"] == image_ms["axes"]
+
+
+def test_v3_label_arrays_have_dimension_names(tmp_path):
+    from test_io import make_ome_zarr
+
+    vol = blobs_volume(nz=2, ny=32, nx=32)
+    path = make_ome_zarr(tmp_path / "img.zarr", vol, axes="zyx", zarr_format=3)
+    segment_volume(path, label_name="sam", **RUN)
+    arr = zarr.open_array(str(path / "labels" / "sam" / "0"), mode="r")
+    assert arr.metadata.dimension_names == ("z", "y", "x")  # NGFF 0.5: names of the multiscales axes
+    segment_volume(vol, tmp_path / "plain.zarr", axes="ZYX", **RUN)
+    assert zarr.open_array(str(tmp_path / "plain.zarr"), mode="r").metadata.dimension_names == ("z", "y", "x")

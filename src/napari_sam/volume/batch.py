@@ -205,15 +205,15 @@ def segment_volume(
         raise TypeError("amg parameters are only used by the SAM model, not by a custom segment_fn")
     if output is not None and oo.label_name is not None:
         raise ValueError("give either an output path or label_name, not both")
+    if output is not None:  # checks that need no reading, before the input is opened
+        check_no_overlap(Path(output), [Path(source)] if isinstance(source, (str, os.PathLike))
+                         else store_paths(source))
     fmt, final = (None, None) if output is None else (output_format(output), Path(output))
     if fmt == "tiff":  # the run writes a zarr staging store; the TIFF is written from it at the end
         check_tiff_target(final, resume=oo.resume, overwrite=oo.overwrite)
         output = tiff_staging_path(final)
-    if output is not None:  # checks that need no reading, before the input is opened
-        check_no_overlap(Path(output), [Path(source)] if isinstance(source, (str, os.PathLike))
-                         else store_paths(source))
-        if oo.overwrite or Path(output).is_file():
-            refuse_foreign(Path(output))
+    if output is not None and (oo.overwrite or Path(output).is_file()):
+        refuse_foreign(Path(output))
     src = prepare_source(source, axes=so.axes, level=so.level, channel=so.channel, channels=so.channels,
                          contrast_limits=so.contrast_limits, strict=so.strict)
     if oo.link_3d and "Z" not in src.in_axes:
@@ -272,11 +272,14 @@ def segment_volume(
         if target.ome is not None and not target.path.exists():
             scale = list(meta.get("scale") or [1.0] * len(target.axes))
             scale = [1.0 if a == "C" else s for a, s in zip(target.axes, scale)]
+            shift = meta.get("translation")
+            shift = None if shift is None else [0.0 if a == "C" else t for a, t in zip(target.axes, shift)]
             write_ome_labels_metadata(target.ome["root"], oo.label_name, axes=list(target.ome["multiscale"]["axes"]),
-                                      scale=scale, version=target.ome["version"], zarr_format=target.zarr_format)
+                                      scale=scale, translation=shift, version=target.ome["version"],
+                                      zarr_format=target.zarr_format)
         prepare_labels_array(write_path, shape=target.shape, chunks=target.chunks, signature=signature,
                              attrs=target.attrs, resume=oo.resume and write_path.exists(), overwrite=False,
-                             zarr_format=target.zarr_format)
+                             zarr_format=target.zarr_format, dimension_names=target.dims)
         _run_slices(write_path, src, oo, ro, workers, block, segment_fn, target.axes)
         if table is not None:
             from napari_sam.volume.tables import volume_table
@@ -327,8 +330,10 @@ def _output_target(output: Any, oo: OutputOptions, src: Any, tile_shape: Any) ->
         attrs["geotiff"] = meta["geotiff"]
     if meta.get("scale") is not None:
         attrs["napari_sam"]["scale"] = meta["scale"]
+    dims = ([str(a["name"] if isinstance(a, dict) else a) for a in ome["multiscale"]["axes"]] if ome is not None
+            else [a.lower() for a in out_axes])
     return SimpleNamespace(path=out_path, axes=out_axes, shape=out_shape, chunks=out_chunks, attrs=attrs,
-                           ome=ome, zarr_format=zarr_format)
+                           ome=ome, zarr_format=zarr_format, dims=dims)
 
 
 def _choose_write_path(out_path: Path, oo: OutputOptions) -> Path:

@@ -36,7 +36,13 @@ _GEO_CODES = {"ModelPixelScaleTag": (33550, 12), "ModelTiepointTag": (33922, 12)
 
 
 def output_format(path: str | os.PathLike) -> str:
-    """``"zarr"`` or ``"tiff"`` from the output's suffix; ``ValueError`` for any other suffix."""
+    """``"zarr"`` or ``"tiff"`` from the output's suffix; ``ValueError`` for any other suffix.
+
+    An existing directory is a zarr store whatever its name (an output of an earlier
+    version to resume, or a folder that the overwrite checks then refuse).
+    """
+    if Path(path).is_dir():
+        return "zarr"
     name = Path(path).name.lower().rstrip("/")
     if name.endswith(".zarr"):
         return "zarr"
