@@ -193,3 +193,25 @@ def test_v3_label_arrays_have_dimension_names(tmp_path):
     assert arr.metadata.dimension_names == ("z", "y", "x")  # NGFF 0.5: names of the multiscales axes
     segment_volume(vol, tmp_path / "plain.zarr", axes="ZYX", **RUN)
     assert zarr.open_array(str(tmp_path / "plain.zarr"), mode="r").metadata.dimension_names == ("z", "y", "x")
+
+
+@pytest.mark.parametrize(("zarr_format", "level"), [(2, 0), (3, 0), (3, 1)])
+def test_ome_labels_have_a_pyramid_matching_the_image_levels(tmp_path, zarr_format, level):
+    from test_io import make_ome_zarr
+
+    vol = blobs_volume(nz=2, ny=64, nx=64)
+    path = make_ome_zarr(tmp_path / "img.zarr", vol, axes="zyx", zarr_format=zarr_format, levels=3)
+    image_ms = _with_level_translation(path, zarr_format)
+    segment_volume(path, label_name="sam", level=level, **RUN)
+    grp_attrs = dict(zarr.open_group(str(path / "labels" / "sam"), mode="r").attrs)
+    label_ms = (grp_attrs["ome"] if zarr_format == 3 else grp_attrs)["multiscales"][0]
+    image_levels = image_ms["datasets"][level:]
+    assert [d["path"] for d in label_ms["datasets"]] == [str(i) for i in range(len(image_levels))]
+    base = zarr.open_array(str(path / "labels" / "sam" / "0"), mode="r")[:]
+    for j, (lab, img) in enumerate(zip(label_ms["datasets"], image_levels)):
+        assert lab["coordinateTransformations"] == img["coordinateTransformations"]
+        arr = zarr.open_array(str(path / "labels" / "sam" / lab["path"]), mode="r")
+        assert arr.shape == zarr.open_array(str(path / img["path"]), mode="r").shape
+        np.testing.assert_array_equal(arr[:], base[:, :: 2 ** j, :: 2 ** j])  # nearest: ids are never mixed
+        if zarr_format == 3:
+            assert arr.metadata.dimension_names == ("z", "y", "x")

@@ -30,6 +30,7 @@ from napari_sam.tiled.tiles import check_image_shape
 from napari_sam.volume import slices as vol
 from napari_sam.volume.cache import EmbeddingCache, data_identity, weights_identity
 from napari_sam.volume.io import json_safe, ome_zarr_root, prepare_labels_array, write_ome_labels_metadata
+from napari_sam.volume.ome import write_label_pyramid
 from napari_sam.volume.options import (
     OutputOptions,
     RunOptions,
@@ -288,6 +289,8 @@ def segment_volume(
                          out_index=[_out_index(target.axes, src.loop_axes, idx) for idx in indices])
         if write_path != target.path:
             swap_in(write_path, target.path)
+        if target.ome is not None:  # label levels matching the image's coarser levels
+            write_label_pyramid(target.ome["root"], oo.label_name, base_level=so.level)
         if fmt == "tiff":
             finish_tiff(target.path, final, axes=target.axes, geotiff=meta.get("geotiff"))
             return open_written(final, "tiff")
