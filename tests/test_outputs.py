@@ -215,3 +215,43 @@ def test_ome_labels_have_a_pyramid_matching_the_image_levels(tmp_path, zarr_form
         np.testing.assert_array_equal(arr[:], base[:, :: 2 ** j, :: 2 ** j])  # nearest: ids are never mixed
         if zarr_format == 3:
             assert arr.metadata.dimension_names == ("z", "y", "x")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_ome_labels_pass_ome_zarr_py_reader_and_the_ngff_spec(tmp_path, zarr_format):
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from test_io import make_ome_zarr
+
+    vol = blobs_volume(nz=2, ny=64, nx=64)
+    path = make_ome_zarr(tmp_path / "img.zarr", vol, axes="zyx", zarr_format=zarr_format, levels=3)
+    out = segment_volume(path, label_name="sam", **RUN).compute()
+    # an independent reader: ome-zarr-py finds an image-label with the image's three levels
+    loc = parse_url(str(path / "labels" / "sam"))
+    assert loc is not None and loc.version == ("0.4" if zarr_format == 2 else "0.5")
+    labels = [n for n in Reader(loc)() if any(isinstance(s, Label) for s in n.specs)]
+    assert len(labels) == 1
+    image = zarr.open_group(str(path), mode="r")
+    assert [tuple(d.shape) for d in labels[0].data] == [image[str(i)].shape for i in range(3)]
+    np.testing.assert_array_equal(np.asarray(labels[0].data[0]), out)
+    # the NGFF text, checked by hand
+    group, parent = (zarr.open_group(str(path / p), mode="r") for p in ("labels/sam", "labels"))
+    if zarr_format == 3:
+        attrs, parent_attrs = dict(group.attrs)["ome"], dict(parent.attrs)["ome"]
+        assert attrs["version"] == parent_attrs["version"] == "0.5"
+    else:
+        attrs, parent_attrs = dict(group.attrs), dict(parent.attrs)
+        assert attrs["multiscales"][0]["version"] == attrs["image-label"]["version"] == "0.4"
+    assert parent_attrs["labels"] == ["sam"]
+    assert attrs["image-label"]["source"]["image"] == "../../"
+    ms = attrs["multiscales"][0]
+    assert [(a["name"], a["type"]) for a in ms["axes"]] == [("z", "space"), ("y", "space"), ("x", "space")]
+    for d in ms["datasets"]:
+        kinds = [t["type"] for t in d["coordinateTransformations"]]
+        assert kinds[0] == "scale" and set(kinds) <= {"scale", "translation"} and len(kinds) == len(set(kinds))
+        assert all(len(t[t["type"]]) == 3 for t in d["coordinateTransformations"])
+        arr = zarr.open_array(str(path / "labels" / "sam" / d["path"]), mode="r")
+        assert np.issubdtype(arr.dtype, np.integer)
+        if zarr_format == 3:
+            assert arr.metadata.dimension_names == ("z", "y", "x")
