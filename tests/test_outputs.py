@@ -255,3 +255,33 @@ def test_ome_labels_pass_ome_zarr_py_reader_and_the_ngff_spec(tmp_path, zarr_for
         assert np.issubdtype(arr.dtype, np.integer)
         if zarr_format == 3:
             assert arr.metadata.dimension_names == ("z", "y", "x")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_ome_zarr_output_is_an_image_label_group(tmp_path, zarr_format):
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    vol = blobs_volume(nz=2)
+    target = tmp_path / "cells.ome.zarr"
+    segment_volume(vol, target, axes="ZYX", zarr_format=zarr_format, **RUN)
+    loc = parse_url(str(target))
+    assert loc is not None and loc.version == ("0.4" if zarr_format == 2 else "0.5")
+    nodes = [n for n in Reader(loc)() if any(isinstance(s, Label) for s in n.specs)]
+    assert len(nodes) == 1 and [tuple(d.shape) for d in nodes[0].data] == [vol.shape]
+    assert_compacted_equals_reference(np.asarray(nodes[0].data[0]), reference_slices(vol))
+    attrs = dict(zarr.open_group(str(target), mode="r").attrs)
+    ms = (attrs["ome"] if zarr_format == 3 else attrs)["multiscales"][0]
+    assert [(a["name"], a["type"]) for a in ms["axes"]] == [("z", "space"), ("y", "space"), ("x", "space")]
+    assert ms["datasets"] == [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * 3}]}]
+    if zarr_format == 3:
+        assert zarr.open_array(str(target / "0"), mode="r").metadata.dimension_names == ("z", "y", "x")
+    with pytest.raises(ValueError, match="already exists"):
+        segment_volume(vol, target, axes="ZYX", zarr_format=zarr_format, **RUN)
+    segment_volume(vol, target, axes="ZYX", zarr_format=zarr_format, overwrite=True, **RUN)
+    (tmp_path / "mine.ome.zarr").mkdir()
+    (tmp_path / "mine.ome.zarr" / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not written by napari-sam"):
+        segment_volume(vol, tmp_path / "mine.ome.zarr", axes="ZYX", overwrite=True, **RUN)
+    assert (tmp_path / "mine.ome.zarr" / "notes.txt").read_text() == "keep"

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _input_args(seg)
     out = seg.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", help="output labels, format by suffix: labels.zarr (zarr array), "
-                     "labels.tif / labels.ome.tif (TIFF; GeoTIFF for a GeoTIFF input)")
+                     "labels.ome.zarr (OME-Zarr labels), labels.tif / labels.ome.tif (TIFF; GeoTIFF for a GeoTIFF input)")
     out.add_argument("--label-name", help="OME-Zarr input: write into its labels/NAME group (default 'sam' "
                      "when the input is OME-Zarr and no --output is given)")
     seg.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,

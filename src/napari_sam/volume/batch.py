@@ -61,7 +61,9 @@ from napari_sam.volume.writers import (
     finish_tiff,
     open_written,
     output_format,
+    prepare_ome_labels_group,
     tiff_staging_path,
+    write_ome_labels_group,
 )
 
 __all__ = ['sam_segment', 'segment_volume']
@@ -144,7 +146,7 @@ def segment_volume(
     output : path, optional
         Labels to write, the format chosen by the suffix (:mod:`napari_sam.volume.writers`):
         ``.zarr`` a uint32 zarr array (chunks ``(1, ..., tile, tile)``, ``zarr_format`` 3 or
-        2), ``.tif`` / ``.tiff`` / ``.ome.tif`` a TIFF (BigTIFF when large; a GeoTIFF input's
+        2), ``.ome.zarr`` an NGFF image-label group (0.5 on zarr v3, 0.4 on v2), ``.tif`` / ``.tiff`` / ``.ome.tif`` a TIFF (BigTIFF when large; a GeoTIFF input's
         CRS and transform are kept); any other suffix is a ``ValueError``.  Without
         it (and without ``label_name``) the result is a lazy dask array computed on demand.
     model, checkpoint, device
@@ -213,6 +215,8 @@ def segment_volume(
     if fmt == "tiff":  # the run writes a zarr staging store; the TIFF is written from it at the end
         check_tiff_target(final, resume=oo.resume, overwrite=oo.overwrite)
         output = tiff_staging_path(final)
+    elif fmt == "ome-zarr":  # an image-label group with the labels array at 0
+        output = prepare_ome_labels_group(final)
     if output is not None and (oo.overwrite or Path(output).is_file()):
         refuse_foreign(Path(output))
     src = prepare_source(source, axes=so.axes, level=so.level, channel=so.channel, channels=so.channels,
@@ -291,10 +295,22 @@ def segment_volume(
             swap_in(write_path, target.path)
         if target.ome is not None:  # label levels matching the image's coarser levels
             write_label_pyramid(target.ome["root"], oo.label_name, base_level=so.level)
+        if fmt == "ome-zarr":
+            own_axes = list(target.axes)
+            write_ome_labels_group(final, axes=target.axes, zarr_format=target.zarr_format,
+                                   scale=_axes_values(meta.get("scale"), own_axes, 1.0),
+                                   translation=_axes_values(meta.get("translation"), own_axes, 0.0))
         if fmt == "tiff":
             finish_tiff(target.path, final, axes=target.axes, geotiff=meta.get("geotiff"))
             return open_written(final, "tiff")
     return da.from_zarr(zarr.open_array(str(target.path), mode="r"))
+
+
+def _axes_values(values: Any, axes: list, neutral: float) -> list | None:
+    """Per-axis scale/translation of the input level for the output's axes (None when unknown or mismatched)."""
+    if values is None or len(values) != len(axes):
+        return None
+    return [neutral if a == "C" else float(v) for a, v in zip(axes, values)]
 
 
 def _output_target(output: Any, oo: OutputOptions, src: Any, tile_shape: Any) -> SimpleNamespace:

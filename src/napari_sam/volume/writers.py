@@ -1,6 +1,8 @@
 """Output formats chosen by the output's suffix, and the TIFF / GeoTIFF labels writer.
 
 * ``.zarr`` — a zarr labels array (zarr format 3 by default, 2 with ``zarr_format=2``).
+* ``.ome.zarr`` — an NGFF image-label group (0.4 on zarr v2, 0.5 on zarr v3) holding the
+  labels array at ``0``, readable by ome-zarr-py and napari-ome-zarr.
 * ``.tif`` / ``.tiff`` / ``.ome.tif`` / ``.ome.tiff`` — a TIFF (BigTIFF above
   :data:`BIGTIFF_BYTES`).  The run writes a zarr staging store beside the file
   (``.<name>.napari-sam-zarr``), so ``--resume`` continues an interrupted run there;
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-__all__ = ["BIGTIFF_BYTES", "check_tiff_target", "finish_tiff", "open_written", "output_format", "tiff_staging_path",
+__all__ = ["BIGTIFF_BYTES", "prepare_ome_labels_group", "write_ome_labels_group", "check_tiff_target", "finish_tiff", "open_written", "output_format", "tiff_staging_path",
            "write_tiff", "written_tiff_by_napari_sam"]
 
 #: a TIFF whose pixel data exceed this is written as BigTIFF (classic TIFF offsets end at 4 GiB)
@@ -36,20 +38,22 @@ _GEO_CODES = {"ModelPixelScaleTag": (33550, 12), "ModelTiepointTag": (33922, 12)
 
 
 def output_format(path: str | os.PathLike) -> str:
-    """``"zarr"`` or ``"tiff"`` from the output's suffix; ``ValueError`` for any other suffix.
+    """``"zarr"``, ``"ome-zarr"`` or ``"tiff"`` from the output's suffix; ``ValueError`` for any other suffix.
 
     An existing directory is a zarr store whatever its name (an output of an earlier
     version to resume, or a folder that the overwrite checks then refuse).
     """
-    if Path(path).is_dir():
+    if Path(path).is_dir() and not str(path).lower().rstrip("/").endswith(".ome.zarr"):
         return "zarr"
     name = Path(path).name.lower().rstrip("/")
+    if name.endswith(".ome.zarr"):
+        return "ome-zarr"
     if name.endswith(".zarr"):
         return "zarr"
     if name.endswith(_TIFF):
         return "tiff"
     raise ValueError(f"cannot tell the output format of {str(path)!r} from its suffix: use .zarr (zarr labels "
-                     "array), or .tif / .tiff / .ome.tif (TIFF labels)")
+                     "array), .ome.zarr (OME-Zarr labels), or .tif / .tiff / .ome.tif (TIFF labels)")
 
 
 def tiff_staging_path(path: str | os.PathLike) -> Path:
@@ -162,3 +166,35 @@ def open_written(path: Path, fmt: str) -> Any:
 
         return da.from_zarr(zarr.open_array(tifffile.imread(path, aszarr=True), mode="r"))
     return da.from_zarr(zarr.open_array(str(path), mode="r"))
+
+
+_AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+
+
+def prepare_ome_labels_group(path: Path) -> Path:
+    """The array path (``path/0``) of an ``.ome.zarr`` labels output; refuses a folder napari-sam did not write."""
+    from napari_sam.volume.output import written_by_napari_sam
+
+    if path.exists() and not (path.is_dir() and written_by_napari_sam(path / "0")):
+        raise ValueError(f"the output {path} exists and was not written by napari-sam, so it is not replaced; "
+                         "choose another output path, or remove it yourself if it is no longer needed")
+    path.mkdir(parents=True, exist_ok=True)
+    return path / "0"
+
+
+def write_ome_labels_group(path: Path, *, axes: str, scale: list | None, translation: list | None,
+                           zarr_format: int) -> None:
+    """The NGFF ``multiscales`` + ``image-label`` metadata of a standalone labels group (one level, ``0``)."""
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [float(v) for v in scale] if scale
+                                         else [1.0] * len(axes)}]
+    if translation is not None and any(float(t) for t in translation):
+        transforms.append({"type": "translation", "translation": [float(t) for t in translation]})
+    ms: dict[str, Any] = {"name": path.name, "datasets": [{"path": "0", "coordinateTransformations": transforms}],
+                          "axes": [{"name": a.lower(), "type": _AXIS_TYPES[a]} for a in axes]}
+    label: dict[str, Any] = {}
+    grp = zarr.open_group(str(path), mode="a", zarr_format=zarr_format)
+    if zarr_format == 3:
+        grp.attrs["ome"] = {"version": "0.5", "multiscales": [ms], "image-label": label}
+    else:
+        ms["version"] = label["version"] = "0.4"
+        grp.attrs.update({"multiscales": [ms], "image-label": label})
