@@ -285,3 +285,9 @@ def test_ome_zarr_output_is_an_image_label_group(tmp_path, zarr_format):
     with pytest.raises(ValueError, match="not written by napari-sam"):
         segment_volume(vol, tmp_path / "mine.ome.zarr", axes="ZYX", overwrite=True, **RUN)
     assert (tmp_path / "mine.ome.zarr" / "notes.txt").read_text() == "keep"
+
+
+def test_ome_zarr_output_is_not_created_when_an_option_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="link-3d"):
+        segment_volume(blobs_volume(nz=1)[0], tmp_path / "x.ome.zarr", link_3d=True, **RUN)
+    assert not (tmp_path / "x.ome.zarr").exists()

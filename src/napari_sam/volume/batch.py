@@ -56,15 +56,7 @@ from napari_sam.volume.source import (
     worker_predictor,
 )
 from napari_sam.volume.streaming import segment_slice_streamed, takes_out
-from napari_sam.volume.writers import (
-    check_tiff_target,
-    finish_tiff,
-    open_written,
-    output_format,
-    prepare_ome_labels_group,
-    tiff_staging_path,
-    write_ome_labels_group,
-)
+from napari_sam.volume.writers import finish_output, resolve_output
 
 __all__ = ['sam_segment', 'segment_volume']
 
@@ -211,12 +203,7 @@ def segment_volume(
     if output is not None:  # checks that need no reading, before the input is opened
         check_no_overlap(Path(output), [Path(source)] if isinstance(source, (str, os.PathLike))
                          else store_paths(source))
-    fmt, final = (None, None) if output is None else (output_format(output), Path(output))
-    if fmt == "tiff":  # the run writes a zarr staging store; the TIFF is written from it at the end
-        check_tiff_target(final, resume=oo.resume, overwrite=oo.overwrite)
-        output = tiff_staging_path(final)
-    elif fmt == "ome-zarr":  # an image-label group with the labels array at 0
-        output = prepare_ome_labels_group(final)
+    fmt, final, output = resolve_output(output, resume=oo.resume, overwrite=oo.overwrite)
     if output is not None and (oo.overwrite or Path(output).is_file()):
         refuse_foreign(Path(output))
     src = prepare_source(source, axes=so.axes, level=so.level, channel=so.channel, channels=so.channels,
@@ -272,6 +259,8 @@ def segment_volume(
         "compact": oo.compact, "link_3d": oo.link_3d, "link_iou": oo.link_iou, "out_axes": target.axes,
         "slice_check": "sha1",  # finished slices carry a checksum of their pixels (checked on --resume)
     })
+    if fmt == "ome-zarr":
+        final.mkdir(parents=True, exist_ok=True)  # the group folder holds the array and its lock
     with OutputLock(target.path):
         write_path = _choose_write_path(target.path, oo)
         if target.ome is not None and not target.path.exists():
@@ -295,22 +284,9 @@ def segment_volume(
             swap_in(write_path, target.path)
         if target.ome is not None:  # label levels matching the image's coarser levels
             write_label_pyramid(target.ome["root"], oo.label_name, base_level=so.level)
-        if fmt == "ome-zarr":
-            own_axes = list(target.axes)
-            write_ome_labels_group(final, axes=target.axes, zarr_format=target.zarr_format,
-                                   scale=_axes_values(meta.get("scale"), own_axes, 1.0),
-                                   translation=_axes_values(meta.get("translation"), own_axes, 0.0))
-        if fmt == "tiff":
-            finish_tiff(target.path, final, axes=target.axes, geotiff=meta.get("geotiff"))
-            return open_written(final, "tiff")
+        if fmt in ("ome-zarr", "tiff"):
+            return finish_output(fmt, final, target.path, axes=target.axes, zarr_format=target.zarr_format, meta=meta)
     return da.from_zarr(zarr.open_array(str(target.path), mode="r"))
-
-
-def _axes_values(values: Any, axes: list, neutral: float) -> list | None:
-    """Per-axis scale/translation of the input level for the output's axes (None when unknown or mismatched)."""
-    if values is None or len(values) != len(axes):
-        return None
-    return [neutral if a == "C" else float(v) for a, v in zip(axes, values)]
 
 
 def _output_target(output: Any, oo: OutputOptions, src: Any, tile_shape: Any) -> SimpleNamespace:

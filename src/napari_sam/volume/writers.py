@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-__all__ = ["BIGTIFF_BYTES", "prepare_ome_labels_group", "write_ome_labels_group", "check_tiff_target", "finish_tiff", "open_written", "output_format", "tiff_staging_path",
+__all__ = ["BIGTIFF_BYTES", "finish_output", "ome_labels_array_path", "resolve_output", "write_ome_labels_group", "check_tiff_target", "finish_tiff", "open_written", "output_format", "tiff_staging_path",
            "write_tiff", "written_tiff_by_napari_sam"]
 
 #: a TIFF whose pixel data exceed this is written as BigTIFF (classic TIFF offsets end at 4 GiB)
@@ -171,14 +171,13 @@ def open_written(path: Path, fmt: str) -> Any:
 _AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
 
 
-def prepare_ome_labels_group(path: Path) -> Path:
+def ome_labels_array_path(path: Path) -> Path:
     """The array path (``path/0``) of an ``.ome.zarr`` labels output; refuses a folder napari-sam did not write."""
     from napari_sam.volume.output import written_by_napari_sam
 
     if path.exists() and not (path.is_dir() and written_by_napari_sam(path / "0")):
         raise ValueError(f"the output {path} exists and was not written by napari-sam, so it is not replaced; "
                          "choose another output path, or remove it yourself if it is no longer needed")
-    path.mkdir(parents=True, exist_ok=True)
     return path / "0"
 
 
@@ -198,3 +197,34 @@ def write_ome_labels_group(path: Path, *, axes: str, scale: list | None, transla
     else:
         ms["version"] = label["version"] = "0.4"
         grp.attrs.update({"multiscales": [ms], "image-label": label})
+
+
+def resolve_output(output: Any, *, resume: bool, overwrite: bool) -> tuple[str | None, Path | None, Any]:
+    """``(format, final path, path the zarr run writes)`` for an output; checks only, creates nothing."""
+    if output is None:
+        return None, None, None
+    fmt, final = output_format(output), Path(output)
+    if fmt == "tiff":  # the run writes a zarr staging store; the TIFF is written from it at the end
+        check_tiff_target(final, resume=resume, overwrite=overwrite)
+        return fmt, final, tiff_staging_path(final)
+    if fmt == "ome-zarr":  # an image-label group with the labels array at 0
+        return fmt, final, ome_labels_array_path(final)
+    return fmt, final, output
+
+
+def _axes_values(values: Any, axes: str, neutral: float) -> list | None:
+    """Per-axis scale/translation of the input level for the output's axes (None when unknown or mismatched)."""
+    if values is None or len(values) != len(axes):
+        return None
+    return [neutral if a == "C" else float(v) for a, v in zip(axes, values)]
+
+
+def finish_output(fmt: str, final: Path, written: Path, *, axes: str, zarr_format: int, meta: dict) -> Any:
+    """After a complete run: the OME-Zarr group metadata, or the TIFF from the staging store; the result, lazily."""
+    if fmt == "tiff":
+        finish_tiff(written, final, axes=axes, geotiff=meta.get("geotiff"))
+        return open_written(final, "tiff")
+    write_ome_labels_group(final, axes=axes, zarr_format=zarr_format,
+                           scale=_axes_values(meta.get("scale"), axes, 1.0),
+                           translation=_axes_values(meta.get("translation"), axes, 0.0))
+    return open_written(written, "zarr")
