@@ -13,6 +13,14 @@ depths (Z and 2 Z) to show that memory does not grow with the number of slices.
     python benchmarks/batch.py                              # 16 x 2048 x 2048 uint16 (and 8 x ...)
     python benchmarks/batch.py --shape 64 4096 4096         # the 2 GB case
     python benchmarks/batch.py --shape 8 1024 1024 --model-seconds 1
+    python benchmarks/batch.py --memory                     # peak RSS on one 2048^2, 8192^2, 16384^2 image
+
+``--memory`` labels single 2-D images with a cheap stand-in predictor (per tile:
+threshold + connected components as mask records, then the real stitching and
+label writing of :mod:`napari_sam.tiled`), each size in a fresh subprocess, and
+reports the peak RSS of that subprocess (``RUSAGE_CHILDREN``).  ``--in-memory``
+gives the stand-in no ``out=`` so the batch path holds the whole slice (the
+behaviour before labels were streamed).
 """
 
 from __future__ import annotations
@@ -96,6 +104,77 @@ def run_once(src: Path, model_seconds: float, workers: int) -> dict:
             "labels_in_slice0": n_labels}
 
 
+def standin_tiled(image, *, channel_axis=None, contrast_limits=None, out=None, tile: int = 1024):
+    """A cheap stand-in predictor per tile (threshold + components as mask records), real stitching/writing."""
+    from skimage.measure import label, regionprops
+
+    from napari_sam.automatic.labels import masks_to_labels
+    from napari_sam.automatic.records import MaskRecord
+    from napari_sam.tiled.stitching import stitch_tiles, write_labels
+    from napari_sam.tiled.tiles import tile_grid
+
+    shape = tuple(int(s) for s in image.shape[:2])
+    lo, hi = np.asarray(contrast_limits, dtype=np.float64).reshape(-1, 2)[0]
+    tiles = tile_grid(shape, tile, 0)
+    per_tile = {}
+    for t in tiles:
+        r0, c0, _, _ = t.window
+        window = np.asarray(image[t.window[0]:t.window[2], t.window[1]:t.window[3]])
+        per_tile[t.index] = [
+            MaskRecord(p.image.copy(), (p.bbox[0] + r0, p.bbox[1] + c0, p.bbox[2] + r0, p.bbox[3] + c0),
+                       int(p.area), 0.9, 0.95, (p.centroid[0] + r0, p.centroid[1] + c0), t.window)
+            for p in regionprops(label(window > (lo + hi) / 2))]
+    records = stitch_tiles(per_tile, tiles, shape)
+    return masks_to_labels(records, shape) if out is None else write_labels(records, out)
+
+
+def standin_in_memory(image, *, channel_axis=None, contrast_limits=None):
+    """:func:`standin_tiled` without ``out=``: the batch path holds the slice and its labels."""
+    return standin_tiled(image, channel_axis=channel_axis, contrast_limits=contrast_limits)
+
+
+def make_image(path: Path, side: int, chunk: int = 1024) -> None:
+    """A uint8 ``side`` x ``side`` blob image written by row blocks (never whole in memory)."""
+    import zarr
+
+    arr = zarr.create_array(store=str(path), shape=(side, side), chunks=(chunk, chunk), dtype="uint8")
+    xx = np.arange(side, dtype=np.float32)
+    for r in range(0, side, chunk):
+        yy = np.arange(r, min(r + chunk, side), dtype=np.float32)[:, None]
+        arr[r:r + len(yy)] = ((np.sin(yy / 23.0) * np.sin(xx / 29.0) > 0.3) * 200).astype(np.uint8)
+
+
+def memory_once(src: Path, in_memory: bool) -> dict:
+    """One single-image run in this (fresh) process; the parent reads its peak RSS."""
+    from napari_sam.volume.batch import segment_volume
+
+    fn = standin_in_memory if in_memory else standin_tiled
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        segment_volume(str(src), Path(tmp) / "labels.zarr", segment_fn=fn, contrast_limits=[[0, 255]],
+                       tile_shape=1024, compact=False)
+        return {"wall_s": round(time.perf_counter() - start, 1)}
+
+
+def memory_cases(sides: list[int], in_memory: bool) -> list[dict]:
+    """Peak RSS of one fresh subprocess per image side."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in sorted(sides):  # ru_maxrss of children is a running maximum: ascending sizes
+            src = Path(tmp) / f"image_{side}.zarr"
+            make_image(src, side)
+            cmd = [sys.executable, __file__, "--memory-run", str(src)] + (["--in-memory"] if in_memory else [])
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, max over finished children
+            row = {"side": side, "peak_rss_mib": round(peak / 1024, 1), "in_memory": in_memory,
+                   "bytes_per_pixel": round(peak * 1024 / side**2, 2),
+                   "max_rss_grew": peak > before, **json.loads(res.stdout.strip().splitlines()[-1])}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    return results
+
+
 def time_real_model(shape: tuple[int, int], model: str, points_per_side: int) -> tuple[float, float, int]:
     """Real SAM path (random weights of ``model``) on ONE tile of a ``shape`` slice.
 
@@ -125,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-seconds", type=float, default=2.0,
                         help="cost of the stand-in model per slice (real SAM on a 2048^2 slice costs more)")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--memory", action="store_true", help="peak RSS on single 2-D images (see above)")
+    parser.add_argument("--sides", type=int, nargs="+", default=[2048, 8192, 16384], help="image sides for --memory")
+    parser.add_argument("--in-memory", action="store_true", help="--memory with the non-streaming path")
+    parser.add_argument("--memory-run", help=argparse.SUPPRESS)  # internal: one --memory case
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: measure one run on this input
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--real-model", help="also time the real SAM path on one slice with random weights of "
@@ -133,6 +216,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="AMG grid for --real-model (SAM's default is 32: about 4x the decoding time)")
     args = parser.parse_args(argv)
     shape = tuple(args.shape)
+    if args.memory_run:
+        print(json.dumps(memory_once(Path(args.memory_run), args.in_memory)))
+        return 0
+    if args.memory:
+        results = memory_cases(args.sides, args.in_memory)
+        peaks = [r["peak_rss_mib"] for r in results]
+        print(f"peak RSS {peaks} MiB for sides {args.sides}: largest/smallest {max(peaks) / min(peaks):.2f}x "
+              "(goal: within 1.5x and under 2048 MiB)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
     if args.run:
         print(json.dumps(run_once(Path(args.run), args.model_seconds, args.workers)))
         return 0

@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "a uint32 zarr labels array (ids unique across the volume).")
     _input_args(seg)
     out = seg.add_mutually_exclusive_group()
-    out.add_argument("-o", "--output", help="output zarr labels array (e.g. labels.zarr)")
+    out.add_argument("-o", "--output", help="output labels, format by suffix: labels.zarr (zarr array), "
+                     "labels.ome.zarr (OME-Zarr labels), labels.tif / labels.ome.tif (TIFF; GeoTIFF for a GeoTIFF input)")
     out.add_argument("--label-name", help="OME-Zarr input: write into its labels/NAME group (default 'sam' "
                      "when the input is OME-Zarr and no --output is given)")
+    seg.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,
+                     help="zarr format of a .zarr output (default 3; 2 for older readers such as GDAL)")
     seg.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished slices")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     seg.add_argument("--scheduler", help="threads (default), processes, synchronous, or a dask.distributed "
@@ -189,7 +192,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                                                           "strict")})
     tiles = TileOptions(tile_shape=common.pop("tile_shape"), halo=common.pop("halo"))
     output = OutputOptions(resume=args.resume, overwrite=args.overwrite, compact=args.compact,
-                           label_name=label_name, link_3d=args.link_3d, link_iou=args.link_iou)
+                           label_name=label_name, link_3d=args.link_3d, link_iou=args.link_iou,
+                           zarr_format=args.zarr_format)
     if args.cache is not None and Path(args.cache).is_file():
         raise ValueError(f"--cache {args.cache} is a file; give a folder for the embedding cache")
     bars = _Bars(not args.quiet)

@@ -30,6 +30,7 @@ from napari_sam.tiled.tiles import check_image_shape
 from napari_sam.volume import slices as vol
 from napari_sam.volume.cache import EmbeddingCache, data_identity, weights_identity
 from napari_sam.volume.io import json_safe, ome_zarr_root, prepare_labels_array, write_ome_labels_metadata
+from napari_sam.volume.ome import write_label_pyramid
 from napari_sam.volume.options import (
     OutputOptions,
     RunOptions,
@@ -54,6 +55,8 @@ from napari_sam.volume.source import (
     volume_cache_key,
     worker_predictor,
 )
+from napari_sam.volume.streaming import segment_slice_streamed, takes_out
+from napari_sam.volume.writers import finish_output, resolve_output
 
 __all__ = ['sam_segment', 'segment_volume']
 
@@ -73,17 +76,21 @@ def sam_segment(
     cache_key: dict | None = None,
     slice_index: int = 0,
     return_scores: bool = False,
-) -> np.ndarray:
+    out: Any = None,
+) -> Any:
     """The default per-slice function: tiled automatic SAM labelling of one 2-D slice.
 
     With ``cache`` (an :class:`~napari_sam.volume.cache.EmbeddingCache` folder) and its
     ``cache_key``, tile embeddings of slice ``slice_index`` are read from / written to it.
+    With ``out`` (a 2-D writable array, e.g. :class:`~napari_sam.volume.streaming.OffsetLabels`)
+    the labels are written into it block by block and ``image`` may be lazy: nothing of the
+    slice's size is held in memory (see :mod:`napari_sam.volume.streaming`).
 
     Returns
     -------
     numpy.ndarray
-        ``(Y, X)`` uint32 labels, 0 background (with ``return_scores``: ``(labels, scores)``,
-        see :func:`napari_sam.tiled.tiles.segment_image`).
+        ``(Y, X)`` uint32 labels (or ``out``), 0 background (with ``return_scores``:
+        ``(labels, scores)``, see :func:`napari_sam.tiled.tiles.segment_image`).
     """
     from napari_sam.tiled.tiles import segment_image
 
@@ -95,7 +102,8 @@ def sam_segment(
         predictor.start_slice(slice_index)
     return segment_image(
         image, predictor, channel_axis=channel_axis, contrast_limits=contrast_limits,
-        tile_shape=tile_shape, halo=halo, return_scores=return_scores, **model_amg_params(model, amg_params),
+        tile_shape=tile_shape, halo=halo, out=out, return_scores=return_scores,
+        **model_amg_params(model, amg_params),
     )
 
 
@@ -128,7 +136,10 @@ def segment_volume(
     source : path or array
         A path understood by :func:`napari_sam.volume.io.open_image`, or a numpy/dask array.
     output : path, optional
-        Zarr labels array to write (uint32, chunks ``(1, ..., tile, tile)``).  Without
+        Labels to write, the format chosen by the suffix (:mod:`napari_sam.volume.writers`):
+        ``.zarr`` a uint32 zarr array (chunks ``(1, ..., tile, tile)``, ``zarr_format`` 3 or
+        2), ``.ome.zarr`` an NGFF image-label group (0.5 on zarr v3, 0.4 on v2), ``.tif`` / ``.tiff`` / ``.ome.tif`` a TIFF (BigTIFF when large; a GeoTIFF input's
+        CRS and transform are kept); any other suffix is a ``ValueError``.  Without
         it (and without ``label_name``) the result is a lazy dask array computed on demand.
     model, checkpoint, device
         Model for the default segment function (``load_model`` name, or a config ``.json``).
@@ -144,7 +155,7 @@ def segment_volume(
         napari-sam wrote: the new one is written beside it and swapped in when complete),
         ``compact`` (renumber ids to ``1..N``), ``label_name`` (OME-Zarr input: write to its
         ``labels/<label_name>`` group), ``link_3d`` / ``link_iou`` (join objects of
-        neighbouring Z slices whose IoU exceeds ``link_iou``).
+        neighbouring Z slices whose IoU exceeds ``link_iou``), ``zarr_format`` (2 or 3).
     run : RunOptions, optional
         ``scheduler`` (None, "threads", "processes", "synchronous", an address such as
         ``"tcp://host:8786"`` or a ``distributed.Client``), ``workers`` (default 1 with the
@@ -192,8 +203,9 @@ def segment_volume(
     if output is not None:  # checks that need no reading, before the input is opened
         check_no_overlap(Path(output), [Path(source)] if isinstance(source, (str, os.PathLike))
                          else store_paths(source))
-        if oo.overwrite or Path(output).is_file():
-            refuse_foreign(Path(output))
+    fmt, final, output = resolve_output(output, resume=oo.resume, overwrite=oo.overwrite)
+    if output is not None and (oo.overwrite or Path(output).is_file()):
+        refuse_foreign(Path(output))
     src = prepare_source(source, axes=so.axes, level=so.level, channel=so.channel, channels=so.channels,
                          contrast_limits=so.contrast_limits, strict=so.strict)
     if oo.link_3d and "Z" not in src.in_axes:
@@ -247,16 +259,21 @@ def segment_volume(
         "compact": oo.compact, "link_3d": oo.link_3d, "link_iou": oo.link_iou, "out_axes": target.axes,
         "slice_check": "sha1",  # finished slices carry a checksum of their pixels (checked on --resume)
     })
+    if fmt == "ome-zarr":
+        final.mkdir(parents=True, exist_ok=True)  # the group folder holds the array and its lock
     with OutputLock(target.path):
         write_path = _choose_write_path(target.path, oo)
         if target.ome is not None and not target.path.exists():
             scale = list(meta.get("scale") or [1.0] * len(target.axes))
             scale = [1.0 if a == "C" else s for a, s in zip(target.axes, scale)]
+            shift = meta.get("translation")
+            shift = None if shift is None else [0.0 if a == "C" else t for a, t in zip(target.axes, shift)]
             write_ome_labels_metadata(target.ome["root"], oo.label_name, axes=list(target.ome["multiscale"]["axes"]),
-                                      scale=scale, version=target.ome["version"], zarr_format=target.zarr_format)
+                                      scale=scale, translation=shift, version=target.ome["version"],
+                                      zarr_format=target.zarr_format)
         prepare_labels_array(write_path, shape=target.shape, chunks=target.chunks, signature=signature,
                              attrs=target.attrs, resume=oo.resume and write_path.exists(), overwrite=False,
-                             zarr_format=target.zarr_format)
+                             zarr_format=target.zarr_format, dimension_names=target.dims)
         _run_slices(write_path, src, oo, ro, workers, block, segment_fn, target.axes)
         if table is not None:
             from napari_sam.volume.tables import volume_table
@@ -265,6 +282,10 @@ def segment_volume(
                          out_index=[_out_index(target.axes, src.loop_axes, idx) for idx in indices])
         if write_path != target.path:
             swap_in(write_path, target.path)
+        if target.ome is not None:  # label levels matching the image's coarser levels
+            write_label_pyramid(target.ome["root"], oo.label_name, base_level=so.level)
+        if fmt in ("ome-zarr", "tiff"):
+            return finish_output(fmt, final, target.path, axes=target.axes, zarr_format=target.zarr_format, meta=meta)
     return da.from_zarr(zarr.open_array(str(target.path), mode="r"))
 
 
@@ -286,7 +307,7 @@ def _output_target(output: Any, oo: OutputOptions, src: Any, tile_shape: Any) ->
     else:
         out_axes = loop_axes + "YX"
         out_path = Path(output)
-        zarr_format = 3
+        zarr_format = int(oo.zarr_format)
         what = "output"
     check_no_overlap(out_path, inputs, what=what)
     if out_path.exists() and not (oo.resume or oo.overwrite):
@@ -304,8 +325,10 @@ def _output_target(output: Any, oo: OutputOptions, src: Any, tile_shape: Any) ->
         attrs["geotiff"] = meta["geotiff"]
     if meta.get("scale") is not None:
         attrs["napari_sam"]["scale"] = meta["scale"]
+    dims = ([str(a["name"] if isinstance(a, dict) else a) for a in ome["multiscale"]["axes"]] if ome is not None
+            else [a.lower() for a in out_axes])
     return SimpleNamespace(path=out_path, axes=out_axes, shape=out_shape, chunks=out_chunks, attrs=attrs,
-                           ome=ome, zarr_format=zarr_format)
+                           ome=ome, zarr_format=zarr_format, dims=dims)
 
 
 def _choose_write_path(out_path: Path, oo: OutputOptions) -> Path:
@@ -331,8 +354,9 @@ def _run_slices(out_path: Path, src: Any, oo: OutputOptions, ro: RunOptions, wor
     state.mkdir(exist_ok=True)
     out_idx = [_out_index(out_axes, loop_axes, idx) for idx in indices]
     _check_finished_slices(out_path, src, ro, workers)
+    task_fn = segment_slice_streamed if takes_out(segment_fn) else vol._segment_slice  # stream when it can
     tasks = [
-        dask.delayed(vol._segment_slice, pure=False)(
+        dask.delayed(task_fn, pure=False)(
             view[idx] if src.spec is None else None, k=k, src=src.spec, loop_index=idx, out_path=str(out_path),
             out_index=out_idx[k], block=block, contrast_limits=src.limits, has_channels=src.has_ch,
             segment_fn=segment_fn)

@@ -229,12 +229,14 @@ def _open_zarr(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
             )
         arr = zarr.open_array(str(path / datasets[level]["path"]), mode="r")
         axes = _clean_metadata_axes(ome["axes"], arr.shape) if ome["axes"] else None
-        scale = None
+        scale = translation = None
         for tr in datasets[level].get("coordinateTransformations", []):
             if tr.get("type") == "scale":
                 scale = list(tr["scale"])
+            elif tr.get("type") == "translation":
+                translation = list(tr["translation"])
         return _zarr_input(arr, path / datasets[level]["path"], {"format": "ome-zarr", "ome_zarr": ome,
-                                                                 "scale": scale}, axes)
+                                                                 "scale": scale, "translation": translation}, axes)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
@@ -332,18 +334,22 @@ def open_image(
 
 def write_ome_labels_metadata(
     root: str | os.PathLike, name: str, *, axes: list[dict], scale: list[float] | None,
-    version: str, zarr_format: int,
+    version: str, zarr_format: int, translation: list[float] | None = None,
 ) -> None:
     """Register ``labels/<name>`` (an array at ``labels/<name>/0``) in an OME-Zarr image.
 
     Writes the ``labels`` group's list of names and the label group's
     ``multiscales`` + ``image-label`` metadata (NGFF 0.4 for zarr v2, 0.5 for zarr v3).
+    ``scale`` and ``translation`` are the segmented image level's, so the labels lie
+    exactly on the pixels they were computed from (also for ``--level N``).
     """
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": list(scale) if scale else [1.0] * len(axes)}]
+    if translation is not None and any(float(t) != 0.0 for t in translation):
+        transforms.append({"type": "translation", "translation": [float(t) for t in translation]})
     ms: dict[str, Any] = {
         "name": name,
         "axes": axes,
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": list(scale) if scale else [1.0] * len(axes)}]}],
+        "datasets": [{"path": "0", "coordinateTransformations": transforms}],
     }
     label_meta: dict[str, Any] = {"source": {"image": "../../"}}
     root_grp = zarr.open_group(str(root), mode="r+")
@@ -368,12 +374,13 @@ def json_safe(value: Any) -> Any:
 
 def prepare_labels_array(
     out_path: Path, *, shape: tuple, chunks: tuple, signature: dict, attrs: dict,
-    resume: bool, overwrite: bool, zarr_format: int,
+    resume: bool, overwrite: bool, zarr_format: int, dimension_names: list[str] | None = None,
 ) -> None:
     """Create the uint32 labels array of a run, or check an existing one before resuming.
 
     ``signature`` (JSON-safe dict of everything that determines the labels) is
-    stored in ``attrs["napari_sam"]["signature"]``; resuming with a different
+    stored in ``attrs["napari_sam"]["signature"]`` (and ``dimension_names`` on a zarr v3
+    array, as NGFF 0.5 requires for OME-Zarr labels); resuming with a different
     signature raises ``ValueError`` naming the differing entries.  An existing
     output is replaced only with ``overwrite``.
     """
@@ -405,7 +412,8 @@ def prepare_labels_array(
             )
     arr = zarr.create_array(
         store=str(out_path), shape=shape, chunks=chunks, dtype="uint32", fill_value=0,
-        zarr_format=zarr_format, attributes=json_safe({**attrs, "napari_sam": {**attrs.get("napari_sam", {}),
+        zarr_format=zarr_format, dimension_names=dimension_names if zarr_format == 3 else None,
+        attributes=json_safe({**attrs, "napari_sam": {**attrs.get("napari_sam", {}),
                                                                                 "signature": signature}}),
     )
     del arr

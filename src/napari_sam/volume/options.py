@@ -67,7 +67,8 @@ class TileOptions:
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """What to do with the output: resume/overwrite, id compaction, OME-Zarr label name, 3-D linking."""
+    """What to do with the output: resume/overwrite, id compaction, OME-Zarr label name, 3-D linking,
+    zarr format of a ``.zarr`` output (2 or 3)."""
 
     resume: bool = False
     overwrite: bool = False
@@ -75,10 +76,13 @@ class OutputOptions:
     label_name: str | None = None
     link_3d: bool = False
     link_iou: float = 0.5
+    zarr_format: int = 3
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
             raise ValueError("choose either resume or overwrite, not both")
+        if self.zarr_format not in (2, 3):
+            raise ValueError(f"zarr_format (--zarr-format) must be 2 or 3, got {self.zarr_format!r}")
         iou = float(self.link_iou)
         if not (math.isfinite(iou) and 0.0 <= iou < 1.0):
             raise ValueError(f"link_iou (--link-iou) must be in [0, 1), got {self.link_iou}")
