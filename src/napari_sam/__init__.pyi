@@ -21,6 +21,8 @@ from napari_sam.predict.pipeline import PromptPipeline as PromptPipeline
 from napari_sam.predict.pipeline import PromptResult as PromptResult
 from napari_sam.predict.predictor import Predictor as Predictor
 from napari_sam.progress import Cancelled as Cancelled
+from napari_sam.training.finetune import finetune as finetune
+from napari_sam.model.saved import save_model as save_model
 from napari_sam.threads import limit_threads as limit_threads
 from napari_sam.tiled.tiles import segment_image as segment_image
 from napari_sam.volume.batch import segment_volume as segment_volume

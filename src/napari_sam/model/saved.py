@@ -1,0 +1,174 @@
+"""Saved (fine-tuned) models and micro-sam checkpoints.
+
+A saved model is a folder::
+
+    my_model/
+      model.pt              the state dict (loads strictly)
+      model.card.json       a ModelCard: config, sha256, recommended parameters
+      training.json         how it was made: base model, data sha256, steps, validation
+
+:func:`napari_sam.load_model` loads the folder (or its card) offline.
+
+micro-sam (computational-cell-analytics/micro-sam) saves fine-tuned SAM
+models as a dict whose ``model_state`` holds the SAM weights under a ``sam.``
+prefix (``module.sam.`` when trained with DistributedDataParallel), beside its
+trainer's state; a ``decoder_state`` entry holds the weights of its extra
+instance-segmentation decoder, which this package does not use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_sam.model.cards import ModelCard
+from napari_sam.model.checkpoint import CheckpointError, check_finite
+
+__all__ = ["save_model", "is_saved_model", "card_in_folder", "is_micro_sam_checkpoint", "read_micro_sam"]
+
+WEIGHTS_NAME = "model.pt"
+CARD_NAME = "model.card.json"
+TRAINING_NAME = "training.json"
+_PREFIXES = ("module.sam.", "sam.")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(model: torch.nn.Module, path: str | os.PathLike[str], *, name: str | None = None,
+               description: str = "", overwrite: bool = False) -> ModelCard:
+    """Write a model as a folder that :func:`napari_sam.load_model` reads.
+
+    Parameters
+    ----------
+    model : Sam
+        Usually from :func:`napari_sam.finetune` (its ``finetune_report`` goes
+        into ``training.json`` and a summary into the card).
+    path : path
+        The folder to create.
+    name : str, optional
+        Registry name of the model (default: the folder name).
+    description : str
+        One line for menus.
+    overwrite : bool
+        Replace the files of an existing saved model.
+
+    Returns
+    -------
+    ModelCard
+        The card written (with its path set).
+    """
+    if not hasattr(model, "mask_decoder") or not getattr(model, "config", None):
+        raise TypeError("save_model expects a SAM model built by napari_sam (it needs model.config).")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file; save_model writes a folder (choose a new name).")
+    if (folder / CARD_NAME).exists() and not overwrite:
+        raise ValueError(f"{folder} already holds a saved model; pass overwrite=True or another path.")
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(folder / WEIGHTS_NAME)
+    base = getattr(model, "card", None)
+    info: dict[str, Any] = dict(getattr(model, "finetune_report", None) or {})
+    summary = ""
+    if info:
+        summary = (f"fine-tuned from {info.get('base')!r}: {info.get('steps_done')} steps on "
+                   f"{info.get('train_slices')} slice(s) / {info.get('objects')} objects "
+                   f"(data sha256 {str(info.get('data_sha256'))[:12]}); see {TRAINING_NAME}")
+        if "after" in info:
+            summary += f"; held-out before {info['before']} after {info['after']}"
+    card = ModelCard(
+        name=name or folder.resolve().name,
+        config=dict(model.config),
+        description=description or (f"fine-tuned {getattr(base, 'name', 'SAM')} model"),
+        sha256=_sha256(folder / WEIGHTS_NAME),
+        weights=WEIGHTS_NAME,
+        amg=dict(getattr(base, "amg", {}) or {}),
+        prompt_pipeline=dict(getattr(base, "prompt_pipeline", {}) or {}),
+        source=f"napari-sam fine-tuning of {getattr(base, 'name', 'a custom model')}",
+        training=summary,
+    )
+    card.to_json(folder / CARD_NAME)
+    (folder / TRAINING_NAME).write_text(json.dumps({"base_card": None if base is None else base.to_dict(),
+                                                    **info}, indent=2, default=str) + "\n", encoding="utf-8")
+    return ModelCard.from_json(folder / CARD_NAME)
+
+
+def card_in_folder(path: str | os.PathLike[str]) -> Path | None:
+    """The card file of a saved-model folder, or None."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    if (folder / CARD_NAME).is_file():
+        return folder / CARD_NAME
+    cards = sorted(folder.glob("*.card.json"))
+    return cards[0] if len(cards) == 1 else None
+
+
+def is_saved_model(path: str | os.PathLike[str]) -> bool:
+    """True for a folder written by :func:`save_model` (or holding one card)."""
+    return card_in_folder(path) is not None
+
+
+def _load_raw(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"Could not read checkpoint {path} ({type(exc).__name__}: {exc}).") from exc
+
+
+def is_micro_sam_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """True for a file holding a dict with a ``model_state`` mapping (micro-sam's layout)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(obj, Mapping) and isinstance(obj.get("model_state"), Mapping)
+
+
+def read_micro_sam(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The SAM state dict inside a micro-sam checkpoint (prefixes removed).
+
+    Weights of micro-sam's instance-segmentation decoder (``decoder_state``)
+    are ignored with a warning.
+    """
+    path = Path(path)
+    obj = _load_raw(path)
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("model_state"), Mapping):
+        raise CheckpointError(f"{path} is not a micro-sam checkpoint (no 'model_state' entry).")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj["model_state"].items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        state[key] = value
+    if not state:
+        raise CheckpointError(f"{path}: its 'model_state' holds no tensors.")
+    if obj.get("decoder_state"):
+        warnings.warn(
+            f"{path}: micro-sam's instance-segmentation decoder ('decoder_state') is ignored; "
+            "napari-sam uses the SAM weights (automatic segmentation runs SAM's own generator).",
+            UserWarning, stacklevel=3,
+        )
+    check_finite(state, path=path)
+    return state
