@@ -27,6 +27,8 @@ def _open(source: Any, what: str) -> np.ndarray:
             import tifffile
 
             return np.asarray(tifffile.imread(path))
+        if path.lower().endswith(".npy"):
+            return np.load(path, allow_pickle=False)
         import zarr
 
         return np.asarray(zarr.open(path, mode="r")[...])
