@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _tiny_sam import tiny_sam_config
 
 import napari_sam
 from napari_sam.model.cards import ModelCard
@@ -15,8 +16,6 @@ from napari_sam.synthetic import make_nuclei_image
 from napari_sam.training.finetune import _sample, evaluate_model
 from napari_sam.training.inputs import prepare_slices
 from napari_sam.training.loop import init_for_training, train_step
-
-from _tiny_sam import tiny_sam_config
 
 
 @pytest.fixture(scope="module")

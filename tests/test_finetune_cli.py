@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from _tiny_sam import tiny_sam_config
 
 import napari_sam
 from napari_sam.cli import main
 from napari_sam.synthetic import make_nuclei_image
-
-from _tiny_sam import tiny_sam_config
 
 
 @pytest.fixture()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _tiny_sam import tiny_sam_config
 
 import napari_sam
 from napari_sam.model.registry import REGISTRY
 from napari_sam.synthetic import make_nuclei_image
-
-from _tiny_sam import tiny_sam_config
 
 pytestmark = pytest.mark.gui
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import napari
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
-                              PushButton, SpinBox)
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 
 from napari_sam._napari.finetune import default_model_folder, finetune_and_register
 from napari_sam._napari.predictors import model_choices

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_sam.progress import CancelToken, Cancelled, ProgressCallback, check_cancelled, report
+from napari_sam.progress import Cancelled, CancelToken, ProgressCallback, check_cancelled, report
 from napari_sam.training.data import Batch, _augment
 from napari_sam.training.inputs import data_identity, prepare_slices, split_holdout
 from napari_sam.training.loop import TrainConfig, focal_weight_at, lr_at, train_step
