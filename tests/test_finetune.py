@@ -161,3 +161,19 @@ def test_bad_inputs(tiny, data, labels, error, match):
         napari_sam.finetune(tiny, images, labels, steps=1, device="cpu")
     with pytest.raises(ValueError, match="steps"):
         napari_sam.finetune(tiny, images, good, steps=0, device="cpu")
+
+
+class _TrainerState:  # stands for the Python objects a training checkpoint pickles beside the weights
+    pass
+
+
+def test_micro_sam_exported_layout_and_pickled_trainer_state(tiny, tmp_path):
+    state = tiny.state_dict()
+    path = tmp_path / "exported.pt"
+    torch.save({"model_state": dict(state), "decoder_state": {"x": torch.zeros(1)}}, path)  # no prefix
+    with pytest.warns(UserWarning, match="decoder_state"):
+        loaded = napari_sam.load_model(tiny_sam_config(), checkpoint=path)
+    assert torch.equal(loaded.mask_decoder.iou_token.weight, tiny.mask_decoder.iou_token.weight)
+    torch.save({"model_state": {f"sam.{k}": v for k, v in state.items()}, "trainer": _TrainerState()}, path)
+    with pytest.raises(ValueError, match="export_custom_sam_model"):
+        napari_sam.load_model(path)

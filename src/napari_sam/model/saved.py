@@ -10,10 +10,12 @@ A saved model is a folder::
 :func:`napari_sam.load_model` loads the folder (or its card) offline.
 
 micro-sam (computational-cell-analytics/micro-sam) saves fine-tuned SAM
-models as a dict whose ``model_state`` holds the SAM weights under a ``sam.``
-prefix (``module.sam.`` when trained with DistributedDataParallel), beside its
-trainer's state; a ``decoder_state`` entry holds the weights of its extra
-instance-segmentation decoder, which this package does not use.
+models as a dict whose ``model_state`` holds the SAM weights, under a ``sam.``
+prefix in training checkpoints (``module.sam.`` when trained with
+DistributedDataParallel) and without one in exported models; a
+``decoder_state`` entry holds the weights of its extra instance-segmentation
+decoder, which this package does not use.  Exported models without that
+decoder are plain state dicts and load as such.
 """
 
 from __future__ import annotations
@@ -139,8 +141,25 @@ def is_micro_sam_checkpoint(path: str | os.PathLike[str]) -> bool:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
+        if _pickle_mentions(path, b"model_state"):
+            raise CheckpointError(
+                f"{path} is a micro-sam training checkpoint that holds Python objects besides the weights; "
+                "napari-sam reads tensors only. Export the SAM weights with micro-sam "
+                "(micro_sam.util.export_custom_sam_model(checkpoint, model_type, 'exported.pt')) and load that file."
+            ) from None
         return False
     return isinstance(obj, Mapping) and isinstance(obj.get("model_state"), Mapping)
+
+
+def _pickle_mentions(path: Path, word: bytes) -> bool:
+    """Whether the pickle inside a (zip) torch file contains ``word``, without unpickling it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(word in archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return False
 
 
 def read_micro_sam(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
