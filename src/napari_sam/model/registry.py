@@ -350,32 +350,6 @@ def build_model(
     return build_sam(_card_or_config(config_or_name)[1], device=device)
 
 
-def _saved_or_micro_sam(name_or_config: Any, checkpoint: Any) -> tuple[Any, Any]:
-    """A saved-model folder -> its card file; a micro-sam checkpoint -> a card of its variant."""
-    if not isinstance(name_or_config, (str, os.PathLike)) or (
-        isinstance(name_or_config, str) and name_or_config in REGISTRY
-    ):
-        return name_or_config, checkpoint
-    card_file = saved.card_in_folder(name_or_config)
-    if card_file is not None:
-        return card_file, checkpoint
-    if checkpoint is None and saved.is_micro_sam_checkpoint(name_or_config):
-        path = Path(name_or_config)
-        state = saved.read_micro_sam(path)
-        variant = _matching_variant({k: tuple(v.shape) for k, v in state.items()}, exclude=None)
-        if variant is None:
-            raise CheckpointError(
-                f"{path} is a micro-sam checkpoint of no registered architecture; pass its config: "
-                "load_model(config, checkpoint=path)."
-            )
-        base = REGISTRY[variant]
-        card = ModelCard(name=path.stem, config=base.config, weights=str(path.resolve()),
-                         description=f"micro-sam checkpoint ({variant})", amg=base.amg,
-                         prompt_pipeline=base.prompt_pipeline, source=f"micro-sam fine-tuning of {variant}")
-        return card, path
-    return name_or_config, checkpoint
-
-
 def load_model(
     name_or_config: str | Mapping[str, Any] | os.PathLike[str] | ModelCard = "builtin",
     *,
@@ -409,7 +383,8 @@ def load_model(
         Missing/corrupt file, or tensors that do not fit (naming the variant the
         file belongs to when it is another registered one).
     """
-    name_or_config, checkpoint = _saved_or_micro_sam(name_or_config, checkpoint)
+    name_or_config, checkpoint = saved.resolve(  # a saved-model folder, a micro-sam checkpoint
+        name_or_config, checkpoint, known=REGISTRY, variant_of=lambda shapes: _matching_variant(shapes, None))
     card, config = _card_or_config(name_or_config)
     own_name = None if card is None else card.name
     if card is not None:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ import torch
 from napari_sam.model.cards import ModelCard
 from napari_sam.model.checkpoint import CheckpointError, check_finite
 
-__all__ = ["save_model", "is_saved_model", "card_in_folder", "is_micro_sam_checkpoint", "read_micro_sam"]
+__all__ = ["save_model", "is_saved_model", "card_in_folder", "is_micro_sam_checkpoint", "read_micro_sam",
+           "resolve"]
 
 WEIGHTS_NAME = "model.pt"
 CARD_NAME = "model.card.json"
@@ -191,3 +192,31 @@ def read_micro_sam(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         )
     check_finite(state, path=path)
     return state
+
+
+def resolve(name_or_config: Any, checkpoint: Any, *, known: Mapping[str, ModelCard],
+            variant_of: Callable[[dict[str, tuple[int, ...]]], str | None]) -> tuple[Any, Any]:
+    """What :func:`napari_sam.load_model` loads for a path: a folder -> its card file; a micro-sam
+    checkpoint -> a card of the registered variant its tensor shapes match (``variant_of``)."""
+    if not isinstance(name_or_config, (str, os.PathLike)) or (
+        isinstance(name_or_config, str) and name_or_config in known
+    ):
+        return name_or_config, checkpoint
+    card_file = card_in_folder(name_or_config)
+    if card_file is not None:
+        return card_file, checkpoint
+    if checkpoint is None and is_micro_sam_checkpoint(name_or_config):
+        path = Path(name_or_config)
+        state = read_micro_sam(path)
+        variant = variant_of({k: tuple(v.shape) for k, v in state.items()})
+        if variant is None:
+            raise CheckpointError(
+                f"{path} is a micro-sam checkpoint of no registered architecture; pass its config: "
+                "load_model(config, checkpoint=path)."
+            )
+        base = known[variant]
+        card = ModelCard(name=path.stem, config=base.config, weights=str(path.resolve()),
+                         description=f"micro-sam checkpoint ({variant})", amg=base.amg,
+                         prompt_pipeline=base.prompt_pipeline, source=f"micro-sam fine-tuning of {variant}")
+        return card, path
+    return name_or_config, checkpoint

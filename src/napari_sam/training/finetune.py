@@ -170,6 +170,11 @@ def finetune(
     size = net.image_size
     rgb, lab, kept = prepare_slices(images, labels, size=size)
     train_idx, val_idx = split_holdout(len(rgb), validation)
+    if not any(np.bincount(lab[i].ravel())[1:].max(initial=0) >= 8 for i in train_idx):
+        raise ValueError(
+            f"every annotated object is smaller than 8 pixels at the model's input size ({size} px); "
+            "annotate larger objects or crop the image around them."
+        )
     if train_encoder is None:
         train_encoder = sum(p.numel() for p in net.image_encoder.parameters()) <= _SMALL_ENCODER_PARAMS
     report_ = {
