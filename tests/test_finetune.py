@@ -177,3 +177,13 @@ def test_micro_sam_exported_layout_and_pickled_trainer_state(tiny, tmp_path):
     torch.save({"model_state": {f"sam.{k}": v for k, v in state.items()}, "trainer": _TrainerState()}, path)
     with pytest.raises(ValueError, match="export_custom_sam_model"):
         napari_sam.load_model(path)
+
+
+def test_large_encoders_are_frozen_by_default(tiny, data, monkeypatch):
+    from napari_sam.training import finetune as ft
+
+    monkeypatch.setattr(ft, "_SMALL_ENCODER_PARAMS", 0)  # the tiny encoder now counts as ViT-B-sized
+    images, labels = data
+    tuned = napari_sam.finetune(tiny, images, labels, steps=2, device="cpu")
+    assert tuned.finetune_report["train_encoder"] is False
+    assert all(torch.equal(a, b) for a, b in zip(tiny.image_encoder.parameters(), tuned.image_encoder.parameters()))
