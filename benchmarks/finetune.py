@@ -27,6 +27,7 @@ from napari_sam.training.evaluate import automatic_scores, prompted_ious
 def score(model, images, labels) -> dict[str, float]:
     predictor = predictor_for_model(model)
     miou = float(np.mean(prompted_ious(predictor, images, labels)))
+    print("click mIoU", round(miou, 3), flush=True)
     auto, _ = automatic_scores(predictor, images, labels, **model.card.amg)
     return {"click_miou": round(miou, 3), "automatic_f1": round(float(auto["f1"]), 3)}
 
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--n-test", type=int, default=5)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--skip-before", action="store_true", help="do not score the base model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape = (args.size, args.size)
@@ -47,14 +49,16 @@ def main() -> None:
     tests = [make_validation_image(args.style, 2000 + i, shape=shape)[:2] for i in range(args.n_test)]
     images, labels = [t[0] for t in tests], [t[1] for t in tests]
     base = napari_sam.load_model("builtin", device="cpu")
-    before = score(base, images, labels)
+    before = None if args.skip_before else score(base, images, labels)
     print("before", before, flush=True)
     t0 = time.monotonic()
+    print("training", flush=True)
     tuned = napari_sam.finetune(base, train_img, train_lab, steps=args.steps, lr=args.lr, device="cpu",
                                 time_limit_s=60 * args.minutes)
     seconds = time.monotonic() - t0
     after = score(tuned, images, labels)
     print("after", after, flush=True)
+    print("steps", tuned.finetune_report["steps_done"], "train seconds", round(seconds, 1), flush=True)
     rep = tuned.finetune_report
     print(json.dumps({"style": args.style, "threads": args.threads, "objects_annotated": rep["objects"],
                       "steps_done": rep["steps_done"], "train_seconds": round(seconds, 1),
