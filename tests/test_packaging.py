@@ -71,7 +71,7 @@ def test_plugin_manager_discovers_the_installed_plugin():
     pm.discover()
     manifest = pm.get_manifest("napari-sam-toolkit")
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert widgets == {"Interactive segmentation (SAM)", "Automatic segmentation (SAM)"}
+    assert widgets == {"Interactive segmentation (SAM)", "Automatic segmentation (SAM)", "Fine-tune (SAM)"}
     samples = {s.key for s in manifest.contributions.sample_data}
     assert samples == {"nuclei_2d", "nuclei_3d"}
     segment_menu = manifest.contributions.menus["napari/layers/segment"]

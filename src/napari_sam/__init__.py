@@ -42,6 +42,8 @@ _LAZY = {
     "EmbeddingCache": "napari_sam.volume.cache",
     "embed_volume": "napari_sam.volume.embed",
     "Cancelled": "napari_sam.progress",
+    "finetune": "napari_sam.training.finetune",
+    "save_model": "napari_sam.model.saved",
 }
 
 __all__ = ["__version__", *_LAZY]

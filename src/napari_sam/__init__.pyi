@@ -13,6 +13,7 @@ from napari_sam.model.registry import model_card as model_card
 from napari_sam.model.registry import register_model as register_model
 from napari_sam.model.registry import resolve_device as resolve_device
 from napari_sam.model.sam import Sam as Sam
+from napari_sam.model.saved import save_model as save_model
 from napari_sam.normalize import estimate_contrast_limits as estimate_contrast_limits
 from napari_sam.normalize import to_rgb_uint8 as to_rgb_uint8
 from napari_sam.predict.correction import PreviousResult as PreviousResult
@@ -23,6 +24,7 @@ from napari_sam.predict.predictor import Predictor as Predictor
 from napari_sam.progress import Cancelled as Cancelled
 from napari_sam.threads import limit_threads as limit_threads
 from napari_sam.tiled.tiles import segment_image as segment_image
+from napari_sam.training.finetune import finetune as finetune
 from napari_sam.volume.batch import segment_volume as segment_volume
 from napari_sam.volume.cache import EmbeddingCache as EmbeddingCache
 from napari_sam.volume.embed import embed_volume as embed_volume

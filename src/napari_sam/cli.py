@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam import _cli_finetune
+
 __all__ = ["main", "build_parser"]
 
 
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("path", help="print the checkpoint cache folder")
 
     sub.add_parser("info", help="versions, device and threads", description="Print versions, device and threads.")
+    _cli_finetune.add_parser(sub)
 
     demo = sub.add_parser("demo", help="label generated sample data (offline)",
                           description="Generate a small 2-D nuclei image and a 3-D stack, label them with "
@@ -388,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"segment": _cmd_segment, "embed": _cmd_embed, "models": _cmd_models,
-                "info": _cmd_info, "demo": _cmd_demo}
+                "info": _cmd_info, "demo": _cmd_demo, "finetune": _cli_finetune.run}
     if args.command is None:
         parser.print_help()
         return 2

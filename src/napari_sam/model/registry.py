@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from napari_sam.model import download
+from napari_sam.model import download, saved
 from napari_sam.model.build import build_sam, resolve_config
 from napari_sam.model.cards import CARD_SUFFIX, ModelCard
 from napari_sam.model.checkpoint import (
@@ -383,6 +383,8 @@ def load_model(
         Missing/corrupt file, or tensors that do not fit (naming the variant the
         file belongs to when it is another registered one).
     """
+    name_or_config, checkpoint = saved.resolve(  # a saved-model folder, a micro-sam checkpoint
+        name_or_config, checkpoint, known=REGISTRY, variant_of=lambda shapes: _matching_variant(shapes, None))
     card, config = _card_or_config(name_or_config)
     own_name = None if card is None else card.name
     if card is not None:
@@ -400,7 +402,7 @@ def load_model(
                          description="a config loaded with a checkpoint")
     target = resolve_device(device)
     path = Path(checkpoint)
-    state = read_checkpoint(path)
+    state = saved.read_micro_sam(path) if saved.is_micro_sam_checkpoint(path) else read_checkpoint(path)
     check_state(
         state, shape_signature(config), label=label, path=path,
         match_variant=lambda shapes: _matching_variant(shapes, exclude=own_name),

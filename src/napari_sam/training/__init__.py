@@ -1,7 +1,11 @@
-"""Training of the built-in SAM model on synthetic microscopy.
+"""Training SAM models: fine-tuning on user labels, and the loop that built the built-in model.
 
 Modules
 -------
+finetune
+    :func:`napari_sam.finetune`: a model, images and instance labels in, a fine-tuned copy out.
+inputs
+    User images/labels (arrays, dask, zarr, TIFF paths) -> normalised square training slices.
 data
     Image pool from :mod:`napari_sam.synthetic`, normalisation, augmentation,
     and SAM's prompt sampling (initial point or box, error-region clicks).

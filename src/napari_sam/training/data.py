@@ -206,7 +206,7 @@ def uniform_pixel(region: torch.Tensor, generator: torch.Generator) -> tuple[tor
     found : (P,) bool tensor, False where the region is empty
     """
     p, h, w = region.shape
-    score = torch.rand((p, h * w), generator=generator)
+    score = torch.rand((p, h * w), generator=generator).to(region.device)
     score = torch.where(region.reshape(p, -1), score, torch.full_like(score, -1.0))
     flat = score.argmax(dim=1)
     found = region.reshape(p, -1).any(dim=1)
@@ -243,18 +243,18 @@ def initial_prompts(
     p, h, w = gt.shape
     xy, _ = uniform_pixel(gt, generator)
     rows, cols = gt.any(dim=2), gt.any(dim=1)
-    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    ar_h, ar_w = torch.arange(h, device=gt.device), torch.arange(w, device=gt.device)
     r0 = torch.where(rows, ar_h, h).min(dim=1).values
     r1 = torch.where(rows, ar_h, -1).max(dim=1).values
     c0 = torch.where(cols, ar_w, w).min(dim=1).values
     c1 = torch.where(cols, ar_w, -1).max(dim=1).values
     boxes = torch.stack([c0, r0, c1, r1], dim=1).to(torch.float32)
     side = torch.stack([c1 - c0 + 1, r1 - r0 + 1] * 2, dim=1).to(torch.float32)
-    noise = torch.randn((p, 4), generator=generator) * box_noise * side
+    noise = torch.randn((p, 4), generator=generator).to(gt.device) * box_noise * side
     boxes = boxes + noise.clamp(-max_box_noise, max_box_noise)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
-    is_box = torch.rand(p, generator=generator) < p_box
+    is_box = torch.rand(p, generator=generator).to(gt.device) < p_box
     return is_box, xy[:, None], boxes
 
 
@@ -278,6 +278,6 @@ def corrective_points(
     """
     xy, found = uniform_pixel(pred ^ gt, generator)
     col, row = xy[:, 0].long(), xy[:, 1].long()
-    positive = gt[torch.arange(gt.shape[0]), row, col]
+    positive = gt[torch.arange(gt.shape[0], device=gt.device), row, col]
     labels = torch.where(found, positive.long(), torch.full_like(positive, -1, dtype=torch.long))
     return xy[:, None], labels[:, None]

@@ -137,11 +137,14 @@ def train_step(
     p_box: float = 0.5,
     aux_weight: float = 0.25,
     focal_weight: float = FOCAL_WEIGHT,
+    embeddings: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Forward all interactive passes of one batch and return the summed loss.
 
     The caller back-propagates ``result["loss"]``.  Images must already be
     ``model.image_size`` square (no padding), ground truth at the same size.
+    ``embeddings`` (``(B, C, h, w)``, one per batch image) skips the image
+    encoder: fine-tuning with a frozen encoder passes cached ones.
 
     Returns
     -------
@@ -154,15 +157,16 @@ def train_step(
     size = model.image_size
     if batch.images.shape[-2:] != (size, size) or gt.shape[-2:] != (size, size):
         raise ValueError(f"training images must be {size} x {size}, the model input size")
-    embeddings = model.image_encoder(model.preprocess(batch.images))
+    if embeddings is None:
+        embeddings = model.image_encoder(model.preprocess(batch.images))
     # losses at the decoder's low resolution against area-averaged (soft) ground truth
     low_size = 4 * embeddings.shape[-1]
     factor = size // low_size
     gt_low = F.avg_pool2d(gt[:, None].float(), factor)[:, 0] if factor > 1 else gt.float()
     is_box, points, boxes = initial_prompts(gt, generator, p_box=p_box)
-    labels = torch.ones(points.shape[:2], dtype=torch.long)
+    labels = torch.ones(points.shape[:2], dtype=torch.long, device=gt.device)
     mask_input = None
-    rows = torch.arange(gt.shape[0])
+    rows = torch.arange(gt.shape[0], device=gt.device)
     total, parts = 0.0, {"mask": 0.0, "iou_mse": 0.0}
     for k in range(n_passes):
         low, iou_pred = decode_all(model, embeddings, batch.image_index, points, labels, boxes, is_box, mask_input)
