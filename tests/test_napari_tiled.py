@@ -95,12 +95,17 @@ def test_prompt_dots_are_sized_in_screen_pixels():
         assert 4 <= lo <= hi <= 16  # a few screen pixels at every zoom, not 68 image pixels
 
 
-def test_quality_hint_for_the_builtin_model_outside_its_domain():
+def test_quality_hint_for_a_grayscale_model_outside_its_domain():
+    """The hint follows the card's ``domain`` (the built-in model's is grayscale), not a model name."""
     from napari_sam._napari.session import quality_hint
+    from napari_sam.model.registry import get_card
 
+    builtin, vit_b = get_card("builtin"), get_card("vit_b")
+    assert builtin.domain == "grayscale" and vit_b.domain == ""
     viewer = ViewerModel()
     grey = viewer.add_image(np.zeros((32, 32), np.uint8))
     rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), rgb=True)
-    assert "RGB" in quality_hint("builtin", rgb, [0.9]) and "checkpoint" in quality_hint("builtin", rgb)
-    assert "low" in quality_hint("builtin", grey, [0.2, 0.3, 0.9])
-    assert quality_hint("builtin", grey, [0.9]) == "" and quality_hint("vit_b", rgb, [0.1]) == ""
+    assert "RGB" in quality_hint(builtin, rgb, [0.9]) and "checkpoint" in quality_hint(builtin, rgb)
+    assert "low" in quality_hint(builtin, grey, [0.2, 0.3, 0.9])
+    assert quality_hint(builtin, grey, [0.9]) == "" and quality_hint(vit_b, rgb, [0.1]) == ""
+    assert quality_hint(None, rgb, [0.1]) == ""

@@ -94,14 +94,20 @@ class Preview:
         return out
 
 
-def quality_hint(model_name: str, image_layer: Any, scores: Any = ()) -> str:
-    """A hint when the built-in model is used far from what it was trained on, else ``""``.
+def model_card_of(predictor: Any) -> Any:
+    """The model card of a predictor or prompt pipeline (None when it has none)."""
+    inner = getattr(predictor, "predictor", predictor)
+    return getattr(getattr(inner, "model", None), "card", None)
 
-    The built-in model learnt from single-channel fluorescence-like images: an
-    RGB image (e.g. H&E), or masks whose predicted IoU is mostly low, are
-    outside its domain.
+
+def quality_hint(card: Any, image_layer: Any, scores: Any = ()) -> str:
+    """A hint when a model is used far from the images its card says it was made for, else ``""``.
+
+    A card with ``domain="grayscale"`` (the built-in model: single-channel
+    fluorescence-like images) gets a hint for an RGB image (e.g. H&E) or for
+    masks whose predicted IoU is mostly low.
     """
-    if model_name != "builtin":
+    if getattr(card, "domain", "") != "grayscale":
         return ""
     scores = np.asarray(scores, float).ravel()
     if getattr(image_layer, "rgb", False):
@@ -110,7 +116,7 @@ def quality_hint(model_name: str, image_layer: Any, scores: Any = ()) -> str:
         why = "its predicted quality is low here"
     else:
         return ""
-    return (f"the built-in model was trained on grayscale microscopy and {why}: choose an official model "
+    return (f"this model was trained on grayscale microscopy and {why}: choose an official model "
             "(vit_b, vit_t) or load a checkpoint for better masks")
 
 

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import QApplication
 
 from napari_sam._napari import prompt_layers as pl
 from napari_sam._napari.predictors import make_predictor, model_choices, model_identity
-from napari_sam._napari.session import Session, quality_hint
+from napari_sam._napari.session import Session, model_card_of, quality_hint
 from napari_sam._qt._workers import Runner
 
 __all__ = ["InteractiveWidget", "SHORTCUTS"]
@@ -286,7 +286,7 @@ class InteractiveWidget(Container):
             pl.show_preview(self.preview_layer, self.session.image_layer, preview.ref, preview.label_image())
             chosen = [float(o.scores[o.choice]) for o in preview.objects]
             scores = ", ".join(f"{v:.2f}" for v in chosen)
-            hint = quality_hint(str(self.model_combo.value), self.session.image_layer, chosen)
+            hint = quality_hint(model_card_of(self.session.predictor), self.session.image_layer, chosen)
             self._set_status(f"preview: {len(preview.objects)} object(s), predicted quality {scores}"
                              + (f". Note: {hint}" if hint else ""))
         else:

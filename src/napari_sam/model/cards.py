@@ -32,7 +32,7 @@ __all__ = ["ModelCard", "CARD_SUFFIX"]
 CARD_SUFFIX = ".card.json"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_STR_FIELDS = ("name", "description", "sha256", "weights", "source", "training")
+_STR_FIELDS = ("name", "description", "sha256", "weights", "source", "training", "domain")
 _DICT_FIELDS = ("config", "amg", "prompt_pipeline")
 
 
@@ -86,6 +86,10 @@ class ModelCard:
         Who made the weights (a line or two).
     training : str
         How they were made (a line or two).
+    domain : str
+        The images the model was made for, when narrower than SAM's: ``"grayscale"``
+        makes the plugin say so when it is used on RGB images or its masks score
+        low. ``""``: any image.
     path : Path or None
         The file the card was read from (not part of the json); relative
         ``weights`` are looked up beside it.
@@ -100,6 +104,7 @@ class ModelCard:
     prompt_pipeline: dict[str, Any] = field(default_factory=dict, hash=False)
     source: str = ""
     training: str = ""
+    domain: str = ""
     path: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
