@@ -135,7 +135,8 @@ class Batch:
     image_index: torch.Tensor
 
 
-def _augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+def augment_pair(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random rotation by a multiple of 90 degrees and flip of an image and its labels (the same for both)."""
     k = int(rng.integers(4))
     image, labels = np.rot90(image, k), np.rot90(labels, k)
     if rng.random() < 0.5:
@@ -175,7 +176,7 @@ def sample_batch(
     imgs, gts, index = [], [], []
     picked = rng.choice(len(pool), size=n_images, replace=len(pool) < n_images)
     for b, i in enumerate(picked):
-        image, labels = _augment(pool.images[i], pool.labels[i], rng)
+        image, labels = augment_pair(pool.images[i], pool.labels[i], rng)
         ids, counts = np.unique(labels[labels > 0], return_counts=True)
         ids = ids[counts >= min_area]
         if ids.size:

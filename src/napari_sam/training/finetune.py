@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from napari_sam.progress import Cancelled, CancelToken, ProgressCallback, check_cancelled, report
-from napari_sam.training.data import Batch, _augment
+from napari_sam.training.data import Batch, augment_pair
 from napari_sam.training.inputs import data_identity, prepare_slices, split_holdout
 from napari_sam.training.loop import TrainConfig, focal_weight_at, lr_at, train_step
 
@@ -50,7 +50,7 @@ def _sample(rgb: np.ndarray, lab: np.ndarray, idx: list[int], rng: np.random.Gen
     for b, j in enumerate(picked):
         image, labels = rgb[idx[j]], lab[idx[j]]
         if augment:
-            image, labels = _augment(image, labels, rng)
+            image, labels = augment_pair(image, labels, rng)
         ids, counts = np.unique(labels[labels > 0], return_counts=True)
         ids = ids[counts >= min_area]
         if ids.size:

@@ -178,7 +178,8 @@ def _open_tiff(path: Path, level: int) -> tuple[da.Array, str | None, dict]:
 # ---------------------------------------------------------------------------- zarr
 
 
-def _read_attrs(node: Any) -> dict:
+def read_attrs(node: Any) -> dict:
+    """A zarr group's or array's attributes, with NGFF 0.5's ``ome`` namespace unpacked."""
     attrs = dict(node.attrs)
     if "ome" in attrs and isinstance(attrs["ome"], dict):  # NGFF 0.5 (zarr v3)
         merged = dict(attrs["ome"])
@@ -201,7 +202,7 @@ def ome_zarr_root(path: str | os.PathLike) -> dict | None:
         return None
     if not isinstance(node, zarr.Group):
         return None
-    attrs = _read_attrs(node)
+    attrs = read_attrs(node)
     multiscales = attrs.get("multiscales")
     if not multiscales:
         return None
@@ -354,7 +355,7 @@ def write_ome_labels_metadata(
     label_meta: dict[str, Any] = {"source": {"image": "../../"}}
     root_grp = zarr.open_group(str(root), mode="r+")
     labels_grp = root_grp.require_group("labels")
-    existing = _read_attrs(labels_grp).get("labels", [])
+    existing = read_attrs(labels_grp).get("labels", [])
     names = list(existing) + ([name] if name not in existing else [])
     label_grp = labels_grp.require_group(name)
     if zarr_format == 3 or not version.startswith("0.4"):

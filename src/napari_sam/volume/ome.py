@@ -16,7 +16,7 @@ from typing import Any
 import dask.array as da
 import zarr
 
-from napari_sam.volume.io import _read_attrs, ome_zarr_root
+from napari_sam.volume.io import ome_zarr_root, read_attrs
 
 __all__ = ["write_label_pyramid"]
 
@@ -73,7 +73,7 @@ def write_label_pyramid(root: str | os.PathLike, name: str, *, base_level: int) 
                                dimension_names=[a.lower() for a in axes] if zarr_format == 3 else None)
         da.store(level_data, arr, lock=False)
         entries.append({"path": str(j), "coordinateTransformations": _transforms(datasets[level], axes)})
-    attrs = _read_attrs(grp)
+    attrs = read_attrs(grp)
     ms = dict(attrs["multiscales"][0])
     ms["datasets"] = [ms["datasets"][0], *entries]
     if zarr_format == 3 or "ome" in dict(grp.attrs):

@@ -224,7 +224,8 @@ def read_marker(path: Path) -> int:
     return int(json.loads(Path(path).read_text())["n_labels"])
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place (readers never see half a file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as fh:
         fh.write(text)
@@ -258,7 +259,7 @@ def _segment_slice(
         tmp = state / f".scores-{k}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
         np.savez(tmp, **local_scores(labels, scores))
         os.replace(tmp, state / f"scores-{k}.npz")
-    _write_atomic(marker, json.dumps({"n_labels": n, "digest": digest}))
+    write_atomic(marker, json.dumps({"n_labels": n, "digest": digest}))
     return n
 
 
@@ -354,5 +355,5 @@ def _relabel_task(out_path: str, k: int, out_index: tuple, offset: int) -> int:
         table = tables[f"t{k}"]
     arr = zarr.open_array(out_path, mode="r+")
     arr[out_index] = apply_table(np.asarray(arr[out_index]), table, offset=offset)
-    _write_atomic(marker, "done\n")
+    write_atomic(marker, "done\n")
     return 1

@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from napari_sam.volume.ids import sequential_labels
-from napari_sam.volume.slices import STATE_DIR, _write_atomic, local_scores, read_marker
+from napari_sam.volume.slices import STATE_DIR, local_scores, read_marker, write_atomic
 
 __all__ = ["OffsetLabels", "takes_out", "segment_slice_streamed", "streamed_digest"]
 
@@ -152,7 +152,7 @@ def segment_slice_streamed(
         tmp = state / f".scores-{k}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
         np.savez(tmp, **{name: np.asarray(col) for name, col in scores.items()})
         os.replace(tmp, state / f"scores-{k}.npz")
-    _write_atomic(marker, json.dumps({"n_labels": n, "digest": digest}))
+    write_atomic(marker, json.dumps({"n_labels": n, "digest": digest}))
     return n
 
 
