@@ -173,7 +173,8 @@ class OutputLock:
                 if self._stale(owner):
                     self.path.unlink(missing_ok=True)
                     continue
-                who = "another run" if owner is None else (
+                # unreadable owner: the other run has created the lock but not yet written it
+                who = "another napari-sam run (just starting)" if owner is None else (
                     f"another napari-sam run (pid {owner.get('pid')} on host {owner.get('host')}, started "
                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner.get('started', 0)))})")
                 raise OutputLockedError(
