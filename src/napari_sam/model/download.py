@@ -9,7 +9,7 @@ from pathlib import Path
 from napari_sam.model.cards import ModelCard
 from napari_sam.model.checkpoint import CheckpointError
 
-__all__ = ["CACHE_ENV", "cache_dir", "fetch_weights"]
+__all__ = ["CACHE_ENV", "cache_dir", "fetch_weights", "sha256_of"]
 
 CACHE_ENV = "NAPARI_SAM_CACHE"
 
@@ -77,18 +77,23 @@ def fetch_weights(
     return Path(path)
 
 
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _verify_hash(path: Path, expected: str) -> None:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file {path} does not exist.")
     if not expected:
         return
-    algo = "sha256"
-    digest = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected.lower():
+    digest = sha256_of(path)
+    if digest != expected.lower():
         raise CheckpointError(
-            f"{path} has {algo} {digest.hexdigest()}, expected {expected}: the file is corrupt "
+            f"{path} has sha256 {digest}, expected {expected}: the file is corrupt "
             "or was replaced; reinstall napari-sam."
         )

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from napari_sam.model import download
+
 __all__ = ["ENGINES", "use_engine"]
 
 #: encoder engines :func:`use_engine` accepts
@@ -83,11 +85,6 @@ def _weights_digest(module: nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
-def _default_cache_dir() -> Path:
-    base = os.environ.get("NAPARI_SAM_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "napari-sam" / "openvino"
-
-
 def _openvino_encoder(encoder: nn.Module, *, cache_dir: Path | None, threads: int | None) -> _OpenVinoEncoder:
     try:
         import openvino as ov
@@ -96,7 +93,7 @@ def _openvino_encoder(encoder: nn.Module, *, cache_dir: Path | None, threads: in
             "engine='openvino' needs OpenVINO: pip install openvino (or napari-sam's [openvino] extra)"
         ) from exc
     size = int(getattr(encoder, "img_size", 1024))
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else download.cache_dir() / "openvino"
     xml = cache / f"encoder-{_weights_digest(encoder)}-{size}-ov{ov.__version__.split('-')[0]}.xml"
     core = ov.Core()
     if xml.is_file() and xml.with_suffix(".bin").is_file():
@@ -134,8 +131,8 @@ def use_engine(
     engine : {"torch", "bf16", "openvino"}
         See the module documentation. ``"openvino"`` needs the model on the CPU.
     cache_dir : path, optional
-        Where compiled OpenVINO encoders are kept (default
-        ``$NAPARI_SAM_CACHE/openvino`` or ``~/.cache/napari-sam/openvino``).
+        Where compiled OpenVINO encoders are kept (default: ``openvino/`` in the
+        checkpoint cache, :func:`napari_sam.model.download.cache_dir`).
     threads : int, optional
         OpenVINO inference threads (default: torch's thread count).
 

@@ -20,7 +20,6 @@ decoder are plain state dicts and load as such.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -32,6 +31,7 @@ import torch
 
 from napari_sam.model.cards import ModelCard
 from napari_sam.model.checkpoint import CheckpointError, check_finite
+from napari_sam.model.download import sha256_of
 
 __all__ = ["save_model", "is_saved_model", "card_in_folder", "is_micro_sam_checkpoint", "read_micro_sam",
            "resolve"]
@@ -40,14 +40,6 @@ WEIGHTS_NAME = "model.pt"
 CARD_NAME = "model.card.json"
 TRAINING_NAME = "training.json"
 _PREFIXES = ("module.sam.", "sam.")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike[str], *, name: str | None = None,
@@ -98,7 +90,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike[str], *, name: st
         name=name or folder.resolve().name,
         config=dict(model.config),
         description=description or (f"fine-tuned {getattr(base, 'name', 'SAM')} model"),
-        sha256=_sha256(folder / WEIGHTS_NAME),
+        sha256=sha256_of(folder / WEIGHTS_NAME),
         weights=WEIGHTS_NAME,
         amg=dict(getattr(base, "amg", {}) or {}),
         prompt_pipeline=dict(getattr(base, "prompt_pipeline", {}) or {}),

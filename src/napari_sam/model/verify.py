@@ -9,7 +9,6 @@ strictly into its architecture.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +63,8 @@ class Verdict:
                 f"loads strictly as {self.name}: OK")
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: hex sha256 of a file's content (the digest the registry's cards publish)
+file_sha256 = download.sha256_of
 
 
 def _published_name(card: ModelCard) -> str:

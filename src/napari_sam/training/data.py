@@ -135,6 +135,20 @@ class Batch:
     image_index: torch.Tensor
 
 
+def pick_objects(labels: np.ndarray, rng: np.random.Generator, *, objects_per_image: int,
+                 min_area: int) -> np.ndarray | None:
+    """Masks ``(k, H, W)`` bool of up to ``objects_per_image`` random objects of at least ``min_area`` pixels.
+
+    None when ``labels`` holds no such object (no random number is drawn then).
+    """
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    ids = ids[counts >= min_area]
+    if not ids.size:
+        return None
+    chosen = rng.choice(ids, size=min(objects_per_image, ids.size), replace=False)
+    return labels[None] == chosen[:, None, None]
+
+
 def augment_pair(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random rotation by a multiple of 90 degrees and flip of an image and its labels (the same for both)."""
     k = int(rng.integers(4))
@@ -177,12 +191,10 @@ def sample_batch(
     picked = rng.choice(len(pool), size=n_images, replace=len(pool) < n_images)
     for b, i in enumerate(picked):
         image, labels = augment_pair(pool.images[i], pool.labels[i], rng)
-        ids, counts = np.unique(labels[labels > 0], return_counts=True)
-        ids = ids[counts >= min_area]
-        if ids.size:
-            chosen = rng.choice(ids, size=min(objects_per_image, ids.size), replace=False)
-            gts.append(labels[None] == chosen[:, None, None])
-            index += [b] * len(chosen)
+        masks = pick_objects(labels, rng, objects_per_image=objects_per_image, min_area=min_area)
+        if masks is not None:
+            gts.append(masks)
+            index += [b] * len(masks)
         imgs.append(np.repeat(image[None], 3, axis=0))
     if not gts:
         raise ValueError("the sampled images hold no objects; use a pool with objects")

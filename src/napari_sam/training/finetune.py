@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from napari_sam.progress import Cancelled, CancelToken, ProgressCallback, check_cancelled, report
-from napari_sam.training.data import Batch, augment_pair
+from napari_sam.training.data import Batch, augment_pair, pick_objects
 from napari_sam.training.inputs import data_identity, prepare_slices, split_holdout
 from napari_sam.training.loop import TrainConfig, focal_weight_at, lr_at, train_step
 
@@ -51,12 +51,10 @@ def _sample(rgb: np.ndarray, lab: np.ndarray, idx: list[int], rng: np.random.Gen
         image, labels = rgb[idx[j]], lab[idx[j]]
         if augment:
             image, labels = augment_pair(image, labels, rng)
-        ids, counts = np.unique(labels[labels > 0], return_counts=True)
-        ids = ids[counts >= min_area]
-        if ids.size:
-            chosen = rng.choice(ids, size=min(objects_per_image, ids.size), replace=False)
-            gts.append(labels[None] == chosen[:, None, None])
-            index += [b] * len(chosen)
+        masks = pick_objects(labels, rng, objects_per_image=objects_per_image, min_area=min_area)
+        if masks is not None:
+            gts.append(masks)
+            index += [b] * len(masks)
         imgs.append(np.moveaxis(np.asarray(image, np.float32), -1, 0))
     if not gts:
         return None, picked

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from napari_sam.model.download import sha256_of
 from napari_sam.volume.io import json_safe
 
 __all__ = ['CacheMismatchError', 'array_digest', 'data_identity', 'weights_identity', 'file_sha256', 'make_key', 'EmbeddingCache', 'CachingPredictor']
@@ -108,11 +109,7 @@ def file_sha256(path: str | os.PathLike) -> str:
         known = {}
     digest = known.get(disk_key) if isinstance(known, dict) else None
     if digest is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        digest = f"sha256:{h.hexdigest()}"
+        digest = f"sha256:{sha256_of(path)}"
         if memo_file is not None:
             try:
                 known = {**(known if isinstance(known, dict) else {}), disk_key: digest}
