@@ -58,7 +58,7 @@ def test_segment_volume_threads_apply_in_every_worker_thread():
     out = segment_volume(vol, segment_fn=recording_segment, contrast_limits=LIMITS, threads=1, workers=2).compute()
     np.testing.assert_array_equal(out > 0, vol > 500)
     assert sorted(s[2] for s in SEEN) == [0, 1, 2, 3]  # the wrapper keeps the slice_index keyword
-    assert all(torch_n == 1 and blas in (1, None) for torch_n, blas, _ in SEEN)
+    assert all(torch_n == 1 and blas in (1, None) for torch_n, blas, _ in SEEN), SEEN
 
 
 def test_one_torch_thread_per_thread_of_a_distributed_worker():
@@ -87,3 +87,36 @@ def test_cli_rejects_bad_threads(tmp_path, capsys):
     np.save(tmp_path / "v.npy", blobs_volume(nz=1))
     code = main(["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"), "--threads", "0"])
     assert code == 2 and "--threads" in capsys.readouterr().err
+
+
+def _pool_counts() -> tuple[int, int | None]:
+    blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    return torch.get_num_threads(), (max(blas) if blas else None)
+
+
+def test_a_block_leaving_does_not_undo_the_limit_of_a_block_still_running():
+    before = _pool_counts()
+    with limit_threads(1):  # the main thread set a limit once before (OpenBLAS remembers it)
+        pass
+    inner_entered, first_left = threading.Event(), threading.Event()
+    seen = {}
+
+    def short():
+        with limit_threads(1):
+            inner_entered.wait(10)
+        first_left.set()
+
+    def long():
+        with limit_threads(1):
+            inner_entered.set()
+            first_left.wait(10)
+            seen["after the other left"] = _pool_counts()
+
+    threads = [threading.Thread(target=short), threading.Thread(target=long)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen["after the other left"][0] == 1
+    assert seen["after the other left"][1] in (1, None)
+    assert _pool_counts() == before

@@ -7,8 +7,10 @@ oversubscribes the CPU and runs slower than one thread each.
 
 * :func:`limit_threads` caps torch (``torch.set_num_threads``) and every
   BLAS / OpenMP pool loaded in the process (through ``threadpoolctl``) for the
-  duration of a ``with`` block.  torch's setting belongs to the calling
-  thread, so every dask worker thread sets its own.
+  duration of a ``with`` block.  These settings are process-wide, so blocks
+  running at once in several threads (dask worker threads) share one limit:
+  the first block to enter applies it and the last to leave restores what
+  was there before; a block never sees another block's exit undo its limit.
 * :func:`default_threads` is the policy used when no number is given: on a
   ``dask.distributed`` worker, one thread per worker thread (the worker's
   ``nthreads`` slices then share its cores); on the local threads or processes
@@ -21,6 +23,7 @@ oversubscribes the CPU and runs slower than one thread each.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -57,16 +60,63 @@ def limit_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    _enter(threads)
     try:
-        with threadpool_limits(limits=threads):
-            yield
+        yield
     finally:
-        torch.set_num_threads(before)
+        _leave()
+
+
+# Blocks active at once in this process, and what the first one replaced.
+_LOCK = threading.Lock()
+_ACTIVE: list[int] = []
+_SAVED: dict[str, Any] = {}
+_LOCAL = threading.local()
+
+
+def _enter(threads: int) -> None:
+    import torch
+    from threadpoolctl import ThreadpoolController
+
+    with _LOCK:
+        if not _ACTIVE:
+            controller = ThreadpoolController()
+            _SAVED["torch"] = torch.get_num_threads()
+            _SAVED["pools"] = controller.limit(limits=threads)
+            _SAVED["local"] = _openblas_local_setters(controller)
+        _ACTIVE.append(threads)
+        # The tightest limit of the blocks running now (all equal in a batch run).
+        torch.set_num_threads(min(_ACTIVE))
+        setters = _SAVED["local"]
+    # Recent OpenBLAS keeps a per-thread count that wins over the process-wide one
+    # (a limit set from a worker thread is otherwise ignored once the main thread set one).
+    stack = getattr(_LOCAL, "stack", None) or []
+    stack.append([(setter, setter(threads)) for setter in setters])
+    _LOCAL.stack = stack
+
+
+def _leave() -> None:
+    import torch
+
+    for setter, before in reversed(_LOCAL.stack.pop()):
+        setter(before)
+    with _LOCK:
+        _ACTIVE.pop()
+        if _ACTIVE:
+            return
+        torch.set_num_threads(_SAVED.pop("torch"))
+        _SAVED.pop("pools").restore_original_limits()
+        _SAVED.pop("local")
+
+
+def _openblas_local_setters(controller: Any) -> list[Callable[[int], int]]:
+    setters = []
+    for lib in controller.lib_controllers:
+        if lib.internal_api == "openblas":
+            setter = getattr(lib.dynlib, "openblas_set_num_threads_local", None)
+            if setter is not None:
+                setters.append(setter)
+    return setters
 
 
 def on_dask_worker() -> bool:
