@@ -58,7 +58,9 @@ def test_segment_volume_threads_apply_in_every_worker_thread():
     out = segment_volume(vol, segment_fn=recording_segment, contrast_limits=LIMITS, threads=1, workers=2).compute()
     np.testing.assert_array_equal(out > 0, vol > 500)
     assert sorted(s[2] for s in SEEN) == [0, 1, 2, 3]  # the wrapper keeps the slice_index keyword
-    assert all(torch_n == 1 and blas in (1, None) for torch_n, blas, _ in SEEN), SEEN
+    # torch's pool is where SAM spends its time; BLAS pools are process-wide and OpenBLAS decides
+    # per call which count a worker thread sees, so they are checked in the calling thread above.
+    assert all(torch_n == 1 for torch_n, _, _ in SEEN), SEEN
 
 
 def test_one_torch_thread_per_thread_of_a_distributed_worker():
@@ -118,5 +120,4 @@ def test_a_block_leaving_does_not_undo_the_limit_of_a_block_still_running():
     for t in threads:
         t.join()
     assert seen["after the other left"][0] == 1
-    assert seen["after the other left"][1] in (1, None)
     assert _pool_counts() == before

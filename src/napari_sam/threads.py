@@ -78,20 +78,23 @@ def _enter(threads: int) -> None:
     import torch
     from threadpoolctl import ThreadpoolController
 
+    controller = ThreadpoolController()  # the pools loaded now (a library may load mid-run)
     with _LOCK:
         if not _ACTIVE:
-            controller = ThreadpoolController()
             _SAVED["torch"] = torch.get_num_threads()
-            _SAVED["pools"] = controller.limit(limits=threads)
-            _SAVED["local"] = _openblas_local_setters(controller)
+            _SAVED["pools"] = {}
         _ACTIVE.append(threads)
-        # The tightest limit of the blocks running now (all equal in a batch run).
-        torch.set_num_threads(min(_ACTIVE))
-        setters = _SAVED["local"]
+        limit = min(_ACTIVE)  # the tightest limit of the blocks running now (all equal in a batch run)
+        for lib in controller.lib_controllers:
+            if lib.filepath not in _SAVED["pools"]:
+                _SAVED["pools"][lib.filepath] = (lib, lib.num_threads)
+        for lib in controller.lib_controllers:
+            lib.set_num_threads(limit)
+        torch.set_num_threads(limit)
     # Recent OpenBLAS keeps a per-thread count that wins over the process-wide one
     # (a limit set from a worker thread is otherwise ignored once the main thread set one).
     stack = getattr(_LOCAL, "stack", None) or []
-    stack.append([(setter, setter(threads)) for setter in setters])
+    stack.append([(setter, setter(limit)) for setter in _openblas_local_setters(controller)])
     _LOCAL.stack = stack
 
 
@@ -104,9 +107,9 @@ def _leave() -> None:
         _ACTIVE.pop()
         if _ACTIVE:
             return
+        for lib, before in _SAVED.pop("pools").values():
+            lib.set_num_threads(before)
         torch.set_num_threads(_SAVED.pop("torch"))
-        _SAVED.pop("pools").restore_original_limits()
-        _SAVED.pop("local")
 
 
 def _openblas_local_setters(controller: Any) -> list[Callable[[int], int]]:
