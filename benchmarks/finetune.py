@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=5)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--skip-before", action="store_true", help="do not score the base model")
+    ap.add_argument("--save", help="save the fine-tuned model here (for scripts/make_finetune_figure.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape = (args.size, args.size)
@@ -56,12 +57,14 @@ def main() -> None:
     tuned = napari_sam.finetune(base, train_img, train_lab, steps=args.steps, lr=args.lr, device="cpu",
                                 time_limit_s=60 * args.minutes)
     seconds = time.monotonic() - t0
+    if args.save:
+        napari_sam.save_model(tuned, args.save)
     after = score(tuned, images, labels)
     print("after", after, flush=True)
     print("steps", tuned.finetune_report["steps_done"], "train seconds", round(seconds, 1), flush=True)
     rep = tuned.finetune_report
     print(json.dumps({"style": args.style, "threads": args.threads, "objects_annotated": rep["objects"],
-                      "steps_done": rep["steps_done"], "train_seconds": round(seconds, 1),
+                      "steps_planned": rep["steps"], "steps_done": rep["steps_done"], "train_seconds": round(seconds, 1),
                       "before": before, "after": after}, indent=2))
 
 

@@ -187,3 +187,23 @@ def test_large_encoders_are_frozen_by_default(tiny, data, monkeypatch):
     tuned = napari_sam.finetune(tiny, images, labels, steps=2, device="cpu")
     assert tuned.finetune_report["train_encoder"] is False
     assert all(torch.equal(a, b) for a, b in zip(tiny.image_encoder.parameters(), tuned.image_encoder.parameters()))
+
+
+def test_schedule_is_fitted_to_the_time_limit():
+    from napari_sam.training.finetune import _fit_schedule
+    from napari_sam.training.loop import TrainConfig
+
+    cfg = TrainConfig(steps=1000, warmup_steps=20)
+    # 10 steps took 5 s, 60 s allowed: about 0.95 * 55 / 0.5 = 104 more steps fit
+    fitted = _fit_schedule(cfg, 10, 10, 5.0, 60.0)
+    assert fitted.steps == 10 + int(0.95 * 55 / 0.5)
+    assert _fit_schedule(fitted, 20, 20, 5.0, 60.0).steps == fitted.steps  # faster steps never lengthen it
+    assert _fit_schedule(cfg, 10, 10, 5.0, float("inf")) is cfg  # no limit: the schedule as asked
+    assert _fit_schedule(cfg, 10, 10, 70.0, 60.0).steps == 11  # past the limit: end now
+
+
+def test_time_limited_run_plans_a_schedule_it_can_finish(tiny, data):
+    images, labels = data
+    tuned = napari_sam.finetune(tiny, images, labels, steps=100_000, lr=1e-3, device="cpu", time_limit_s=3.0)
+    rep = tuned.finetune_report
+    assert 5 <= rep["steps_done"] <= rep["steps"] < 100_000

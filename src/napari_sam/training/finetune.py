@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,9 @@ def finetune(
     resume : bool
         Continue from ``checkpoint`` when it exists.
     time_limit_s : float
-        Stop (keeping the schedule) after this many seconds.
+        Stop after this many seconds. The schedule is shortened, from the
+        time the first steps took, so the learning rate has decayed when the
+        limit is reached (``finetune_report["steps"]`` is the schedule run).
     progress, cancel
         Progress callback ``(done, total, desc)`` and cancel token. A cancelled
         run returns the model of the last completed step.
@@ -227,6 +230,8 @@ def finetune(
             opt.step()
             losses.append(float(res["loss"].detach()))
             step += 1
+            cfg = _fit_schedule(cfg, step - start_step, step, time.monotonic() - t0, time_limit_s)
+            steps = cfg.steps
             report(progress, step, steps, f"fine-tuning (loss {losses[-1]:.3f})")
             if ckpt is not None and time.monotonic() - last_ckpt > checkpoint_every_s:
                 _save_state(ckpt, net, opt, step)
@@ -243,10 +248,26 @@ def finetune(
         net.eval()
     if ckpt is not None and not cancelled:
         _save_state(ckpt, net, opt, step)
-    report_.update(steps_done=step, cancelled=cancelled, seconds=round(time.monotonic() - t0, 1),
+    report_.update(steps=steps, steps_done=step, cancelled=cancelled, seconds=round(time.monotonic() - t0, 1),
                    loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None)
     if val_idx and not cancelled:
         report_["after"] = evaluate_model(net, rgb[val_idx], lab[val_idx], automatic=validate_automatic)
     net.finetune_report = report_
     net.losses = losses
     return net
+
+
+def _fit_schedule(cfg: TrainConfig, done: int, step: int, elapsed_s: float, limit_s: float) -> TrainConfig:
+    """Shorten the schedule so its decay ends within the time limit.
+
+    Re-estimated every 10 steps from the time per step so far (only ever
+    shortened): a run cut by its time limit then ends at a low learning rate
+    instead of midway through a schedule sized for more steps.
+    """
+    if math.isinf(limit_s) or done < 5 or done % 10 not in (0, 5) or step >= cfg.steps:
+        return cfg
+    per_step = elapsed_s / done
+    fits = step + int(0.95 * max(0.0, limit_s - elapsed_s) / per_step)
+    if fits >= cfg.steps:
+        return cfg
+    return replace(cfg, steps=max(step + 1, fits))
