@@ -18,9 +18,9 @@ pytest.importorskip("rasterio")
 pytest.importorskip("shapely")
 import rasterio  # noqa: E402
 import shapely  # noqa: E402
+from affine import Affine  # noqa: E402
 from pyogrio.raw import read as ogr_read  # noqa: E402
 from rasterio.features import rasterize  # noqa: E402
-from affine import Affine  # noqa: E402
 
 from napari_sam.cli import main  # noqa: E402
 from napari_sam.volume.vectors import write_vectors  # noqa: E402
