@@ -1,4 +1,4 @@
-"""npe2 writers: save a Labels layer as a TIFF, or as OME-Zarr labels in a new store.
+"""npe2 writers: save a Labels layer as a TIFF, or as OME-Zarr labels in a new store or an existing image.
 
 ``File > Save Selected Layers...`` with a name ending in ``.tif`` / ``.tiff``
 or ``.ome.zarr`` (or ``viewer.layers.save(path, plugin="napari-sam-toolkit")``).
@@ -104,7 +104,7 @@ def _label_name(meta: dict) -> str:
 
 
 def write_labels_ome_zarr(path: str, data: Any, meta: dict) -> list[str]:
-    """npe2 single-layer writer: a Labels layer as OME-Zarr labels (``labels/<name>``) in a new store.
+    """npe2 single-layer writer: a Labels layer as OME-Zarr labels (``labels/<name>``) in a new store or the image's.
 
     Returns
     -------
