@@ -186,8 +186,52 @@ def test_cli_refuses_a_bad_vector_before_the_run(tmp_path, capsys):
     assert (tmp_path / "p.gpkg").read_bytes() == b"not mine"
 
 
-def test_missing_geo_extra_says_how_to_install(tmp_path, monkeypatch):
+def test_missing_geo_extra_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyogrio", None)
     monkeypatch.setitem(sys.modules, "pyogrio.raw", None)
     with pytest.raises(ImportError, match=r'pip install "napari-sam-toolkit\[geo\]"'):
         write_vectors(np.zeros((4, 4), np.uint8), tmp_path / "a.gpkg")
+    np.save(tmp_path / "v.npy", blobs_volume(nz=2))
+    code = main(["segment", str(tmp_path / "v.npy"), "-o", str(tmp_path / "o.zarr"), "--quiet",
+                 "--vector", str(tmp_path / "p.gpkg")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and 'pip install "napari-sam-toolkit[geo]"' in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.zarr").exists()  # checked before the run
+
+
+def test_labels_are_read_one_slice_at_a_time(tmp_path):
+    class Recorder:
+        """A (2, 30, 40) label volume that records every read."""
+
+        def __init__(self, data):
+            self.data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, []
+
+        def __getitem__(self, index):
+            out = self.data[index]
+            self.reads.append(out.shape)
+            return out
+
+    labels = Recorder(tricky_labels())
+    columns, geoms, _ = read_features(write_vectors(labels, tmp_path / "a.gpkg"))
+    assert labels.reads == [(30, 40), (30, 40)]
+    assert_polygons_are_the_labels(columns, geoms, labels.data, Affine.identity())
+
+
+def test_a_coarser_geotiff_level_keeps_the_objects_on_the_map(tmp_path, monkeypatch):
+    from rasterio.enums import Resampling
+    from test_batch_standins import use_standin_model
+
+    use_standin_model(monkeypatch, fn=lambda image, **kw: scored_segment(image))
+    image = np.zeros((40, 50), np.uint16)
+    image[10:20, 10:30] = 1000
+    transform = Affine(10.0, 0.0, 500000.0, 0.0, -20.0, 4100000.0)
+    with rasterio.open(tmp_path / "geo.tif", "w", driver="GTiff", width=50, height=40, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=transform) as dst:
+        dst.write(image, 1)
+        dst.build_overviews([2], Resampling.nearest)
+    code = main(["segment", str(tmp_path / "geo.tif"), "--level", "1", "-o", str(tmp_path / "l.zarr"), "--quiet",
+                 "--threads", "1", "--contrast-limits", "0", "1000", "--vector", str(tmp_path / "p.geojson")])
+    assert code == 0
+    _, [geom], _ = read_features(tmp_path / "p.geojson")
+    # the object's full-resolution footprint: columns 10..30 (10 m), rows 10..20 (20 m)
+    assert geom.bounds == (500100.0, 4100000.0 - 20 * 20, 500300.0, 4100000.0 - 10 * 20)
