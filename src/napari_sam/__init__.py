@@ -38,6 +38,7 @@ _LAZY = {
     "segment_volume": "napari_sam.volume.batch",
     "open_image": "napari_sam.volume.io",
     "object_table": "napari_sam.volume.tables",
+    "write_vectors": "napari_sam.volume.vectors",
     "limit_threads": "napari_sam.threads",
     "EmbeddingCache": "napari_sam.volume.cache",
     "embed_volume": "napari_sam.volume.embed",

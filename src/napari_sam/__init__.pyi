@@ -30,6 +30,7 @@ from napari_sam.volume.cache import EmbeddingCache as EmbeddingCache
 from napari_sam.volume.embed import embed_volume as embed_volume
 from napari_sam.volume.io import open_image as open_image
 from napari_sam.volume.tables import object_table as object_table
+from napari_sam.volume.vectors import write_vectors as write_vectors
 
 __version__: str
 __all__: list[str]

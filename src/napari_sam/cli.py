@@ -10,6 +10,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--cache", help="embedding cache folder (filled by `napari-sam embed`) to reuse")
     seg.add_argument("--table", metavar="CSV", help="also write one row per object (id, slice, area, bbox, centroid, "
                      "predicted IoU, stability score, prompt point) to this .csv file")
+    seg.add_argument("--vector", metavar="FILE", help="also write one polygon per label (with its id and scores) "
+                     "to this .gpkg or .geojson file, in the CRS of a GeoTIFF input (needs the geo extra)")
     seg.add_argument("--threads", type=int, metavar="N", help="torch and BLAS threads per running slice (default: "
                      "all cores with one worker; cores / --workers; one per worker thread on a dask cluster)")
     seg.add_argument("--points-per-side", type=int, help="AMG grid points per side")
@@ -199,14 +202,27 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                            zarr_format=args.zarr_format)
     if args.cache is not None and Path(args.cache).is_file():
         raise ValueError(f"--cache {args.cache} is a file; give a folder for the embedding cache")
+    if args.vector is not None:
+        from napari_sam.volume.vectors import check_vector_target
+
+        check_vector_target(args.vector, overwrite=args.overwrite)  # before the run: suffix, extra, existing file
     bars = _Bars(not args.quiet)
     run = RunOptions(scheduler=args.scheduler, workers=args.workers, progress=bars, threads=args.threads)
     start = time.perf_counter()
-    try:
-        result = segment_volume(args.input, args.output, source_options=source, tiles=tiles, output_options=output,
-                                run=run, cache=args.cache, table=args.table, **common, **_amg_params(args))
-    finally:
-        bars.close()
+    with tempfile.TemporaryDirectory() as tmp:  # the scores of --vector come from the object table
+        table = args.table or (str(Path(tmp) / "objects.csv") if args.vector else None)
+        try:
+            result = segment_volume(args.input, args.output, source_options=source, tiles=tiles,
+                                    output_options=output, run=run, cache=args.cache, table=table, **common,
+                                    **_amg_params(args))
+            if args.vector is not None:
+                from napari_sam.volume.vectors import georeference, write_vectors
+
+                transform, crs = georeference(args.input, shape=tuple(result.shape[-2:]))
+                write_vectors(result, args.vector, scores=table, transform=transform, crs=crs,
+                              overwrite=args.overwrite, progress=bars)
+        finally:
+            bars.close()
     where = args.output or str(Path(args.input) / "labels" / label_name)
     print(f"wrote labels {tuple(result.shape)} uint32 to {where} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -1,4 +1,4 @@
-"""npe2 writers: save a Labels layer as a TIFF, or as OME-Zarr labels in a new store.
+"""npe2 writers: save a Labels layer as a TIFF, or as OME-Zarr labels in a new store or an existing image.
 
 ``File > Save Selected Layers...`` with a name ending in ``.tif`` / ``.tiff``
 or ``.ome.zarr`` (or ``viewer.layers.save(path, plugin="napari-sam-toolkit")``).
@@ -7,10 +7,14 @@ or ``.ome.zarr`` (or ``viewer.layers.save(path, plugin="napari-sam-toolkit")``).
   never loaded whole), BigTIFF when the labels exceed 4 GB; unsigned dtype
   (the smallest of uint8/16/32 that holds the largest id); the layer's scale
   is stored as the X / Y resolution.
-* OME-Zarr: a new NGFF 0.4 store (zarr v2, readable by napari-ome-zarr,
+* OME-Zarr, new store: a new NGFF 0.4 store (zarr v2, readable by napari-ome-zarr,
   ome-zarr-py and GDAL) holding ``labels/<layer name>``: an ``image-label``
   multiscale of one level with the layer's scale and translation; axes
   ``y x``, ``z y x``, ``t z y x`` or ``t c z y x`` by dimension.
+* OME-Zarr, the image's store: when the path is an existing OME-Zarr image, the
+  labels are added to it as ``labels/<layer name>`` (:mod:`napari_sam._napari.image_labels`)
+  with the image's axes, scale, translation, NGFF version and zarr format, and a
+  pyramid matching its levels; the image itself is not touched.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 
 __all__ = ["write_labels_tiff", "write_labels_ome_zarr"]
 
+#: marks the arrays napari-sam wrote (what ``napari_sam.volume.output.written_by_napari_sam`` looks for)
+WRITER_ATTRS = {"napari_sam": {"signature": {"writer": "napari-sam-toolkit.write_labels_ome_zarr"}}}
 _AXES = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tczyx"}
 _AXIS_TYPE = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 #: TIFF files above this many bytes are written as BigTIFF
@@ -98,7 +104,7 @@ def _label_name(meta: dict) -> str:
 
 
 def write_labels_ome_zarr(path: str, data: Any, meta: dict) -> list[str]:
-    """npe2 single-layer writer: a Labels layer as OME-Zarr labels (``labels/<name>``) in a new store.
+    """npe2 single-layer writer: a Labels layer as OME-Zarr labels (``labels/<name>``) in a new store or the image's.
 
     Returns
     -------
@@ -107,13 +113,19 @@ def write_labels_ome_zarr(path: str, data: Any, meta: dict) -> list[str]:
     """
     import zarr
 
-    from napari_sam.volume.io import write_ome_labels_metadata
+    from napari_sam.volume.io import ome_zarr_root, write_ome_labels_metadata
 
     data = _level0(data)
+    if Path(path).exists() and ome_zarr_root(path) is not None:
+        from napari_sam._napari.image_labels import add_labels_to_image
+
+        return add_labels_to_image(path, data, name=_label_name(meta), dtype=_label_dtype(data),
+                                   slices=_slices)
     if data.ndim not in _AXES:
         raise ValueError(f"OME-Zarr labels have 2 to 5 dimensions; this layer has {data.ndim}")
     if Path(path).exists():
-        raise ValueError(f"{path} already exists; choose a new name for the OME-Zarr store")
+        raise ValueError(f"{path} already exists and is not an OME-Zarr image; choose a new name for the "
+                         "OME-Zarr store, or the image's own .ome.zarr to add the labels to it")
     dtype = _label_dtype(data)
     axes = [{"name": a, "type": _AXIS_TYPE[a]} for a in _AXES[data.ndim]]
     name = _label_name(meta)
@@ -124,7 +136,7 @@ def write_labels_ome_zarr(path: str, data: Any, meta: dict) -> list[str]:
     write_ome_labels_metadata(path, name, axes=axes, scale=scale, version="0.4", zarr_format=2)
     chunks = tuple([1] * (data.ndim - 2) + [min(1024, int(s)) for s in data.shape[-2:]])
     arr = zarr.create_array(os.path.join(path, "labels", name, "0"), shape=tuple(int(s) for s in data.shape),
-                            chunks=chunks, dtype=dtype, fill_value=0, zarr_format=2)
+                            chunks=chunks, dtype=dtype, fill_value=0, zarr_format=2, attributes=WRITER_ATTRS)
     loop = tuple(data.shape[:-2])
     for idx, plane in zip(np.ndindex(*loop) if loop else [()], _slices(data, dtype)):
         arr[idx] = plane
