@@ -94,6 +94,7 @@ def finetune(
     train_encoder: bool | None = None,
     validation: float = 0.0,
     validate_automatic: bool = True,
+    tune_thresholds: bool = True,
     lr: float = 1e-4,
     n_images: int = 2,
     objects_per_image: int = 8,
@@ -132,6 +133,11 @@ def finetune(
         are put in the report.
     validate_automatic : bool
         Also score automatic segmentation on the held-out slices.
+    tune_thresholds : bool
+        After training, choose the automatic thresholds (``pred_iou_thresh``,
+        ``stability_score_thresh``) with the best F1 on up to four training
+        slices (:func:`napari_sam.training.thresholds.tune_amg_thresholds`) and
+        put them in the returned model's card when they beat the base card's.
     lr, n_images, objects_per_image, seed
         Learning rate, slices and objects per step, random seed.
     checkpoint : path, optional
@@ -250,6 +256,8 @@ def finetune(
         _save_state(ckpt, net, opt, step)
     report_.update(steps=steps, steps_done=step, cancelled=cancelled, seconds=round(time.monotonic() - t0, 1),
                    loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None)
+    if tune_thresholds and not cancelled:
+        _tune_card_thresholds(net, rgb[train_idx[:4]], lab[train_idx[:4]], report_, progress, cancel)
     if val_idx and not cancelled:
         report_["after"] = evaluate_model(net, rgb[val_idx], lab[val_idx], automatic=validate_automatic)
     net.finetune_report = report_
@@ -271,3 +279,22 @@ def _fit_schedule(cfg: TrainConfig, done: int, step: int, elapsed_s: float, limi
     if fits >= cfg.steps:
         return cfg
     return replace(cfg, steps=max(step + 1, fits))
+
+
+def _tune_card_thresholds(net, rgb, lab, report_: dict, progress, cancel) -> None:
+    """Thresholds chosen on the training slices go into the model's card when they do better."""
+    import dataclasses
+
+    from napari_sam.training.thresholds import tune_amg_thresholds
+
+    try:
+        best = tune_amg_thresholds(net, list(rgb), list(lab), progress=progress, cancel=cancel)
+    except Cancelled:
+        return
+    report_["thresholds"] = best
+    card = getattr(net, "card", None)
+    if card is None or best["f1"] <= best["f1_card"]:
+        return
+    amg = {**dict(card.amg or {}), "pred_iou_thresh": best["pred_iou_thresh"],
+           "stability_score_thresh": best["stability_score_thresh"]}
+    net.card = dataclasses.replace(card, amg=amg)
