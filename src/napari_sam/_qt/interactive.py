@@ -31,7 +31,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_sam._napari import prompt_layers as pl
-from napari_sam._napari.predictors import make_predictor, model_choices, model_identity
+from napari_sam._napari.predictors import make_predictor, model_choices, model_identity, open_session
 from napari_sam._napari.session import Session, model_card_of, quality_hint
 from napari_sam._qt._workers import Runner
 
@@ -162,24 +162,22 @@ class InteractiveWidget(Container):
 
     # ------------------------------------------------------------------ session
     def start_session(self) -> None:
-        """Load the model in the background, then create the prompt layers."""
+        """Load the model, open the cache and scan the target labels in the background, then add the prompt layers."""
         image = self.image_combo.value
         if image is None:
             show_warning("napari-sam: add an image layer first")
             return
         name, ckpt, device = self.model_combo.value, str(self.checkpoint.value or ""), self.device.value
         self._set_status(f"loading model {name} ...")
-        self.runner.start("model", make_predictor, name, checkpoint=ckpt or None, device=device,
-                          on_done=lambda predictor: self._session_ready(predictor, image, name, ckpt))
+        self.runner.start("model", open_session, name, image, checkpoint=ckpt or None, device=device,
+                          tiled=LARGE_IMAGES[self.large.value], cache_dir=str(self.cache_dir.value or ""),
+                          labels_layer=self.labels_combo.value, make=make_predictor, on_done=self._session_ready)
 
-    def _session_ready(self, predictor: Any, image: Any, name: str, ckpt: str) -> None:
-        self.session = Session(predictor, image, tiled=LARGE_IMAGES[self.large.value])
-        cache = str(self.cache_dir.value or "")
-        if cache and cache != ".":
-            try:
-                self.session.open_disk_cache(cache, model_id=model_identity(name, ckpt))
-            except (ValueError, OSError, ImportError) as exc:
-                show_warning(f"napari-sam: embedding cache not used: {exc}")
+    def _session_ready(self, result: tuple[Session, str]) -> None:
+        self.session, note = result
+        image = self.session.image_layer
+        if note:
+            show_warning(f"napari-sam: {note}")
         for layer in (self.points_layer, self.shapes_layer, self.preview_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
