@@ -56,8 +56,11 @@ def open_session(name: str, image_layer: Any, *, checkpoint: str | Path | None =
     next free id of ``labels_layer`` (a scan of the whole layer).  Returns
     ``(session, note)``: ``note`` says why the cache is not used, else ``""``.
     """
+    import importlib
+
     from napari_sam._napari.session import Session
 
+    importlib.import_module("pandas")  # what napari's points layer imports when the prompt layers are made
     predictor = (make or make_predictor)(name, checkpoint=checkpoint, device=device)
     session = Session(predictor, image_layer, tiled=tiled)
     note = ""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_sam._napari.layers import PlaneRef
-from napari_sam.predict.correction import PreviousResult
+
+if TYPE_CHECKING:
+    from napari_sam.predict.correction import PreviousResult
 
 __all__ = ["ObjectPrediction", "Preview", "is_pipeline", "model_card_of", "quality_hint"]
 
@@ -45,6 +47,8 @@ class ObjectPrediction:
 
     def as_previous(self, points_rc: np.ndarray | None, point_labels: np.ndarray | None) -> PreviousResult:
         """The shown candidate as the :class:`~napari_sam.predict.correction.PreviousResult` a correction corrects."""
+        from napari_sam.predict.correction import PreviousResult
+
         window = self.window_logits[self.choice] if self.window_logits else None
         return PreviousResult(self.mask, np.asarray(self.logits[self.choice], np.float32), points_rc, point_labels,
                               window)

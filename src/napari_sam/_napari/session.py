@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,9 +32,11 @@ from napari_sam._napari.layers import (
 from napari_sam._napari.preview import ObjectPrediction, Preview, is_pipeline, model_card_of, quality_hint
 from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
 from napari_sam._napari.regrid import mask_to_labels_grid, same_grid
-from napari_sam.predict.correction import PreviousResult
 from napari_sam.predict.tiled_embedding import TiledPrompter, needs_tiling
 from napari_sam.progress import CancelToken, ProgressCallback, report
+
+if TYPE_CHECKING:
+    from napari_sam.predict.correction import PreviousResult
 
 __all__ = ["ObjectPrediction", "Preview", "Session", "model_card_of", "quality_hint"]
 

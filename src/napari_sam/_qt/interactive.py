@@ -174,18 +174,35 @@ class InteractiveWidget(Container):
                           labels_layer=self.labels_combo.value, make=make_predictor, on_done=self._session_ready)
 
     def _session_ready(self, result: tuple[Session, str]) -> None:
-        self.session, note = result
-        image = self.session.image_layer
+        session, note = result
+        image = session.image_layer
         if note:
             show_warning(f"napari-sam: {note}")
         for layer in (self.points_layer, self.shapes_layer, self.preview_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-        self.preview_layer = pl.make_preview_layer(self.viewer, image)
-        self.shapes_layer = pl.make_shapes_layer(self.viewer, image)
-        self.points_layer = pl.make_points_layer(self.viewer, image)
+        self.points_layer = None
+
+        def add(attr: str, make: Any) -> Any:
+            return lambda: setattr(self, attr, make(self.viewer, image))
+
+        # one layer per turn of the event loop: napari draws each new layer before the next comes
+        steps = [add("preview_layer", pl.make_preview_layer), add("shapes_layer", pl.make_shapes_layer),
+                 add("points_layer", pl.make_points_layer)]
         if self.labels_combo.value is None:
-            self.new_labels_layer()
+            steps.append(self.new_labels_layer)
+        steps.append(lambda: self._layers_ready(session))
+        self._run_steps(steps)
+
+    def _run_steps(self, steps: list[Any]) -> None:
+        if self._closed or not steps:
+            return
+        steps[0]()
+        if len(steps) > 1:
+            QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
+
+    def _layers_ready(self, session: Session) -> None:
+        self.session = session
         self.points_layer.events.data.connect(self._alt_click_negative)
         for layer in (self.points_layer, self.shapes_layer):
             layer.events.data.connect(lambda e=None: self._debounce.start())
