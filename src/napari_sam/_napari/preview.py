@@ -37,6 +37,8 @@ class ObjectPrediction:
     window_logits : tuple or None
         Per candidate, the zoom window of a :class:`~napari_sam.predict.pipeline.PromptPipeline`
         result and its logits there (``PromptResult.window_logits``); None from a plain predictor.
+    tile_window : tuple or None
+        On a tiled plane, the window the prompt was decoded in.
     """
 
     masks: np.ndarray
@@ -44,6 +46,9 @@ class ObjectPrediction:
     logits: np.ndarray
     choice: int = 0
     window_logits: tuple | None = None
+    #: the plane window ``(r0, c0, r1, c1)`` a tiled plane's prompt was decoded in (``logits`` are in its
+    #: frame); None for a whole-plane embedding
+    tile_window: tuple | None = None
 
     def as_previous(self, points_rc: np.ndarray | None, point_labels: np.ndarray | None) -> PreviousResult:
         """The shown candidate as the :class:`~napari_sam.predict.correction.PreviousResult` a correction corrects."""

@@ -266,7 +266,8 @@ class Session:
                 if self._held is not None or self._tiler_held is not tiler:
                     tiler.invalidate()  # the predictor holds something else now
                 self._held, self._tiler_held = None, tiler
-                objects = self._predict_tiled(tiler, pts, lab, shapes)
+                previous = None if shapes else self._corrected(ref, pts, lab)
+                objects = self._predict_tiled(tiler, pts, lab, shapes, previous)
             else:
                 self.prepare(ref)
                 previous = None if shapes else self._corrected(ref, pts, lab)
@@ -350,18 +351,29 @@ class Session:
             objects.append(ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits)))
         return objects
 
-    def _predict_tiled(self, tiler: TiledPrompter, pts, lab, shapes) -> list[ObjectPrediction]:
-        """Objects of a tiled plane: each decoded in the tile that holds its prompt (no mask prompts)."""
+    def _predict_tiled(self, tiler: TiledPrompter, pts, lab, shapes, previous=None) -> list[ObjectPrediction]:
+        """Objects of a tiled plane: each decoded in the tile that holds its prompt.
+
+        A correction (``previous``: points added to the shown object) is decoded
+        with all the object's points and the shown mask's logits, in the window
+        the shown mask came from when it holds the new points (one output, as
+        on a whole-plane embedding).
+        """
         if not shapes:
             if not (lab > 0).any():
                 return []
-            res = tiler.predict(pts, lab, multimask=len(pts) == 1)
-            return [ObjectPrediction(res.masks, res.scores, res.logits, int(np.argmax(res.scores)))]
+            if previous is not None and self.preview.objects[0].tile_window is not None:
+                res = tiler.predict(pts, lab, mask_input=previous.logits[None], multimask=False,
+                                    window=self.preview.objects[0].tile_window)
+            else:
+                res = tiler.predict(pts, lab, multimask=len(pts) == 1)
+            return [ObjectPrediction(res.masks, res.scores, res.logits, int(np.argmax(res.scores)),
+                                     tile_window=res.window)]
         objects = []
         for s in shapes:
             bp, bl = self._points_in_box(pts, lab, s["box_rc"], len(shapes))
             res = tiler.predict(bp if len(bp) else None, bl if len(bl) else None, s["box_rc"], multimask=False)
-            objects.append(ObjectPrediction(res.masks, res.scores, res.logits))
+            objects.append(ObjectPrediction(res.masks, res.scores, res.logits, tile_window=res.window))
         return objects
 
     @staticmethod

@@ -211,7 +211,7 @@ class TiledPrompter:
         return np.asarray(masks, bool), np.asarray(scores, np.float32), np.asarray(logits, np.float32)
 
     def predict(self, points_rc: Any = None, point_labels: Any = None, box_rc: Any = None,
-                mask_input: Any = None, *, multimask: bool = True) -> TiledPrediction:
+                mask_input: Any = None, *, multimask: bool = True, window: Window | None = None) -> TiledPrediction:
         """Masks for one prompt, decoded in the tile that holds it (see the module docstring).
 
         Parameters
@@ -224,8 +224,13 @@ class TiledPrompter:
         mask_input : (1, m, m) array-like, optional
             Low-res logits in the frame of the window of an earlier
             :class:`TiledPrediction` (only meaningful when the prompt decodes in
-            that same window).
+            that same window: pass it as ``window``).
         multimask : bool
+        window : (r0, c0, r1, c1), optional, keyword-only
+            Decode in this window (an earlier :attr:`TiledPrediction.window`)
+            when it holds every prompt; else the window is chosen as usual.
+            A correction of a shown mask passes the window and logits it was
+            decoded with, so the correction sees what the user saw.
 
         Returns
         -------
@@ -242,7 +247,11 @@ class TiledPrompter:
         for where in ([] if pts is None else list(pts)) + ([] if box is None else [box[:2], box[2:]]):
             if not (-0.5 <= where[0] <= h - 0.5 and -0.5 <= where[1] <= w - 0.5):
                 raise ValueError(f"prompt {np.round(where, 1).tolist()} is outside the {h} x {w} plane.")
-        win = self._first_window(pts, lab, box)
+        if window is not None and _inside(window, np.concatenate(
+                ([] if pts is None else [pts]) + ([] if box is None else [box.reshape(2, 2)]))):
+            win = tuple(int(v) for v in window)
+        else:
+            win, mask_input = self._first_window(pts, lab, box), None if window is not None else mask_input
         masks, scores, logits = self._decode(win, pts, lab, box, mask_input, multimask)
         best = int(np.argmax(scores))
         if mask_input is None and _touches_inner_edge(masks[best], win, self.shape):
