@@ -147,3 +147,49 @@ def test_a_correction_on_a_tiled_plane_matches_the_untiled_correction_on_its_til
     plain, _, _ = pred.predict(np.stack([pa, pb]) - off, [1, 1], multimask=False)
     assert _iou(plain[0], want[0]) < 0.95  # (0.82 here): a decode without them would fail the check above
     assert _iou(first.mask, corrected.mask) < 0.9  # and the added point changed the object
+
+
+def test_precompute_on_a_tiled_plane_embeds_every_tile_once_and_clicks_reuse_them():
+    from napari_sam.progress import Cancelled
+
+    image, labels = make_nuclei_image((768, 768), seed=4)
+    viewer = ViewerModel()
+    layer = viewer.add_image(image)
+    predictor = napari_sam.make_predictor("builtin", device="cpu")
+    encoded = []
+    original = predictor.set_image
+    predictor.set_image = lambda *a, **k: (encoded.append(1), original(*a, **k))[1]
+    session = Session(predictor, layer)
+    ref = session.plane(viewer.dims)
+    windows = session.tiler(ref).windows()
+    assert len(windows) == 36  # 768 px in 256 px tiles, 128 px apart
+    # cancel after the third tile: the work stops between tiles
+    stop = __import__("threading").Event()
+    seen = []
+
+    def progress(done, total, desc):
+        seen.append((done, total))
+        if done == 3:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        session.precompute(viewer.dims, progress=progress, cancel=stop)
+    assert len(encoded) == 3 and seen[-1] == (3, 36)
+    assert session.precompute(viewer.dims, progress=progress) == 36
+    assert len(encoded) == 36 and seen[-1] == (36, 36)  # the three done before were kept
+    # clicks anywhere now run no encoder, and give what a session without precompute gives
+    fresh = Session(napari_sam.make_predictor("builtin", device="cpu"), layer)
+    checked = 0
+    for i in [i for i in np.unique(labels) if i][:: max(1, len(np.unique(labels)) // 6)][:6]:
+        rr, cc = np.nonzero(labels == i)
+        k = len(rr) // 2
+        points = viewer.add_points([[rr[k], cc[k]]])
+        before = len(encoded)
+        got = session.predict(viewer.dims, points_layer=points).objects[0]
+        want = fresh.predict(viewer.dims, points_layer=points).objects[0]
+        viewer.layers.remove(points)
+        np.testing.assert_array_equal(got.mask, want.mask)
+        if got.tile_window in windows:  # (an object crossing tiles is decoded again around itself)
+            assert len(encoded) == before, "a click on a precomputed tile ran the encoder"
+            checked += 1
+    assert checked >= 3

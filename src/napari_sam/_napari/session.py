@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -168,11 +170,17 @@ class Session:
         """Compute every slice's embedding along ``axis`` (default: the nearest stacked axis).
 
         Embeddings go to the on-disk cache when the session has one (and to the
-        memory cache otherwise).  Returns the number of slices processed.
+        memory cache otherwise).  Returns the number of slices processed.  On a
+        tiled plane (:meth:`uses_tiles`) every tile of the shown plane is
+        embedded instead, the tiles its prompts use (kept in memory), and the
+        number of tiles is returned.
         """
         from napari_sam.progress import check_cancelled
 
         ref = self.plane(dims)
+        if self.uses_tiles(ref):
+            tiler = self.tiler(ref)
+            return tiler.embed_all(progress=progress, cancel=cancel, guard=lambda: self._using(tiler))
         axis = self.stack_axis(ref) if axis is None else axis
         n = self._shape()[axis]
         for z in range(n):
@@ -263,9 +271,7 @@ class Session:
                 return None
             if self.uses_tiles(ref):
                 tiler = self.tiler(ref)
-                if self._held is not None or self._tiler_held is not tiler:
-                    tiler.invalidate()  # the predictor holds something else now
-                self._held, self._tiler_held = None, tiler
+                self._claim(tiler)
                 previous = None if shapes else self._corrected(ref, pts, lab)
                 objects = self._predict_tiled(tiler, pts, lab, shapes, previous)
             else:
@@ -276,6 +282,19 @@ class Session:
             return None
         self.preview = Preview(ref, objects, request, *((None, None) if shapes else (pts.copy(), lab.copy())))
         return self.preview
+
+    def _claim(self, tiler: TiledPrompter) -> None:
+        """Note that ``tiler`` now drives the predictor (call with the lock held)."""
+        if self._held is not None or self._tiler_held is not tiler:
+            tiler.invalidate()  # the predictor holds something else now
+        self._held, self._tiler_held = None, tiler
+
+    @contextmanager
+    def _using(self, tiler: TiledPrompter) -> Iterator[None]:
+        """Hold the lock with ``tiler`` driving the predictor."""
+        with self.lock:
+            self._claim(tiler)
+            yield
 
     def _corrected(self, ref: PlaneRef, pts: np.ndarray, lab: np.ndarray) -> PreviousResult | None:
         """The shown result, when ``pts``/``lab`` add points to the preview's (a correction).

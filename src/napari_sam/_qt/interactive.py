@@ -79,7 +79,9 @@ class InteractiveWidget(Container):
         self.toggle_button = PushButton(text="Next points: positive [T]")
         self.clear_button = PushButton(text="Clear prompts [Shift+X]")
         self.cache_dir = FileEdit(label="embedding cache", mode="d", value="")
-        self.precompute_button = PushButton(text="Precompute embeddings of the stack")
+        self.precompute_button = PushButton(text="Precompute embeddings")
+        self.precompute_button.tooltip = ("embed every slice of the stack, or every tile of a large image, "
+                                          "so that later prompts answer at once")
         self.iou = FloatSpinBox(label="propagation IoU", value=0.3, min=0.0, max=1.0, step=0.05)
         self.propagate_button = PushButton(text="Propagate last object through z")
         self.cancel_button = PushButton(text="Cancel")
@@ -368,7 +370,7 @@ class InteractiveWidget(Container):
 
     # ------------------------------------------------------------------ stack work
     def precompute(self) -> None:
-        """Embed every slice of the stack in the background (into the disk cache if set)."""
+        """Embed every slice of the stack (a large image: every tile of the plane) in the background."""
         if self.session is None:
             show_warning("napari-sam: start a session first")
             return
@@ -382,7 +384,7 @@ class InteractiveWidget(Container):
         if self.session.embedding_cache is None:
             self.session.max_embeddings = max(self.session.max_embeddings, 4096)
         self.runner.start("stack", self.session.precompute, self.viewer.dims, with_progress=True,
-                          cancellable=True, on_done=lambda n: self._set_status(f"{n} slice embeddings ready"))
+                          cancellable=True, on_done=lambda n: self._set_status(f"{n} embeddings ready"))
 
     def propagate(self) -> None:
         """Propagate the last committed object up and down the stack (background, cancellable)."""

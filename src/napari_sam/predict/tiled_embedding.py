@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from napari_sam.normalize import to_rgb_uint8
+from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 
 __all__ = ["TiledPrediction", "TiledPrompter", "needs_tiling"]
 
@@ -177,6 +180,29 @@ class TiledPrompter:
         self._held = window
         while len(self._cache) > self.max_tiles:
             self._cache.popitem(last=False)
+
+    def windows(self) -> list[Window]:
+        """The windows of every tile of the plane, row by row."""
+        n = self.n_tiles()
+        return list(dict.fromkeys(self.tile_window((i, j)) for i in range(n[0]) for j in range(n[1])))
+
+    def embed_all(self, *, progress: ProgressCallback | None = None, cancel: CancelToken = None,
+                  guard: Callable[[], AbstractContextManager[Any]] | None = None) -> int:
+        """Embed every tile of the plane (those not in memory yet), so that later prompts need no encoder run.
+
+        ``max_tiles`` grows to the number of tiles (plus 8 windows around objects crossing tiles).  ``guard()`` is entered
+        around each tile's encoding (e.g. a lock shared with the prompts);
+        ``cancel`` is checked between tiles.  Returns the number of tiles.
+        """
+        wins = self.windows()
+        self.max_tiles = max(self.max_tiles, len(wins) + 8)
+        for k, win in enumerate(wins):
+            check_cancelled(cancel)
+            with guard() if guard is not None else nullcontext():
+                if win not in self._cache:
+                    self.hold(win)
+            report(progress, k + 1, len(wins), f"embedding tile {k + 1}/{len(wins)}")
+        return len(wins)
 
     def prefetch(self, point_rc: Any) -> Window:
         """Embed the tile holding ``point_rc`` (e.g. where the user is about to click); returns its window."""
