@@ -374,17 +374,26 @@ class InteractiveWidget(Container):
         if self.session is None:
             show_warning("napari-sam: start a session first")
             return
-        cache = str(self.cache_dir.value or "")
-        if cache and cache != "." and self.session.embedding_cache is None:
-            try:
-                self.session.open_disk_cache(cache, model_id=model_identity(self.model_combo.value,
-                                                                           str(self.checkpoint.value or "")))
-            except (ValueError, OSError, ImportError) as exc:
-                show_warning(f"napari-sam: embedding cache not used: {exc}")
-        if self.session.embedding_cache is None:
-            self.session.max_embeddings = max(self.session.max_embeddings, 4096)
-        self.runner.start("stack", self.session.precompute, self.viewer.dims, with_progress=True,
-                          cancellable=True, on_done=lambda n: self._set_status(f"{n} embeddings ready"))
+        session, cache = self.session, str(self.cache_dir.value or "")
+        model_id = model_identity(self.model_combo.value, str(self.checkpoint.value or ""))
+
+        def job(progress: Any = None, cancel: Any = None) -> tuple[int, str]:
+            note = ""
+            if cache and cache != "." and session.embedding_cache is None:  # opened here, not on the GUI thread
+                try:
+                    session.open_disk_cache(cache, model_id=model_id)
+                except (ValueError, OSError, ImportError) as exc:
+                    note = f"embedding cache not used: {exc}"
+            if session.embedding_cache is None:
+                session.max_embeddings = max(session.max_embeddings, 4096)
+            return session.precompute(self.viewer.dims, progress=progress, cancel=cancel), note
+
+        def done(result: tuple[int, str]) -> None:
+            if result[1]:
+                show_warning(f"napari-sam: {result[1]}")
+            self._set_status(f"{result[0]} embeddings ready")
+
+        self.runner.start("stack", job, with_progress=True, cancellable=True, on_done=done)
 
     def propagate(self) -> None:
         """Propagate the last committed object up and down the stack (background, cancellable)."""
