@@ -59,6 +59,7 @@ def test_loads_strictly_with_shipped_weights(model, card):
 
 
 def test_corrupted_copy_fails_hash_check(tmp_path, monkeypatch, card):
+    from napari_sam.model import catalog
     from napari_sam.model import registry as models
 
     bad_pt, bad_card = tmp_path / PT.name, tmp_path / CARD.name
@@ -68,7 +69,9 @@ def test_corrupted_copy_fails_hash_check(tmp_path, monkeypatch, card):
     data[len(data) // 2] ^= 0xFF  # flip one byte in the middle of the tensor data
     bad_pt.write_bytes(bytes(data))
     assert sha256_file(bad_pt) != card.sha256
-    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))
+    copy = dict(models.REGISTRY)
+    monkeypatch.setattr(models, "REGISTRY", copy)
+    monkeypatch.setattr(catalog, "REGISTRY", copy)  # the catalogue the registry re-exports
     models.register_model(bad_card, overwrite=True)  # the copy: weights beside it
     with pytest.raises(models.CheckpointError, match="corrupt"):
         models.load_model("builtin", device="cpu")

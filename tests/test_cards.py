@@ -12,6 +12,7 @@ import torch
 
 import napari_sam
 from napari_sam.automatic.generator import AutomaticMaskGenerator
+from napari_sam.model import catalog
 from napari_sam.model import registry as models
 from napari_sam.model.cards import ModelCard
 from napari_sam.predict.factory import make_predictor, predictor_for_model
@@ -38,7 +39,9 @@ FULL = ModelCard(
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the registry: registrations are undone after the test."""
-    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))
+    copy = dict(models.REGISTRY)
+    monkeypatch.setattr(models, "REGISTRY", copy)
+    monkeypatch.setattr(catalog, "REGISTRY", copy)  # the catalogue the registry re-exports
     return models.REGISTRY
 
 

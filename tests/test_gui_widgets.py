@@ -403,3 +403,34 @@ def test_interactive_on_a_4096_image_embeds_only_the_clicked_tile(viewer, qtbot)
     got = widget.preview_layer.data > 0
     assert (got & expected).sum() / (got | expected).sum() >= 0.9
     assert widget.points_layer.canvas_size_limits[1] <= 16
+
+
+def test_precompute_on_a_large_image_embeds_its_tiles_and_cancels(viewer, qtbot):
+    import time
+
+    from napari_sam.synthetic import make_nuclei_image
+
+    image, labels = make_nuclei_image((768, 768), seed=4)
+    viewer.add_image(image, name="big")
+    widget = _open(viewer, INTERACTIVE)
+    widget.model_combo.value = "builtin"
+    widget.device.value = "cpu"
+    _start(qtbot, widget)
+    tiler = widget.session.tiler(widget.session.plane(viewer.dims))
+    widget.precompute()
+    qtbot.waitUntil(lambda: tiler.n_encoded >= 2, timeout=60_000)
+    asked = time.perf_counter()
+    widget.runner.cancel()
+    qtbot.waitUntil(lambda: not widget.runner.busy("stack"), timeout=10_000)
+    assert time.perf_counter() - asked <= 1.5
+    assert widget.status.value == "cancelled" and tiler.n_encoded < 36
+    widget.precompute()
+    widget.runner.wait()
+    assert widget.status.value == "36 embeddings ready" and tiler.n_encoded == 36
+    obj = labels[384, 384] or [i for i in np.unique(labels[320:448, 320:448]) if i][0]
+    rr, cc = np.nonzero(labels == obj)
+    widget.points_layer.add([[rr[len(rr) // 2], cc[len(cc) // 2]]])
+    qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=60_000)
+    widget.runner.wait()
+    assert widget.session.preview.objects[0].tile_window in tiler.windows()  # a nucleus inside one tile
+    assert tiler.n_encoded == 36  # the click ran no encoder

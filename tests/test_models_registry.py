@@ -241,7 +241,11 @@ def test_missing_file(tmp_path):
 def test_builtin_absent_gives_actionable_error(tmp_path, monkeypatch):
     """Without the shipped card the name is unknown; with the card but not its weights, the
     error names the missing file; both suggest an official checkpoint."""
-    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))  # registrations undone after the test
+    from napari_sam.model import catalog
+
+    copy = dict(models.REGISTRY)  # registrations undone after the test
+    monkeypatch.setattr(models, "REGISTRY", copy)
+    monkeypatch.setattr(catalog, "REGISTRY", copy)  # the catalogue the registry re-exports
     card = models.REGISTRY.pop("builtin", None)
     assert "builtin" not in available_models()
     with pytest.raises(ValueError, match="Unknown model 'builtin'.*vit_b"):
@@ -269,7 +273,11 @@ def test_a_card_file_is_registered_loaded_and_hash_checked(tmp_path, monkeypatch
                      amg={"pred_iou_thresh": 0.5})
     card_file = tmp_path / "mine.card.json"
     card.to_json(card_file)
-    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))  # registrations undone after the test
+    from napari_sam.model import catalog
+
+    copy = dict(models.REGISTRY)  # registrations undone after the test
+    monkeypatch.setattr(models, "REGISTRY", copy)
+    monkeypatch.setattr(catalog, "REGISTRY", copy)  # the catalogue the registry re-exports
     loaded = load_model(card_file)  # by path, unregistered
     torch.testing.assert_close(_encode(loaded), _encode(model), rtol=0, atol=0)
     assert loaded.card == card and loaded.card.path == card_file.resolve()

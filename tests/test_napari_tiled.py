@@ -109,3 +109,87 @@ def test_quality_hint_for_a_grayscale_model_outside_its_domain():
     assert "low" in quality_hint(builtin, grey, [0.2, 0.3, 0.9])
     assert quality_hint(builtin, grey, [0.9]) == "" and quality_hint(vit_b, rgb, [0.1]) == ""
     assert quality_hint(None, rgb, [0.1]) == ""
+
+
+def test_a_correction_on_a_tiled_plane_matches_the_untiled_correction_on_its_tile():
+    """A point added to the shown object re-prompts with all its points and the shown mask's logits."""
+    image, labels = make_nuclei_image((1024, 1024), seed=3)
+    viewer = ViewerModel()
+    layer = viewer.add_image(image)
+    session = Session(napari_sam.make_predictor("builtin", device="cpu"), layer)
+    ref = session.plane(viewer.dims)
+    assert session.uses_tiles(ref)
+    # two nuclei close to each other, far from the plane's border
+    centres = {i: np.argwhere(labels == i).mean(0) for i in np.unique(labels[300:700, 300:700]) if i}
+    ids = sorted(centres)
+    a, b = min(((i, j) for i in ids for j in ids if i < j),
+               key=lambda p: np.linalg.norm(centres[p[0]] - centres[p[1]]))
+    pa, pb = np.round(centres[a]), np.round(centres[b])
+    points = viewer.add_points([pa])
+    first = session.predict(viewer.dims, points_layer=points).objects[0]
+    points.add([pb])
+    corrected = session.predict(viewer.dims, points_layer=points).objects[0]
+    assert corrected.tile_window == first.tile_window
+    assert len(corrected.masks) == 1  # one output, as SAM's interactive recipe
+    # the reference: the same two clicks on the window's crop, embedded whole (untiled)
+    r0, c0, r1, c1 = first.tile_window
+    pred = napari_sam.make_predictor("builtin", device="cpu")
+    pred.set_image(image[r0:r1, c0:c1], contrast_limits=layer.contrast_limits)
+    off = np.array([r0, c0], float)
+    masks, scores, logits = pred.predict((pa - off)[None], [1])
+    best = int(np.argmax(scores))
+    np.testing.assert_array_equal(first.mask[r0:r1, c0:c1], masks[best])
+    want, _, _ = pred.predict(np.stack([pa, pb]) - off, [1, 1], None, logits[best][None], multimask=False)
+    got = corrected.mask[r0:r1, c0:c1]
+    assert _iou(got, want[0]) >= 0.95
+    assert not corrected.mask[:r0].any() and not corrected.mask[r1:].any()
+    # the correction mattered: without the shown mask's logits the answer differs
+    plain, _, _ = pred.predict(np.stack([pa, pb]) - off, [1, 1], multimask=False)
+    assert _iou(plain[0], want[0]) < 0.95  # (0.82 here): a decode without them would fail the check above
+    assert _iou(first.mask, corrected.mask) < 0.9  # and the added point changed the object
+
+
+def test_precompute_on_a_tiled_plane_embeds_every_tile_once_and_clicks_reuse_them():
+    from napari_sam.progress import Cancelled
+
+    image, labels = make_nuclei_image((768, 768), seed=4)
+    viewer = ViewerModel()
+    layer = viewer.add_image(image)
+    predictor = napari_sam.make_predictor("builtin", device="cpu")
+    encoded = []
+    original = predictor.set_image
+    predictor.set_image = lambda *a, **k: (encoded.append(1), original(*a, **k))[1]
+    session = Session(predictor, layer)
+    ref = session.plane(viewer.dims)
+    windows = session.tiler(ref).windows()
+    assert len(windows) == 36  # 768 px in 256 px tiles, 128 px apart
+    # cancel after the third tile: the work stops between tiles
+    stop = __import__("threading").Event()
+    seen = []
+
+    def progress(done, total, desc):
+        seen.append((done, total))
+        if done == 3:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        session.precompute(viewer.dims, progress=progress, cancel=stop)
+    assert len(encoded) == 3 and seen[-1] == (3, 36)
+    assert session.precompute(viewer.dims, progress=progress) == 36
+    assert len(encoded) == 36 and seen[-1] == (36, 36)  # the three done before were kept
+    # clicks anywhere now run no encoder, and give what a session without precompute gives
+    fresh = Session(napari_sam.make_predictor("builtin", device="cpu"), layer)
+    checked = 0
+    for i in [i for i in np.unique(labels) if i][:: max(1, len(np.unique(labels)) // 6)][:6]:
+        rr, cc = np.nonzero(labels == i)
+        k = len(rr) // 2
+        points = viewer.add_points([[rr[k], cc[k]]])
+        before = len(encoded)
+        got = session.predict(viewer.dims, points_layer=points).objects[0]
+        want = fresh.predict(viewer.dims, points_layer=points).objects[0]
+        viewer.layers.remove(points)
+        np.testing.assert_array_equal(got.mask, want.mask)
+        if got.tile_window in windows:  # (an object crossing tiles is decoded again around itself)
+            assert len(encoded) == before, "a click on a precomputed tile ran the encoder"
+            checked += 1
+    assert checked >= 3

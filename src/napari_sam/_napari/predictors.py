@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from napari_sam.model.registry import available_models
+from napari_sam.model.catalog import available_models
 
 __all__ = ["model_choices", "make_predictor", "model_identity"]
 
@@ -43,3 +43,32 @@ def model_identity(name: str, checkpoint: str | Path | None = None) -> str:
     if checkpoint and not Path(checkpoint).is_dir():
         return f"{name}:{Path(checkpoint).resolve()}"
     return name
+
+
+def open_session(name: str, image_layer: Any, *, checkpoint: str | Path | None = None, device: str | None = None,
+                 tiled: bool | None = None, cache_dir: str | Path | None = None, labels_layer: Any = None,
+                 make: Any = None) -> tuple[Any, str]:
+    """Everything slow about starting an interactive session, for a worker thread.
+
+    Loads the model (:func:`make_predictor`, or ``make(name, checkpoint=,
+    device=)``), makes the :class:`~napari_sam._napari.session.Session`, opens
+    the on-disk embedding cache at ``cache_dir`` (when given) and finds the
+    next free id of ``labels_layer`` (a scan of the whole layer).  Returns
+    ``(session, note)``: ``note`` says why the cache is not used, else ``""``.
+    """
+    import importlib
+
+    from napari_sam._napari.session import Session
+
+    importlib.import_module("pandas")  # what napari's points layer imports when the prompt layers are made
+    predictor = (make or make_predictor)(name, checkpoint=checkpoint, device=device)
+    session = Session(predictor, image_layer, tiled=tiled)
+    note = ""
+    if cache_dir not in (None, "", ".") and str(cache_dir).strip() not in ("", "."):
+        try:
+            session.open_disk_cache(cache_dir, model_id=model_identity(name, checkpoint))
+        except (ValueError, OSError, ImportError) as exc:
+            note = f"embedding cache not used: {exc}"
+    if labels_layer is not None:
+        session.scan_ids(labels_layer)
+    return session, note

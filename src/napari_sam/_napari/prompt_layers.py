@@ -10,7 +10,6 @@ import tempfile
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from napari_sam._napari.layers import PlaneRef
 
@@ -50,6 +49,8 @@ def make_points_layer(viewer: Any, image_layer: Any, *, name: str = "SAM points"
     hide the object clicked on a large image.
     """
     shape, scale, translate = _spatial(image_layer)
+    import pandas as pd  # imported here: a dock opens without it
+
     features = pd.DataFrame({"prompt": pd.Categorical([], categories=["negative", "positive"])})
     layer = viewer.add_points(
         np.zeros((0, len(shape))), ndim=len(shape), name=name, features=features,
@@ -75,8 +76,8 @@ def make_shapes_layer(viewer: Any, image_layer: Any, *, name: str = "SAM boxes")
 def make_preview_layer(viewer: Any, image_layer: Any, *, name: str = "SAM preview") -> Any:
     """A 2D Labels layer showing the preview on the displayed plane (last two axes' transform)."""
     shape, scale, translate = _spatial(image_layer)
-    layer = viewer.add_labels(
-        np.zeros(shape[-2:], dtype=np.uint32), name=name, opacity=0.5,
+    layer = viewer.add_labels(  # 16-bit labels are drawn without napari's per-pixel recolouring
+        np.zeros(shape[-2:], dtype=np.uint16), name=name, opacity=0.5,
         scale=scale[-2:], translate=translate[-2:],
     )
     layer.editable = False
@@ -96,8 +97,8 @@ def make_labels_layer(viewer: Any, image_layer: Any, *, name: str = "SAM labels"
         path = tempfile.mkdtemp(prefix="napari-sam-labels-")
         data = zarr.create_array(store=path, shape=shape, dtype="uint32", fill_value=0,
                                  chunks=(1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:]))
-    else:
-        data = np.zeros(shape, dtype=np.uint32)
+    else:  # 16 bits are drawn without napari's per-pixel recolouring; commits widen the dtype when needed
+        data = np.zeros(shape, dtype=np.uint16)
     return viewer.add_labels(data, name=name, scale=scale, translate=translate)
 
 
@@ -133,7 +134,7 @@ def show_preview(preview_layer: Any, image_layer: Any, ref: PlaneRef | None, lab
     translate = np.asarray(image_layer.translate)[list(ref.axes)]
     preview_layer.scale = scale
     preview_layer.translate = translate
-    preview_layer.data = label_image
+    preview_layer.data = label_image.astype(np.uint16) if label_image.max(initial=0) <= 65535 else label_image
 
 
 def clear_prompts(points_layer: Any | None, shapes_layer: Any | None) -> None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,94 +31,16 @@ from napari_sam._napari.layers import (
     points_to_prompts,
     shapes_to_prompts,
 )
+from napari_sam._napari.preview import ObjectPrediction, Preview, is_pipeline, model_card_of, quality_hint
 from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
 from napari_sam._napari.regrid import mask_to_labels_grid, same_grid
-from napari_sam.predict.correction import PreviousResult
-from napari_sam.predict.pipeline import PromptPipeline
 from napari_sam.predict.tiled_embedding import TiledPrompter, needs_tiling
 from napari_sam.progress import CancelToken, ProgressCallback, report
 
-__all__ = ["ObjectPrediction", "Preview", "Session", "quality_hint"]
+if TYPE_CHECKING:
+    from napari_sam.predict.correction import PreviousResult
 
-
-@dataclass
-class ObjectPrediction:
-    """SAM's answer for one object: candidate masks and the chosen one.
-
-    Attributes
-    ----------
-    masks : numpy.ndarray of bool, shape (C, H, W)
-    scores : numpy.ndarray of float32, shape (C,)
-    logits : numpy.ndarray of float32, shape (C, 256, 256)
-    choice : int
-        Index of the candidate shown and committed (initially the best score).
-    window_logits : tuple or None
-        Per candidate, the zoom window of a :class:`~napari_sam.predict.pipeline.PromptPipeline`
-        result and its logits there (``PromptResult.window_logits``); None from a plain predictor.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray
-    choice: int = 0
-    window_logits: tuple | None = None
-
-    def as_previous(self, points_rc: np.ndarray | None, point_labels: np.ndarray | None) -> PreviousResult:
-        """The shown candidate as the :class:`~napari_sam.predict.correction.PreviousResult` a correction corrects."""
-        window = self.window_logits[self.choice] if self.window_logits else None
-        return PreviousResult(self.mask, np.asarray(self.logits[self.choice], np.float32), points_rc, point_labels,
-                              window)
-
-    @property
-    def mask(self) -> np.ndarray:
-        """The chosen ``(H, W)`` bool mask."""
-        return self.masks[self.choice]
-
-
-@dataclass
-class Preview:
-    """The objects predicted from the current prompts on one plane."""
-
-    ref: PlaneRef
-    objects: list[ObjectPrediction] = field(default_factory=list)
-    request: int = 0
-    #: the points (row, col) and labels of a points-only object (None with shapes): what a
-    #: correction click extends (see :meth:`Session.run_prompts`)
-    points_rc: np.ndarray | None = None
-    point_labels: np.ndarray | None = None
-
-    def label_image(self) -> np.ndarray:
-        """``(H, W)`` uint32 image: object ``k`` (0-based) drawn with value ``k + 1``."""
-        out = np.zeros(self.ref.shape, dtype=np.uint32)
-        for k, obj in enumerate(self.objects):
-            out[obj.mask & (out == 0)] = k + 1
-        return out
-
-
-def model_card_of(predictor: Any) -> Any:
-    """The model card of a predictor or prompt pipeline (None when it has none)."""
-    inner = getattr(predictor, "predictor", predictor)
-    return getattr(getattr(inner, "model", None), "card", None)
-
-
-def quality_hint(card: Any, image_layer: Any, scores: Any = ()) -> str:
-    """A hint when a model is used far from the images its card says it was made for, else ``""``.
-
-    A card with ``domain="grayscale"`` (the built-in model: single-channel
-    fluorescence-like images) gets a hint for an RGB image (e.g. H&E) or for
-    masks whose predicted IoU is mostly low.
-    """
-    if getattr(card, "domain", "") != "grayscale":
-        return ""
-    scores = np.asarray(scores, float).ravel()
-    if getattr(image_layer, "rgb", False):
-        why = "this is an RGB image"
-    elif scores.size and float(np.median(scores)) < 0.5:
-        why = "its predicted quality is low here"
-    else:
-        return ""
-    return (f"this model was trained on grayscale microscopy and {why}: choose an official model "
-            "(vit_b, vit_t) or load a checkpoint for better masks")
+__all__ = ["ObjectPrediction", "Preview", "Session", "model_card_of", "quality_hint"]
 
 
 class Session:
@@ -247,11 +170,17 @@ class Session:
         """Compute every slice's embedding along ``axis`` (default: the nearest stacked axis).
 
         Embeddings go to the on-disk cache when the session has one (and to the
-        memory cache otherwise).  Returns the number of slices processed.
+        memory cache otherwise).  Returns the number of slices processed.  On a
+        tiled plane (:meth:`uses_tiles`) every tile of the shown plane is
+        embedded instead, the tiles its prompts use (kept in memory), and the
+        number of tiles is returned.
         """
         from napari_sam.progress import check_cancelled
 
         ref = self.plane(dims)
+        if self.uses_tiles(ref):
+            tiler = self.tiler(ref)
+            return tiler.embed_all(progress=progress, cancel=cancel, guard=lambda: self._using(tiler))
         axis = self.stack_axis(ref) if axis is None else axis
         n = self._shape()[axis]
         for z in range(n):
@@ -342,10 +271,9 @@ class Session:
                 return None
             if self.uses_tiles(ref):
                 tiler = self.tiler(ref)
-                if self._held is not None or self._tiler_held is not tiler:
-                    tiler.invalidate()  # the predictor holds something else now
-                self._held, self._tiler_held = None, tiler
-                objects = self._predict_tiled(tiler, pts, lab, shapes)
+                self._claim(tiler)
+                previous = None if shapes else self._corrected(ref, pts, lab)
+                objects = self._predict_tiled(tiler, pts, lab, shapes, previous)
             else:
                 self.prepare(ref)
                 previous = None if shapes else self._corrected(ref, pts, lab)
@@ -354,6 +282,19 @@ class Session:
             return None
         self.preview = Preview(ref, objects, request, *((None, None) if shapes else (pts.copy(), lab.copy())))
         return self.preview
+
+    def _claim(self, tiler: TiledPrompter) -> None:
+        """Note that ``tiler`` now drives the predictor (call with the lock held)."""
+        if self._held is not None or self._tiler_held is not tiler:
+            tiler.invalidate()  # the predictor holds something else now
+        self._held, self._tiler_held = None, tiler
+
+    @contextmanager
+    def _using(self, tiler: TiledPrompter) -> Iterator[None]:
+        """Hold the lock with ``tiler`` driving the predictor."""
+        with self.lock:
+            self._claim(tiler)
+            yield
 
     def _corrected(self, ref: PlaneRef, pts: np.ndarray, lab: np.ndarray) -> PreviousResult | None:
         """The shown result, when ``pts``/``lab`` add points to the preview's (a correction).
@@ -396,7 +337,7 @@ class Session:
             if not (lab > 0).any():
                 return []
             # a correction (``previous``: the shown result) gets one output, as SAM was trained
-            if previous is not None and isinstance(p, PromptPipeline):
+            if previous is not None and is_pipeline(p):
                 result = p.predict(pts, lab, multimask=False, previous=previous)
             else:
                 mask_input = None if previous is None else previous.logits[None]
@@ -408,7 +349,7 @@ class Session:
         per_box = [self._points_in_box(pts, lab, s["box_rc"], len(shapes)) for s in shapes]
         # several plain boxes decode in one batched call, unless the predictor has a prompt pipeline:
         # its zoom, refinement and cut act in predict() only
-        use_batch = hasattr(p, "predict_batch") and not isinstance(p, PromptPipeline) and \
+        use_batch = hasattr(p, "predict_batch") and not is_pipeline(p) and \
             all(len(q[0]) == 0 for q in per_box) and all(s["mask"] is None for s in shapes) and len(shapes) > 1
         if use_batch:
             boxes = np.stack([s["box_rc"] for s in shapes])
@@ -429,18 +370,29 @@ class Session:
             objects.append(ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits)))
         return objects
 
-    def _predict_tiled(self, tiler: TiledPrompter, pts, lab, shapes) -> list[ObjectPrediction]:
-        """Objects of a tiled plane: each decoded in the tile that holds its prompt (no mask prompts)."""
+    def _predict_tiled(self, tiler: TiledPrompter, pts, lab, shapes, previous=None) -> list[ObjectPrediction]:
+        """Objects of a tiled plane: each decoded in the tile that holds its prompt.
+
+        A correction (``previous``: points added to the shown object) is decoded
+        with all the object's points and the shown mask's logits, in the window
+        the shown mask came from when it holds the new points (one output, as
+        on a whole-plane embedding).
+        """
         if not shapes:
             if not (lab > 0).any():
                 return []
-            res = tiler.predict(pts, lab, multimask=len(pts) == 1)
-            return [ObjectPrediction(res.masks, res.scores, res.logits, int(np.argmax(res.scores)))]
+            if previous is not None and self.preview.objects[0].tile_window is not None:
+                res = tiler.predict(pts, lab, mask_input=previous.logits[None], multimask=False,
+                                    window=self.preview.objects[0].tile_window)
+            else:
+                res = tiler.predict(pts, lab, multimask=len(pts) == 1)
+            return [ObjectPrediction(res.masks, res.scores, res.logits, int(np.argmax(res.scores)),
+                                     tile_window=res.window)]
         objects = []
         for s in shapes:
             bp, bl = self._points_in_box(pts, lab, s["box_rc"], len(shapes))
             res = tiler.predict(bp if len(bp) else None, bl if len(bl) else None, s["box_rc"], multimask=False)
-            objects.append(ObjectPrediction(res.masks, res.scores, res.logits))
+            objects.append(ObjectPrediction(res.masks, res.scores, res.logits, tile_window=res.window))
         return objects
 
     @staticmethod
@@ -460,6 +412,16 @@ class Session:
         return obj.choice
 
     # --- commit -----------------------------------------------------------------
+    def scan_ids(self, labels_layer: Any) -> int:
+        """Find the largest id of ``labels_layer`` (a whole-layer scan; call it in a worker) and remember it.
+
+        Later commits into that layer then read only the current plane.
+        Returns the largest id (0 for an empty layer).
+        """
+        top = _labels.next_free_id(labels_layer, known_max=0) - 1
+        self._max_id[id(labels_layer)] = max(self._max_id.get(id(labels_layer), 0), top)
+        return top
+
     def commit(self, labels_layer: Any, dims: Any, *, overwrite: bool = False) -> list[int]:
         """Write the preview's objects into ``labels_layer`` on the current slice.
 

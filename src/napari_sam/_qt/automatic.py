@@ -39,7 +39,7 @@ from napari_sam._napari.automatic import (
 from napari_sam._napari.labels import next_free_id
 from napari_sam._napari.predictors import make_predictor, model_choices
 from napari_sam._qt._workers import Runner
-from napari_sam.model.registry import recommended_amg_params
+from napari_sam.model.catalog import recommended_amg_params
 
 __all__ = ["AutomaticWidget", "TILING"]
 

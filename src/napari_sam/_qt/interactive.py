@@ -31,7 +31,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_sam._napari import prompt_layers as pl
-from napari_sam._napari.predictors import make_predictor, model_choices, model_identity
+from napari_sam._napari.predictors import make_predictor, model_choices, model_identity, open_session
 from napari_sam._napari.session import Session, model_card_of, quality_hint
 from napari_sam._qt._workers import Runner
 
@@ -79,7 +79,9 @@ class InteractiveWidget(Container):
         self.toggle_button = PushButton(text="Next points: positive [T]")
         self.clear_button = PushButton(text="Clear prompts [Shift+X]")
         self.cache_dir = FileEdit(label="embedding cache", mode="d", value="")
-        self.precompute_button = PushButton(text="Precompute embeddings of the stack")
+        self.precompute_button = PushButton(text="Precompute embeddings")
+        self.precompute_button.tooltip = ("embed every slice of the stack, or every tile of a large image, "
+                                          "so that later prompts answer at once")
         self.iou = FloatSpinBox(label="propagation IoU", value=0.3, min=0.0, max=1.0, step=0.05)
         self.propagate_button = PushButton(text="Propagate last object through z")
         self.cancel_button = PushButton(text="Cancel")
@@ -162,32 +164,47 @@ class InteractiveWidget(Container):
 
     # ------------------------------------------------------------------ session
     def start_session(self) -> None:
-        """Load the model in the background, then create the prompt layers."""
+        """Load the model, open the cache and scan the target labels in the background, then add the prompt layers."""
         image = self.image_combo.value
         if image is None:
             show_warning("napari-sam: add an image layer first")
             return
         name, ckpt, device = self.model_combo.value, str(self.checkpoint.value or ""), self.device.value
         self._set_status(f"loading model {name} ...")
-        self.runner.start("model", make_predictor, name, checkpoint=ckpt or None, device=device,
-                          on_done=lambda predictor: self._session_ready(predictor, image, name, ckpt))
+        self.runner.start("model", open_session, name, image, checkpoint=ckpt or None, device=device,
+                          tiled=LARGE_IMAGES[self.large.value], cache_dir=str(self.cache_dir.value or ""),
+                          labels_layer=self.labels_combo.value, make=make_predictor, on_done=self._session_ready)
 
-    def _session_ready(self, predictor: Any, image: Any, name: str, ckpt: str) -> None:
-        self.session = Session(predictor, image, tiled=LARGE_IMAGES[self.large.value])
-        cache = str(self.cache_dir.value or "")
-        if cache and cache != ".":
-            try:
-                self.session.open_disk_cache(cache, model_id=model_identity(name, ckpt))
-            except (ValueError, OSError, ImportError) as exc:
-                show_warning(f"napari-sam: embedding cache not used: {exc}")
+    def _session_ready(self, result: tuple[Session, str]) -> None:
+        session, note = result
+        image = session.image_layer
+        if note:
+            show_warning(f"napari-sam: {note}")
         for layer in (self.points_layer, self.shapes_layer, self.preview_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-        self.preview_layer = pl.make_preview_layer(self.viewer, image)
-        self.shapes_layer = pl.make_shapes_layer(self.viewer, image)
-        self.points_layer = pl.make_points_layer(self.viewer, image)
+        self.points_layer = None
+
+        def add(attr: str, make: Any) -> Any:
+            return lambda: setattr(self, attr, make(self.viewer, image))
+
+        # one layer per turn of the event loop: napari draws each new layer before the next comes
+        steps = [add("preview_layer", pl.make_preview_layer), add("shapes_layer", pl.make_shapes_layer),
+                 add("points_layer", pl.make_points_layer)]
         if self.labels_combo.value is None:
-            self.new_labels_layer()
+            steps.append(self.new_labels_layer)
+        steps.append(lambda: self._layers_ready(session))
+        self._run_steps(steps)
+
+    def _run_steps(self, steps: list[Any]) -> None:
+        if self._closed or not steps:
+            return
+        steps[0]()
+        if len(steps) > 1:
+            QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
+
+    def _layers_ready(self, session: Session) -> None:
+        self.session = session
         self.points_layer.events.data.connect(self._alt_click_negative)
         for layer in (self.points_layer, self.shapes_layer):
             layer.events.data.connect(lambda e=None: self._debounce.start())
@@ -353,21 +370,30 @@ class InteractiveWidget(Container):
 
     # ------------------------------------------------------------------ stack work
     def precompute(self) -> None:
-        """Embed every slice of the stack in the background (into the disk cache if set)."""
+        """Embed every slice of the stack (a large image: every tile of the plane) in the background."""
         if self.session is None:
             show_warning("napari-sam: start a session first")
             return
-        cache = str(self.cache_dir.value or "")
-        if cache and cache != "." and self.session.embedding_cache is None:
-            try:
-                self.session.open_disk_cache(cache, model_id=model_identity(self.model_combo.value,
-                                                                           str(self.checkpoint.value or "")))
-            except (ValueError, OSError, ImportError) as exc:
-                show_warning(f"napari-sam: embedding cache not used: {exc}")
-        if self.session.embedding_cache is None:
-            self.session.max_embeddings = max(self.session.max_embeddings, 4096)
-        self.runner.start("stack", self.session.precompute, self.viewer.dims, with_progress=True,
-                          cancellable=True, on_done=lambda n: self._set_status(f"{n} slice embeddings ready"))
+        session, cache = self.session, str(self.cache_dir.value or "")
+        model_id = model_identity(self.model_combo.value, str(self.checkpoint.value or ""))
+
+        def job(progress: Any = None, cancel: Any = None) -> tuple[int, str]:
+            note = ""
+            if cache and cache != "." and session.embedding_cache is None:  # opened here, not on the GUI thread
+                try:
+                    session.open_disk_cache(cache, model_id=model_id)
+                except (ValueError, OSError, ImportError) as exc:
+                    note = f"embedding cache not used: {exc}"
+            if session.embedding_cache is None:
+                session.max_embeddings = max(session.max_embeddings, 4096)
+            return session.precompute(self.viewer.dims, progress=progress, cancel=cancel), note
+
+        def done(result: tuple[int, str]) -> None:
+            if result[1]:
+                show_warning(f"napari-sam: {result[1]}")
+            self._set_status(f"{result[0]} embeddings ready")
+
+        self.runner.start("stack", job, with_progress=True, cancellable=True, on_done=done)
 
     def propagate(self) -> None:
         """Propagate the last committed object up and down the stack (background, cancellable)."""

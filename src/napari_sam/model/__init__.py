@@ -1,33 +1,38 @@
 """The SAM model: modules, configs, model cards, the registry of known models, checkpoints and downloads.
 
-Nothing here depends on any other part of napari-sam.
+Nothing here depends on any other part of napari-sam.  Names are imported on
+first use, so ``napari_sam.model.catalog`` (the model list) works without
+importing torch.
 """
 
-from napari_sam.model.cards import ModelCard
-from napari_sam.model.checkpoint import CheckpointError
-from napari_sam.model.registry import (
-    available_models,
-    build_model,
-    fetch_checkpoint,
-    load_model,
-    model_card,
-    register_model,
-    resolve_device,
-)
-from napari_sam.model.sam import Sam
-from napari_sam.model.verify import Verdict, verify_weights
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "ModelCard",
-    "Sam",
-    "Verdict",
-    "available_models",
-    "build_model",
-    "fetch_checkpoint",
-    "load_model",
-    "model_card",
-    "register_model",
-    "resolve_device",
-    "verify_weights",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "CheckpointError": "checkpoint",
+    "ModelCard": "cards",
+    "Sam": "sam",
+    "Verdict": "verify",
+    "available_models": "catalog",
+    "build_model": "registry",
+    "fetch_checkpoint": "registry",
+    "load_model": "registry",
+    "model_card": "catalog",
+    "register_model": "catalog",
+    "resolve_device": "registry",
+    "verify_weights": "verify",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_sam.model.catalog import DEFAULT_PIXEL_MEAN, DEFAULT_PIXEL_STD
 from napari_sam.model.mask_decoder import MaskDecoder
 from napari_sam.model.prompt_encoder import PromptEncoder
-
-DEFAULT_PIXEL_MEAN = (123.675, 116.28, 103.53)
-DEFAULT_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class Sam(nn.Module):

@@ -1,12 +1,33 @@
-"""Prompted segmentation: the predictor (image -> embedding; prompts -> masks) and its prompt pipeline."""
+"""Prompted segmentation: the predictor (image -> embedding; prompts -> masks) and its prompt pipeline.
 
-from napari_sam.predict.correction import PreviousResult
-from napari_sam.predict.factory import make_predictor, predictor_for_model
-from napari_sam.predict.options import PromptOptions
-from napari_sam.predict.pipeline import PromptPipeline, PromptResult
-from napari_sam.predict.predictor import Embedding, Predictor
+Names are imported on first use, so the torch-free modules (``correction``,
+``tiled_embedding``, ``zoom``) can be used without importing torch.
+"""
 
-__all__ = [
-    "Embedding", "Predictor", "PreviousResult", "PromptOptions", "PromptPipeline", "PromptResult",
-    "make_predictor", "predictor_for_model",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Embedding": "predictor",
+    "Predictor": "predictor",
+    "PreviousResult": "correction",
+    "PromptOptions": "options",
+    "PromptPipeline": "pipeline",
+    "PromptResult": "pipeline",
+    "make_predictor": "factory",
+    "predictor_for_model": "factory",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from napari_sam.normalize import to_rgb_uint8
+from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 
 __all__ = ["TiledPrediction", "TiledPrompter", "needs_tiling"]
 
@@ -178,6 +181,29 @@ class TiledPrompter:
         while len(self._cache) > self.max_tiles:
             self._cache.popitem(last=False)
 
+    def windows(self) -> list[Window]:
+        """The windows of every tile of the plane, row by row."""
+        n = self.n_tiles()
+        return list(dict.fromkeys(self.tile_window((i, j)) for i in range(n[0]) for j in range(n[1])))
+
+    def embed_all(self, *, progress: ProgressCallback | None = None, cancel: CancelToken = None,
+                  guard: Callable[[], AbstractContextManager[Any]] | None = None) -> int:
+        """Embed every tile of the plane (those not in memory yet), so that later prompts need no encoder run.
+
+        ``max_tiles`` grows to the number of tiles (plus 8 windows around objects crossing tiles).  ``guard()`` is entered
+        around each tile's encoding (e.g. a lock shared with the prompts);
+        ``cancel`` is checked between tiles.  Returns the number of tiles.
+        """
+        wins = self.windows()
+        self.max_tiles = max(self.max_tiles, len(wins) + 8)
+        for k, win in enumerate(wins):
+            check_cancelled(cancel)
+            with guard() if guard is not None else nullcontext():
+                if win not in self._cache:
+                    self.hold(win)
+            report(progress, k + 1, len(wins), f"embedding tile {k + 1}/{len(wins)}")
+        return len(wins)
+
     def prefetch(self, point_rc: Any) -> Window:
         """Embed the tile holding ``point_rc`` (e.g. where the user is about to click); returns its window."""
         window = self.tile_window(self.tile_index(point_rc))
@@ -211,7 +237,7 @@ class TiledPrompter:
         return np.asarray(masks, bool), np.asarray(scores, np.float32), np.asarray(logits, np.float32)
 
     def predict(self, points_rc: Any = None, point_labels: Any = None, box_rc: Any = None,
-                mask_input: Any = None, *, multimask: bool = True) -> TiledPrediction:
+                mask_input: Any = None, *, multimask: bool = True, window: Window | None = None) -> TiledPrediction:
         """Masks for one prompt, decoded in the tile that holds it (see the module docstring).
 
         Parameters
@@ -224,8 +250,13 @@ class TiledPrompter:
         mask_input : (1, m, m) array-like, optional
             Low-res logits in the frame of the window of an earlier
             :class:`TiledPrediction` (only meaningful when the prompt decodes in
-            that same window).
+            that same window: pass it as ``window``).
         multimask : bool
+        window : (r0, c0, r1, c1), optional, keyword-only
+            Decode in this window (an earlier :attr:`TiledPrediction.window`)
+            when it holds every prompt; else the window is chosen as usual.
+            A correction of a shown mask passes the window and logits it was
+            decoded with, so the correction sees what the user saw.
 
         Returns
         -------
@@ -242,7 +273,11 @@ class TiledPrompter:
         for where in ([] if pts is None else list(pts)) + ([] if box is None else [box[:2], box[2:]]):
             if not (-0.5 <= where[0] <= h - 0.5 and -0.5 <= where[1] <= w - 0.5):
                 raise ValueError(f"prompt {np.round(where, 1).tolist()} is outside the {h} x {w} plane.")
-        win = self._first_window(pts, lab, box)
+        if window is not None and _inside(window, np.concatenate(
+                ([] if pts is None else [pts]) + ([] if box is None else [box.reshape(2, 2)]))):
+            win = tuple(int(v) for v in window)
+        else:
+            win, mask_input = self._first_window(pts, lab, box), None if window is not None else mask_input
         masks, scores, logits = self._decode(win, pts, lab, box, mask_input, multimask)
         best = int(np.argmax(scores))
         if mask_input is None and _touches_inner_edge(masks[best], win, self.shape):
