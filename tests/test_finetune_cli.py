@@ -30,15 +30,17 @@ def test_cli_finetune_writes_a_loadable_model_and_reports(files, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "held-out click_miou" in out and "held-out automatic_f1" in out
+    assert "automatic thresholds: pred_iou_thresh" in out
     model = napari_sam.load_model(files / "out")
     assert model.card.name == "out"
     # resume continues from the checkpoint to the new step count
     rc = main(["finetune", str(files / "img.tif"), "--labels", str(files / "lab.tif"), "--base",
                str(files / "base"), "-o", str(files / "out"), "--steps", "5", "--resume", "--quiet",
-               "--validation", "0", "--device", "cpu"])
+               "--validation", "0", "--device", "cpu", "--keep-thresholds"])
     assert rc == 0
     assert torch.load(files / "out" / "checkpoint.pt", weights_only=True)["step"] == 5
-    assert "for 5 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "for 5 steps" in out and "automatic thresholds" not in out
 
 
 def test_cli_finetune_bad_labels_is_one_line_usage_error(files, capsys):

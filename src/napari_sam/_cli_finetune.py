@@ -32,7 +32,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                      help="train decoder and prompt encoder only (default for vit_b/l/h)")
     p.add_argument("--validation", type=float, default=0.2,
                    help="fraction of the labelled slices held out and reported on (default 0.2; needs 2+ slices)")
-    p.add_argument("--minutes", type=float, help="stop after this many minutes")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes (the schedule is fitted to them)")
+    p.add_argument("--keep-thresholds", dest="tune_thresholds", action="store_false",
+                   help="keep the base model's automatic thresholds (default: choose them on the training slices)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
     p.add_argument("--device", help="torch device (default: CUDA, then MPS, then CPU)")
     p.add_argument("--seed", type=int, default=0)
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             args.base, list(args.images), list(args.labels), steps=args.steps, lr=args.lr,
             train_encoder=args.train_encoder, validation=args.validation, seed=args.seed,
             checkpoint=ckpt, resume=args.resume, device=args.device, progress=bars,
+            tune_thresholds=args.tune_thresholds,
             time_limit_s=math.inf if args.minutes is None else 60 * args.minutes,
         )
     except KeyboardInterrupt:
@@ -74,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
     rep = model.finetune_report
     print(f"fine-tuned {rep['base']} for {rep['steps_done']} steps on {rep['train_slices']} slice(s), "
           f"{rep['objects']} objects ({rep['seconds']} s); model written to {out}")
+    if "thresholds" in rep:
+        t = rep["thresholds"]
+        kept = t["f1"] > t["f1_card"] and getattr(model, "card", None) is not None
+        print(f"automatic thresholds: pred_iou_thresh {t['pred_iou_thresh']}, stability_score_thresh "
+              f"{t['stability_score_thresh']} (training F1 {t['f1']:.3f} vs {t['f1_card']:.3f} with the base's): "
+              + ("saved in the model card" if kept else "the base's kept"))
     if "before" in rep:
         for key in rep["before"]:
             print(f"held-out {key}: {rep['before'][key]:.3f} -> {rep['after'][key]:.3f}")
