@@ -8,10 +8,11 @@ covers a few hundred of a million pixels.
 
 Bilinear interpolation is a convex combination of neighbouring inputs, so an
 output pixel can exceed a threshold only next to an input that (nearly)
-exceeds it.  :func:`windowed_scores` therefore resizes the first step for the
-whole batch (small), finds each mask's window around the pixels above the
-lowest threshold it needs, and computes the second resize only there.  The
-window is computed with PyTorch's own kernel, as two one-axis resizes over
+exceeds it.  :func:`windowed_scores` therefore finds each mask's window
+around the low-res pixels above the lowest threshold it needs (with a margin
+of two lines), and computes both resizes only there; pixels of the encoder
+square outside the first window are all below that threshold, so they are
+stood in for by a constant below it.  Each window is computed with PyTorch's own kernel, as two one-axis resizes over
 full-length lines (a resize along the rows of the window's rows, then along
 the columns of the window's columns): each output pixel then gets the very
 same source indices, weights and arithmetic as in the whole-crop resize, so
@@ -29,10 +30,6 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["separable_is_exact", "windowed_scores"]
-
-#: a window covering more than this fraction of the crop is resized whole
-_DENSE_FRACTION = 0.25
-
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size, mode="bilinear", align_corners=False)
@@ -116,38 +113,34 @@ def windowed_scores(
     """
     hi_t, lo_t = mask_threshold + offset, mask_threshold - offset
     lowest = min(hi_t, lo_t, mask_threshold)
+    m_h, m_w = low.shape[-2:]
     ih, iw = input_size
     H, W = original_size
-    u = _resize(low[:, None].float(), (image_size, image_size))[:, 0, :ih, :iw].contiguous()
-    same = (ih, iw) == (H, W)
+    low = low.float()
     # a resize output exceeds c only next to an input above c, up to float rounding: keep a margin
-    slack = 1e-3 + 1e-5 * float(u.abs().max()) if u.numel() else 1e-3
-    above = (u > lowest - slack).numpy()
+    slack = 1e-3 + 1e-5 * float(low.abs().max()) if low.numel() else 1e-3
+    above = (low > lowest - slack).numpy()
     rows_any, cols_any = above.any(axis=2), above.any(axis=1)
+    fill = lowest - 1.0  # stands for encoder-square pixels outside a window (all are below ``lowest``)
     out: list = []
-    dense_idx = []
-    for k in range(len(u)):
+    for k in range(len(low)):
         rr, cc = np.flatnonzero(rows_any[k]), np.flatnonzero(cols_any[k])
-        if len(rr) == 0:
+        ur0, ur1 = _out_range(int(rr[0]), int(rr[-1]) + 1, m_h, image_size) if len(rr) else (0, 0)
+        uc0, uc1 = _out_range(int(cc[0]), int(cc[-1]) + 1, m_w, image_size) if len(cc) else (0, 0)
+        ur1, uc1 = min(ur1, ih), min(uc1, iw)
+        if ur1 <= ur0 or uc1 <= uc0:  # nothing above the lowest threshold in the resized image
             out.append((np.zeros((0, 0), dtype=bool), (0, 0), np.float32(0.0)))
             continue
-        if same:
-            r0, r1, c0, c1 = int(rr[0]), int(rr[-1]) + 1, int(cc[0]), int(cc[-1]) + 1
-            logits = u[k, r0:r1, c0:c1].numpy()
+        inner = _window(low[k : k + 1], (image_size, image_size), (ur0, ur1, uc0, uc1))
+        if (ih, iw) == (H, W):  # upsample_logits skips the second resize
+            r0, c0, logits = ur0, uc0, inner[0].numpy()
         else:
-            r0, r1 = _out_range(int(rr[0]), int(rr[-1]) + 1, ih, H)
-            c0, c1 = _out_range(int(cc[0]), int(cc[-1]) + 1, iw, W)
-            if (r1 - r0) * (c1 - c0) > _DENSE_FRACTION * H * W:
-                dense_idx.append(k)
-                out.append(None)
-                continue
-            logits = _window(u[k : k + 1], (H, W), (r0, r1, c0, c1))[0].numpy()
+            u = low.new_full((1, ih, iw), fill)
+            u[:, ur0:ur1, uc0:uc1] = inner
+            r0, r1 = _out_range(ur0, ur1, ih, H)
+            c0, c1 = _out_range(uc0, uc1, iw, W)
+            logits = _window(u, (H, W), (r0, r1, c0, c1))[0].numpy()
         out.append(_scored(logits, (r0, c0), mask_threshold, hi_t, lo_t))
-    for start in range(0, len(dense_idx), 8):
-        sel = dense_idx[start : start + 8]
-        full = _resize(u[sel][:, None], (H, W))[:, 0].numpy()
-        for j, k in enumerate(sel):
-            out[k] = _scored(full[j], (0, 0), mask_threshold, hi_t, lo_t)
     return out
 
 
