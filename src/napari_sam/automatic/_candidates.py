@@ -2,9 +2,11 @@
 
 Used by :class:`~napari_sam.automatic.generator.AutomaticMaskGenerator` only.
 A batch of points is decoded at low resolution; candidates whose predicted IoU
-clears the floor are upsampled (``upsample_batch`` at a time), scored for
-stability, cut to their bounding box and kept unless they touch an inner crop
-edge.  :func:`record_at` turns a kept candidate into a :class:`MaskRecord`.
+clears the floor are upsampled, scored for stability, cut to their bounding
+box and kept unless they touch an inner crop edge.  With the stock predictor
+on CPU each candidate is upsampled only inside its window
+(:mod:`napari_sam.automatic._window`, bit-identical); otherwise
+``upsample_batch`` candidates at a time over the whole crop.  :func:`record_at` turns a kept candidate into a :class:`MaskRecord`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_sam.automatic._window import separable_is_exact, windowed_scores
 from napari_sam.automatic.grid import batch_slices
 from napari_sam.automatic.nms import is_box_near_crop_edge
-from napari_sam.automatic._window import separable_is_exact, windowed_scores
 from napari_sam.automatic.records import MaskRecord, RawMasks
 from napari_sam.automatic.regions import masks_to_boxes, stability_score
 
