@@ -71,7 +71,7 @@ def main() -> int:
 
     fig, axes = plt.subplots(2, 3, figsize=(10.5, 7.2), constrained_layout=True)
     for row in range(2):
-        outline = np.dstack([shown] * 3)
+        outline = shown.copy() if shown.ndim == 3 else np.dstack([shown] * 3)
         outline[find_boundaries(truth)] = (1.0, 0.85, 0.0)
         axes[row, 0].imshow(outline)
         axes[row, 0].set_title("image + ground truth" if row == 0 else "(one click per object)")
