@@ -7,32 +7,16 @@ importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
-_WHERE = {
-    "CheckpointError": "checkpoint",
-    "ModelCard": "cards",
-    "Sam": "sam",
-    "Verdict": "verify",
-    "available_models": "catalog",
-    "build_model": "registry",
-    "fetch_checkpoint": "registry",
-    "load_model": "registry",
-    "model_card": "catalog",
-    "register_model": "catalog",
-    "resolve_device": "registry",
-    "verify_weights": "verify",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "cards": ["ModelCard"],
+        "catalog": ["available_models", "model_card", "register_model"],
+        "checkpoint": ["CheckpointError"],
+        "registry": ["build_model", "fetch_checkpoint", "load_model", "resolve_device"],
+        "sam": ["Sam"],
+        "verify": ["Verdict", "verify_weights"],
+    },
+)

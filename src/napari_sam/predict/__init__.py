@@ -6,28 +6,15 @@ Names are imported on first use, so the torch-free modules (``correction``,
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
-_WHERE = {
-    "Embedding": "predictor",
-    "Predictor": "predictor",
-    "PreviousResult": "correction",
-    "PromptOptions": "options",
-    "PromptPipeline": "pipeline",
-    "PromptResult": "pipeline",
-    "make_predictor": "factory",
-    "predictor_for_model": "factory",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "correction": ["PreviousResult"],
+        "factory": ["make_predictor", "predictor_for_model"],
+        "options": ["PromptOptions"],
+        "pipeline": ["PromptPipeline", "PromptResult"],
+        "predictor": ["Embedding", "Predictor"],
+    },
+)
