@@ -67,19 +67,20 @@ def limit_threads(threads: int | None) -> Iterator[None]:
         _leave()
 
 
-# Blocks active at once in this process, and what the first one replaced.
+# Blocks active at once in this process, and what the first one replaced.  Every
+# change to a pool happens under the lock: OpenBLAS's setters are process-wide and not
+# safe to call from two threads at once.
 _LOCK = threading.Lock()
 _ACTIVE: list[int] = []
 _SAVED: dict[str, Any] = {}
-_LOCAL = threading.local()
 
 
 def _enter(threads: int) -> None:
     import torch
     from threadpoolctl import ThreadpoolController
 
-    controller = ThreadpoolController()  # the pools loaded now (a library may load mid-run)
     with _LOCK:
+        controller = ThreadpoolController()  # the pools loaded now (a library may load mid-run)
         if not _ACTIVE:
             _SAVED["torch"] = torch.get_num_threads()
             _SAVED["pools"] = {}
@@ -88,38 +89,30 @@ def _enter(threads: int) -> None:
         for lib in controller.lib_controllers:
             if lib.filepath not in _SAVED["pools"]:
                 _SAVED["pools"][lib.filepath] = (lib, lib.num_threads)
-        for lib in controller.lib_controllers:
-            lib.set_num_threads(limit)
+            _set_pool(lib, limit)
         torch.set_num_threads(limit)
-    # Recent OpenBLAS keeps a per-thread count that wins over the process-wide one
-    # (a limit set from a worker thread is otherwise ignored once the main thread set one).
-    stack = getattr(_LOCAL, "stack", None) or []
-    stack.append([(setter, setter(limit)) for setter in _openblas_local_setters(controller)])
-    _LOCAL.stack = stack
 
 
 def _leave() -> None:
     import torch
 
-    for setter, before in reversed(_LOCAL.stack.pop()):
-        setter(before)
     with _LOCK:
         _ACTIVE.pop()
         if _ACTIVE:
             return
         for lib, before in _SAVED.pop("pools").values():
-            lib.set_num_threads(before)
+            _set_pool(lib, before)
         torch.set_num_threads(_SAVED.pop("torch"))
 
 
-def _openblas_local_setters(controller: Any) -> list[Callable[[int], int]]:
-    setters = []
-    for lib in controller.lib_controllers:
-        if lib.internal_api == "openblas":
-            setter = getattr(lib.dynlib, "openblas_set_num_threads_local", None)
-            if setter is not None:
-                setters.append(setter)
-    return setters
+def _set_pool(lib: Any, n: int) -> None:
+    lib.set_num_threads(n)
+    if lib.internal_api == "openblas":
+        # OpenMP builds of OpenBLAS also keep a per-thread count that wins over the
+        # process-wide one; in pthreads builds this is the same process-wide setting.
+        setter = getattr(lib.dynlib, "openblas_set_num_threads_local", None)
+        if setter is not None:
+            setter(n)
 
 
 def on_dask_worker() -> bool:
