@@ -38,20 +38,11 @@ _DECODER = {
 }
 
 
-def _vit_config(embed_dim: int, depth: int, num_heads: int, global_attn: list[int]) -> dict[str, Any]:
+def _sam_config(image_encoder: dict[str, Any]) -> dict[str, Any]:
+    """A full model config: ``image_encoder`` plus the prompt encoder, decoder and pixel statistics SAM and
+    MobileSAM share (fresh lists and dicts on every call)."""
     return {
-        "image_encoder": {
-            "type": "vit",
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "num_heads": num_heads,
-            "global_attn_indexes": global_attn,
-            "window_size": 14,
-            "patch_size": 16,
-            "img_size": 1024,
-            "mlp_ratio": 4.0,
-            "out_chans": 256,
-        },
+        "image_encoder": image_encoder,
         "prompt_embed_dim": 256,
         "image_size": 1024,
         "mask_in_chans": 16,
@@ -59,30 +50,37 @@ def _vit_config(embed_dim: int, depth: int, num_heads: int, global_attn: list[in
         "pixel_mean": list(DEFAULT_PIXEL_MEAN),
         "pixel_std": list(DEFAULT_PIXEL_STD),
     }
+
+
+def _vit_config(embed_dim: int, depth: int, num_heads: int, global_attn: list[int]) -> dict[str, Any]:
+    return _sam_config({
+        "type": "vit",
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads,
+        "global_attn_indexes": global_attn,
+        "window_size": 14,
+        "patch_size": 16,
+        "img_size": 1024,
+        "mlp_ratio": 4.0,
+        "out_chans": 256,
+    })
 
 
 def _tiny_vit_config() -> dict[str, Any]:
     # MobileSAM's build_sam_vit_t (mobile_sam/build_sam.py)
-    return {
-        "image_encoder": {
-            "type": "tiny_vit",
-            "embed_dims": [64, 128, 160, 320],
-            "depths": [2, 2, 6, 2],
-            "num_heads": [2, 4, 5, 10],
-            "window_sizes": [7, 7, 14, 7],
-            "img_size": 1024,
-            "mlp_ratio": 4.0,
-            "mbconv_expand_ratio": 4.0,
-            "local_conv_size": 3,
-            "num_classes": 1000,
-        },
-        "prompt_embed_dim": 256,
-        "image_size": 1024,
-        "mask_in_chans": 16,
-        "decoder": dict(_DECODER),
-        "pixel_mean": list(DEFAULT_PIXEL_MEAN),
-        "pixel_std": list(DEFAULT_PIXEL_STD),
-    }
+    return _sam_config({
+        "type": "tiny_vit",
+        "embed_dims": [64, 128, 160, 320],
+        "depths": [2, 2, 6, 2],
+        "num_heads": [2, 4, 5, 10],
+        "window_sizes": [7, 7, 14, 7],
+        "img_size": 1024,
+        "mlp_ratio": 4.0,
+        "mbconv_expand_ratio": 4.0,
+        "local_conv_size": 3,
+        "num_classes": 1000,
+    })
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
