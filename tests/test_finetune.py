@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 import numpy as np
@@ -58,6 +59,10 @@ def test_finetune_lowers_loss_and_raises_iou(tiny, data):
 def test_frozen_encoder_keeps_encoder_and_uses_cache(tiny, data):
     images, labels = data
     tuned = napari_sam.finetune(tiny, images, labels, steps=3, train_encoder=False, device="cpu")
+    # the report names the data it trained on: sha256 of the prepared slices, then their labels
+    rgb, lab, _ = prepare_slices(images, labels, size=tiny.image_size)
+    digest = hashlib.sha256(np.ascontiguousarray(rgb).tobytes() + np.ascontiguousarray(lab).tobytes()).hexdigest()
+    assert tuned.finetune_report["data_sha256"] == digest
     for (name, a), b in zip(tiny.image_encoder.state_dict().items(), tuned.image_encoder.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(tiny.mask_decoder.state_dict()["iou_token.weight"],

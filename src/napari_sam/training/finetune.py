@@ -20,7 +20,7 @@ import torch
 
 from napari_sam.progress import Cancelled, CancelToken, ProgressCallback, check_cancelled, report
 from napari_sam.training.data import Batch, augment_pair, pick_objects
-from napari_sam.training.inputs import data_identity, prepare_slices, split_holdout
+from napari_sam.training.inputs import prepare_slices, slices_sha256, split_holdout
 from napari_sam.training.loop import TrainConfig, focal_weight_at, lr_at, train_step
 
 __all__ = ["finetune", "evaluate_model"]
@@ -186,7 +186,7 @@ def finetune(
         train_encoder = sum(p.numel() for p in net.image_encoder.parameters()) <= _SMALL_ENCODER_PARAMS
     report_ = {
         "base": getattr(base_card, "name", "custom"), "train_encoder": bool(train_encoder),
-        "data_sha256": data_identity(rgb, lab), "slices": len(kept), "train_slices": len(train_idx),
+        "data_sha256": slices_sha256(rgb, lab), "slices": len(kept), "train_slices": len(train_idx),
         "objects": int(sum(len(np.unique(lab[i])) - 1 for i in train_idx)), "steps": steps, "lr": lr,
     }
     net.eval()

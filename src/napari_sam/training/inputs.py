@@ -15,7 +15,7 @@ from skimage.transform import resize
 
 from napari_sam.normalize import to_rgb_uint8
 
-__all__ = ["as_slices", "prepare_slices", "data_identity"]
+__all__ = ["as_slices", "prepare_slices", "slices_sha256"]
 
 
 def _open(source: Any, what: str) -> np.ndarray:
@@ -121,8 +121,11 @@ def prepare_slices(
     return rgb, lab_out, kept
 
 
-def data_identity(rgb: np.ndarray, lab: np.ndarray) -> str:
-    """sha256 of the prepared training slices and labels (what the model saw)."""
+def slices_sha256(rgb: np.ndarray, lab: np.ndarray) -> str:
+    """Hex sha256 of the prepared training slices and labels (what the model saw; a saved model's ``data_sha256``).
+
+    Not :func:`napari_sam.volume.cache.data_identity`, which samples a few windows of an image for cache keys.
+    """
     import hashlib
 
     h = hashlib.sha256()
