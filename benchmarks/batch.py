@@ -37,6 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+# the --memory stand-in and its image are shared with tests/test_batch_memory.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_batch_standins import tiled_threshold_segment as standin_tiled  # noqa: E402
+from test_batch_standins import write_blob_image as make_image  # noqa: E402
+
 _SPENT = {"seconds": 0.0, "cpu": 0.0, "calls": 0}
 
 
@@ -104,44 +109,9 @@ def run_once(src: Path, model_seconds: float, workers: int) -> dict:
             "labels_in_slice0": n_labels}
 
 
-def standin_tiled(image, *, channel_axis=None, contrast_limits=None, out=None, tile: int = 1024):
-    """A cheap stand-in predictor per tile (threshold + components as mask records), real stitching/writing."""
-    from skimage.measure import label, regionprops
-
-    from napari_sam.automatic.labels import masks_to_labels
-    from napari_sam.automatic.records import MaskRecord
-    from napari_sam.tiled.stitching import stitch_tiles, write_labels
-    from napari_sam.tiled.tiles import tile_grid
-
-    shape = tuple(int(s) for s in image.shape[:2])
-    lo, hi = np.asarray(contrast_limits, dtype=np.float64).reshape(-1, 2)[0]
-    tiles = tile_grid(shape, tile, 0)
-    per_tile = {}
-    for t in tiles:
-        r0, c0, _, _ = t.window
-        window = np.asarray(image[t.window[0]:t.window[2], t.window[1]:t.window[3]])
-        per_tile[t.index] = [
-            MaskRecord(p.image.copy(), (p.bbox[0] + r0, p.bbox[1] + c0, p.bbox[2] + r0, p.bbox[3] + c0),
-                       int(p.area), 0.9, 0.95, (p.centroid[0] + r0, p.centroid[1] + c0), t.window)
-            for p in regionprops(label(window > (lo + hi) / 2))]
-    records = stitch_tiles(per_tile, tiles, shape)
-    return masks_to_labels(records, shape) if out is None else write_labels(records, out)
-
-
 def standin_in_memory(image, *, channel_axis=None, contrast_limits=None):
-    """:func:`standin_tiled` without ``out=``: the batch path holds the slice and its labels."""
+    """:func:`standin_tiled` (tests/test_batch_standins.py) without ``out=``: the batch path holds the slice."""
     return standin_tiled(image, channel_axis=channel_axis, contrast_limits=contrast_limits)
-
-
-def make_image(path: Path, side: int, chunk: int = 1024) -> None:
-    """A uint8 ``side`` x ``side`` blob image written by row blocks (never whole in memory)."""
-    import zarr
-
-    arr = zarr.create_array(store=str(path), shape=(side, side), chunks=(chunk, chunk), dtype="uint8")
-    xx = np.arange(side, dtype=np.float32)
-    for r in range(0, side, chunk):
-        yy = np.arange(r, min(r + chunk, side), dtype=np.float32)[:, None]
-        arr[r:r + len(yy)] = ((np.sin(yy / 23.0) * np.sin(xx / 29.0) > 0.3) * 200).astype(np.uint8)
 
 
 def memory_once(src: Path, in_memory: bool) -> dict:
