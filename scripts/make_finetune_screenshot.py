@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
-
-OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+from _screenshot import OUT, open_viewer, parse_args, screenshot, settle, wait_until
 
 
 def main() -> int:
-    import warnings
-
-    warnings.simplefilter("ignore")  # no deprecation toasts over the canvas
-    import napari
-    from qtpy.QtWidgets import QApplication
+    parse_args(__doc__)
     from skimage.io import imsave
 
     from napari_sam.synthetic_microscopy import make_validation_image
@@ -35,8 +28,7 @@ def main() -> int:
     pairs = [make_validation_image("dic", seed, shape=(256, 256)) for seed in range(4)]
     image = np.stack([p[0] for p in pairs])
     labels = np.stack([p[1] for p in pairs]).astype(np.int32)
-    viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 950)
+    viewer = open_viewer()
     viewer.add_image(image, name="dic stack", rgb=False)
     viewer.add_labels(labels, name="annotations", opacity=0.4)
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-toolkit", "Fine-tune (SAM)")
@@ -48,25 +40,13 @@ def main() -> int:
         widget.validation.value = 0.25
         widget.device.value = "cpu"
         widget.run()
-        end = time.time() + 900
-        while widget.report is None and time.time() < end:
-            QApplication.processEvents()
-            time.sleep(0.05)
+        wait_until(lambda: widget.report is not None, timeout=900)
         widget.runner.wait()
-        for _ in range(20):
-            QApplication.processEvents()
-            time.sleep(0.05)
+        settle(1.0)
         if widget.report is None:
             raise TimeoutError("fine-tuning did not finish in time")
-        from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-        for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-            toast.close()
         viewer.reset_view()
-        for _ in range(10):
-            QApplication.processEvents()
-            time.sleep(0.05)
-        shot = viewer.screenshot(canvas_only=False, flash=False)
+        shot = screenshot(viewer, settle_s=0.5)
     OUT.mkdir(parents=True, exist_ok=True)
     imsave(OUT / "plugin_finetune.png", shot, check_contrast=False)
     print("wrote", OUT / "plugin_finetune.png", shot.shape, "held-out:", widget.result.value)

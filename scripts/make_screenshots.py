@@ -14,45 +14,25 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
-
-
-def _settle(seconds: float = 0.3) -> None:
-    from qtpy.QtWidgets import QApplication
-
-    end = time.time() + seconds
-    while time.time() < end:
-        QApplication.processEvents()
-        time.sleep(0.01)
+from _screenshot import OUT, open_viewer, parse_args, screenshot, settle
 
 
 def _wait(widget, condition=lambda: True, timeout: float = 60.0) -> None:
     end = time.time() + timeout
     while time.time() < end:
         widget.runner.wait()
-        _settle(0.15)
+        settle(0.15)
         if condition() and not widget.runner.busy():
             return
     raise TimeoutError("the plugin did not finish in time")
 
 
-def _shot(viewer, *, canvas_only: bool = False) -> np.ndarray:
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
-    _settle(0.5)
-    return viewer.screenshot(canvas_only=canvas_only, flash=False)
-
-
 def _save(viewer, name: str, *, canvas_only: bool = False, image: np.ndarray | None = None) -> None:
     from skimage.io import imsave
 
-    shot = _shot(viewer, canvas_only=canvas_only) if image is None else image
+    shot = screenshot(viewer, canvas_only=canvas_only) if image is None else image
     imsave(OUT / name, shot, check_contrast=False)
     print("wrote", OUT / name, shot.shape)
 
@@ -64,11 +44,7 @@ def _centroids(labels: np.ndarray, ids) -> list[np.ndarray]:
 
 
 def main() -> int:
-    import warnings
-
-    warnings.simplefilter("ignore")  # no deprecation toasts over the canvas
-    import napari
-
+    parse_args(__doc__)
     from napari_sam._napari._sample_data import nuclei_2d, nuclei_3d
     from napari_sam.model.registry import available_models
     from napari_sam.synthetic import make_nuclei_image
@@ -78,8 +54,7 @@ def main() -> int:
     MODEL = "builtin"  # noqa: N806
 
     OUT.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 950)
+    viewer = open_viewer()
 
     # --- interactive: point prompts, preview, commit -------------------------------
     [(image, meta, _)] = nuclei_2d()
@@ -154,7 +129,7 @@ def main() -> int:
     panels = []
     for z in np.linspace(zs.min(), zs.max(), 4).round().astype(int):
         viewer.dims.set_current_step(0, int(z))
-        panels.append(_shot(viewer, canvas_only=True))
+        panels.append(screenshot(viewer, canvas_only=True))
     height = min(p.shape[0] for p in panels)
     strip = np.concatenate([p[:height] for p in panels], axis=1)
     _save(viewer, "plugin_propagation.png", image=strip)
