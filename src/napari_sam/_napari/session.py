@@ -10,7 +10,9 @@ predictor-like object (dependency injection: the real
 Threading: :meth:`Session.prepare` (the image encoder) may run in a worker
 thread; every use of the predictor holds ``Session.lock`` and first makes the
 predictor hold the right slice's embedding, so a preview and a background
-propagation can never mix slices up.
+propagation can never mix slices up.  The on-disk embedding cache is read
+where the encoder would run (a worker), never by the main-thread helpers
+(:meth:`Session.collect_prompts`, :meth:`Session.has_embedding`).
 """
 
 from __future__ import annotations
@@ -213,9 +215,10 @@ class Session:
 
     def _disk_layout(self, shape: tuple[int, ...]) -> dict:
         """The ``tile_layout`` of the cache key for planes of ``shape`` (the last two axes)."""
-        if not self._tiles_shape(shape):
+        size = getattr(self.predictor, "image_size", None)
+        if size is None or not self._tiles_shape(shape):
             return {"tile_shape": None, "plane": "last two axes"}
-        return {**grid_layout(int(self.predictor.image_size), self.tile_halo), "plane": "last two axes",
+        return {**grid_layout(int(size), self.tile_halo), "plane": "last two axes",
                 "grid": "interactive"}
 
     def _tiles_on_disk(self, ref: PlaneRef) -> bool:
