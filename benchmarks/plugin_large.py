@@ -12,12 +12,17 @@ CPU, it measures, with the session the interactive widget uses
 * ``IoU vs crop``: the clicked masks against the same clicks on a 512 px crop
   segmented whole (the reference), median;
 * the same for the whole-plane embedding (``--baseline``, the old behaviour:
-  the plane squeezed into one model input) for comparison.
+  the plane squeezed into one model input) for comparison;
+* with ``--cache DIR``, also the tiled run of a session reopened on an on-disk
+  embedding cache that an earlier session (untimed) filled with the clicked
+  tiles: ``first mask`` then includes opening the cache and reading the tile
+  from it instead of running the encoder (``encoder runs`` says how many ran).
 
 Usage::
 
     python benchmarks/plugin_large.py                   # 4096 and 8192, tiled and whole
     python benchmarks/plugin_large.py --sizes 4096 --clicks 6
+    python benchmarks/plugin_large.py --sizes 4096 --no-baseline --cache /tmp/plugin_cache
 """
 
 from __future__ import annotations
@@ -43,7 +48,23 @@ def _objects(labels: np.ndarray, r0: int, c0: int, n: int) -> list[np.ndarray]:
     return out
 
 
-def run(size: int, *, tiled: bool, clicks: int) -> dict:
+def _fill_cache(image, points, cache: str) -> None:
+    """An untimed session that stores the tiles of ``points`` in a fresh cache at ``cache``."""
+    from napari.components import ViewerModel
+
+    import napari_sam
+    from napari_sam._napari.session import Session
+
+    viewer = ViewerModel()
+    session = Session(napari_sam.make_predictor("builtin", device="cpu"), viewer.add_image(image), tiled=True)
+    session.open_disk_cache(cache, model_id="builtin", reset=True)
+    pts = viewer.add_points([points[0]])
+    for p in points:
+        pts.data = [p]
+        session.predict(viewer.dims, points_layer=pts)
+
+
+def run(size: int, *, tiled: bool, clicks: int, cache: str | None = None) -> dict:
     from napari.components import ViewerModel
 
     import napari_sam
@@ -54,10 +75,14 @@ def run(size: int, *, tiled: bool, clicks: int) -> dict:
     predictor = napari_sam.make_predictor("builtin", device="cpu")
     r0 = c0 = size // 2 - 256
     points = _objects(labels, r0, c0, clicks)
+    if cache is not None:
+        _fill_cache(image, points, cache)
     t0 = time.perf_counter()
     viewer = ViewerModel()
     layer = viewer.add_image(image)
     session = Session(predictor, layer, tiled=tiled)
+    if cache is not None:
+        session.open_disk_cache(cache, model_id="builtin")
     ref = session.plane(viewer.dims)
     session.prepare(ref)
     pts = viewer.add_points([points[0]])
@@ -81,7 +106,9 @@ def run(size: int, *, tiled: bool, clicks: int) -> dict:
         exp = m[int(np.argmax(s))]
         ious.append(float((got & exp).sum() / max(1, (got | exp).sum())))
     med = lambda v: None if not v else round(float(np.median(v)), 3)  # noqa: E731
-    return {"size": size, "mode": "tiles" if tiled else "whole plane", "first_mask_s": round(first, 2),
+    mode = ("tiles" if cache is None else "tiles, disk cache") if tiled else "whole plane"
+    return {"size": size, "mode": mode, "first_mask_s": round(first, 2),
+            "encoder_runs": session.tiler(ref).n_encoded if tiled else 1,
             "click_new_tile_s": med(new_tile), "click_cached_s": med(cached),
             "iou_vs_crop_median": med(ious), "iou_vs_crop_min": round(min(ious), 3), "clicks": len(points)}
 
@@ -91,17 +118,22 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--clicks", type=int, default=8)
     parser.add_argument("--no-baseline", action="store_true", help="skip the whole-plane runs")
+    parser.add_argument("--cache", metavar="DIR", help="also time a session reopened on an embedding cache "
+                        "at DIR (emptied first) holding the clicked tiles")
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
-        for tiled in (True, False) if not args.no_baseline else (True,):
-            rows.append(run(size, tiled=tiled, clicks=args.clicks))
+        runs = [(True, None)] + ([] if args.no_baseline else [(False, None)])
+        runs += [] if args.cache is None else [(True, f"{args.cache}/{size}")]
+        for tiled, cache in runs:
+            rows.append(run(size, tiled=tiled, clicks=args.clicks, cache=cache))
             print(json.dumps(rows[-1]), flush=True)
-    print("| size | mode | first mask (s) | click, new tile (s) | click, cached (s) | IoU vs 512 crop (median / min) |")
-    print("|---|---|---|---|---|---|")
+    print("| size | mode | first mask (s) | click, new tile (s) | click, cached (s) | encoder runs | "
+          "IoU vs 512 crop (median / min) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['mode']} | {r['first_mask_s']} | {r['click_new_tile_s']} | "
-              f"{r['click_cached_s']} | {r['iou_vs_crop_median']} / {r['iou_vs_crop_min']} |")
+              f"{r['click_cached_s']} | {r['encoder_runs']} | {r['iou_vs_crop_median']} / {r['iou_vs_crop_min']} |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ predictor-like object (dependency injection: the real
 Threading: :meth:`Session.prepare` (the image encoder) may run in a worker
 thread; every use of the predictor holds ``Session.lock`` and first makes the
 predictor hold the right slice's embedding, so a preview and a background
-propagation can never mix slices up.
+propagation can never mix slices up.  The on-disk embedding cache is read
+where the encoder would run (a worker), never by the main-thread helpers
+(:meth:`Session.collect_prompts`, :meth:`Session.has_embedding`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from napari_sam._napari.layers import (
 from napari_sam._napari.preview import ObjectPrediction, Preview, is_pipeline, model_card_of, quality_hint
 from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
 from napari_sam._napari.regrid import mask_to_labels_grid, same_grid
-from napari_sam.predict.tiled_embedding import TiledPrompter, needs_tiling
+from napari_sam.predict.tiled_embedding import TiledPrompter, grid_layout, needs_tiling
 from napari_sam.progress import CancelToken, ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -55,7 +57,9 @@ class Session:
         The image to segment (any ndim, scale/translate, multiscale: level 0).
     embedding_cache : napari_sam.volume.cache.EmbeddingCache, optional
         On-disk store (``get(slice, tile)``, ``put(slice, tile, embedding)``);
-        see also :meth:`open_disk_cache`.
+        see also :meth:`open_disk_cache`.  On tiled planes the grid tiles go
+        to it too, when its key's tile layout is the session's
+        (:meth:`open_disk_cache` makes sure of that).
     max_embeddings : int, keyword-only
         How many slice embeddings to keep in memory (least recently used go).
     tiled : bool or None, keyword-only
@@ -63,10 +67,14 @@ class Session:
         (:class:`~napari_sam.predict.tiled_embedding.TiledPrompter`).  None
         (default): when the plane's long side exceeds twice the model's input
         size (:func:`~napari_sam.predict.tiled_embedding.needs_tiling`).
+    tile_halo : int or None, keyword-only
+        Halo of the tiles (None: a quarter of the tile side, see
+        :func:`~napari_sam.predict.tiled_embedding.grid_layout`).
     """
 
     def __init__(self, predictor: Any, image_layer: Any, *, embedding_cache: Any = None,
-                 max_embeddings: int = 8, channel_axis: int | None = None, tiled: bool | None = None) -> None:
+                 max_embeddings: int = 8, channel_axis: int | None = None, tiled: bool | None = None,
+                 tile_halo: int | None = None) -> None:
         if not hasattr(predictor, "predict") or not hasattr(predictor, "set_image"):
             raise TypeError("predictor needs set_image() and predict() (e.g. napari_sam.Predictor)")
         if getattr(image_layer, "_type_string", "image") != "image":
@@ -83,7 +91,8 @@ class Session:
         self._max_id: dict[int, int] = {}
         self.preview: Preview | None = None
         self.tiled = tiled
-        self._tilers: OrderedDict[tuple, TiledPrompter] = OrderedDict()
+        self.tile_halo = tile_halo
+        self._tilers: OrderedDict[tuple, tuple[PlaneRef, TiledPrompter]] = OrderedDict()
         self._tiler_held: TiledPrompter | None = None
 
     # --- embeddings -------------------------------------------------------------
@@ -104,10 +113,13 @@ class Session:
 
     def uses_tiles(self, ref: PlaneRef) -> bool:
         """Whether prompts on ``ref`` are decoded in tiles (see ``tiled``)."""
+        return self._tiles_shape(ref.shape)
+
+    def _tiles_shape(self, shape: tuple[int, ...]) -> bool:
         if self.tiled is not None:
             return bool(self.tiled)
         size = getattr(self.predictor, "image_size", None)
-        return size is not None and needs_tiling(ref.shape, int(size))
+        return size is not None and needs_tiling(shape, int(size))
 
     def has_embedding(self, ref: PlaneRef) -> bool:
         """Whether the slice ``ref`` is ready without running the encoder (tiled planes: always)."""
@@ -120,12 +132,13 @@ class Session:
         key = self._key(ref)
         if key not in self._tilers:
             data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
-            self._tilers[key] = TiledPrompter(self.predictor, data[ref.selection()], contrast_limits=self.contrast_limits(),
-                                              channel_axis=self.channel_axis)
+            self._tilers[key] = (ref, TiledPrompter(
+                self.predictor, data[ref.selection()], contrast_limits=self.contrast_limits(),
+                channel_axis=self.channel_axis, halo=self.tile_halo, store=self._tile_store(ref)))
             while len(self._tilers) > 2:
                 self._tilers.popitem(last=False)
         self._tilers.move_to_end(key)
-        return self._tilers[key]
+        return self._tilers[key][1]
 
     def prepare(self, ref: PlaneRef, *, progress: ProgressCallback | None = None, whole: bool = False) -> None:
         """Make the predictor hold slice ``ref`` (memory cache, disk cache or encoder).
@@ -172,8 +185,9 @@ class Session:
         Embeddings go to the on-disk cache when the session has one (and to the
         memory cache otherwise).  Returns the number of slices processed.  On a
         tiled plane (:meth:`uses_tiles`) every tile of the shown plane is
-        embedded instead, the tiles its prompts use (kept in memory), and the
-        number of tiles is returned.
+        embedded instead, the tiles its prompts use (written to the on-disk
+        cache when there is one, else kept in memory), and the number of tiles
+        is returned.
         """
         from napari_sam.progress import check_cancelled
 
@@ -199,31 +213,70 @@ class Session:
         n = len(ref.index)
         return self.embedding_cache is not None and ref.axes == (n - 2, n - 1)
 
+    def _disk_layout(self, shape: tuple[int, ...]) -> dict:
+        """The ``tile_layout`` of the cache key for planes of ``shape`` (the last two axes)."""
+        size = getattr(self.predictor, "image_size", None)
+        if size is None or not self._tiles_shape(shape):
+            return {"tile_shape": None, "plane": "last two axes"}
+        return {**grid_layout(int(size), self.tile_halo), "plane": "last two axes",
+                "grid": "interactive"}
+
+    def _tiles_on_disk(self, ref: PlaneRef) -> bool:
+        """Whether the grid tiles of ``ref`` go to the on-disk cache (its key has this tile layout)."""
+        key = getattr(self.embedding_cache, "key", None)
+        return (self._uses_disk(ref) and self.uses_tiles(ref) and isinstance(key, dict)
+                and key.get("tile_layout") == self._disk_layout(ref.shape))
+
+    def _tile_store(self, ref: PlaneRef) -> Any:
+        if not self._tiles_on_disk(ref):
+            return None
+        from napari_sam.volume.cache import SliceTiles
+
+        return SliceTiles(self.embedding_cache, self._slice_number(ref))
+
+    def _whole_entry(self, ref: PlaneRef) -> int:
+        """The tile number of the whole-plane embedding: 0, or after the grid tiles on a tiled plane."""
+        if not self._tiles_on_disk(ref):
+            return 0
+        stride = self._disk_layout(ref.shape)["stride"][0]
+        return int(np.prod([max(1, -(-int(s) // stride)) for s in ref.shape]))
+
     def _disk_get(self, ref: PlaneRef) -> Any:
         if not self._uses_disk(ref):
             return None
-        return self.embedding_cache.get(self._slice_number(ref), 0)
+        return self.embedding_cache.get(self._slice_number(ref), self._whole_entry(ref))
 
     def _disk_put(self, ref: PlaneRef, emb: Any) -> None:
         if self._uses_disk(ref):
-            self.embedding_cache.put(self._slice_number(ref), 0, emb)
+            self.embedding_cache.put(self._slice_number(ref), self._whole_entry(ref), emb)
 
     def open_disk_cache(self, path: Any, *, model_id: str, reset: bool = False) -> Any:
         """Attach an on-disk :class:`napari_sam.volume.cache.EmbeddingCache` at ``path``.
 
-        The cache key covers ``model_id``, the layer's contrast limits and the
-        data identity, so a cache made for other data or settings is refused
-        (``CacheMismatchError``) unless ``reset=True``.  Returns the cache.
+        The cache key covers ``model_id``, the layer's contrast limits, the
+        data identity and, on planes prompted in tiles, the tile layout
+        (:func:`~napari_sam.predict.tiled_embedding.grid_layout`), so a cache
+        made for other data or settings is refused (``CacheMismatchError``)
+        unless ``reset=True``.  The tiles of a tiled plane are then entries
+        ``(slice, tile number)``; windows centred on objects crossing tiles
+        stay in memory.  Returns the cache.
         """
-        from napari_sam.volume.cache import EmbeddingCache, data_identity, make_key
+        from napari_sam.volume.cache import CacheMismatchError, EmbeddingCache, data_identity, make_key
 
         data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
         cl = self.contrast_limits()
+        layout = self._disk_layout(self._shape()[-2:])
         key = make_key(model_id=model_id, contrast_limits=[[0, 255]] if cl is None else cl[None],
-                       tile_layout={"tile_shape": None, "plane": "last two axes"},
-                       data=data_identity(data))
-        self.embedding_cache = EmbeddingCache(path, key, reset=reset)
-        return self.embedding_cache
+                       tile_layout=layout, data=data_identity(data))
+        try:
+            cache = EmbeddingCache(path, key, reset=reset)
+        except CacheMismatchError as exc:
+            raise CacheMismatchError(_foreign_cache(path, layout) or str(exc)) from None
+        with self.lock:
+            self.embedding_cache = cache
+            for ref, tiler in self._tilers.values():  # tilers made before: their tiles go to the disk too
+                tiler.store = self._tile_store(ref)
+        return cache
 
     def _shape(self) -> tuple[int, ...]:
         data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
@@ -493,3 +546,19 @@ class Session:
         """Write propagated masks as ONE undo step; returns the number of pixels written."""
         items = {lref.with_index(axis, z): [(m, label_id)] for z, m in sorted(masks.items())}
         return _labels.write_masks(labels_layer, items, overwrite=overwrite)
+
+
+def _foreign_cache(path: Any, layout: dict) -> str | None:
+    """Why a cache made by ``napari-sam embed`` cannot serve interactive prompts (None: not such a cache)."""
+    from napari_sam.volume.cache import EmbeddingCache
+
+    stored = EmbeddingCache(path).key.get("tile_layout") or {}
+    if "crop_n_layers" not in stored:
+        return None
+    tiles = "whole slices" if stored.get("tile_shape") is None else \
+        f"tiles of {stored['tile_shape'][0]} px + a {(stored.get('halo') or [0])[0]} px halo"
+    mine = "whole slices" if layout.get("tile_shape") is None else \
+        f"{layout['tile_shape'][0]} px tiles {layout['stride'][0]} px apart at native resolution"
+    return (f"the embedding cache {path} was made by `napari-sam embed` ({tiles}, for automatic "
+            f"segmentation); interactive prompts need {mine}, so its embeddings do not fit: "
+            "choose another folder for the interactive embedding cache")

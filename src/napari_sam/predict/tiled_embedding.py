@@ -16,7 +16,11 @@ only the tiles a prompt needs:
   crossing tiles, larger than the halo), the prompt is decoded again in a
   window centred on the object (as large as the object needs, resized to the
   input size only when it does not fit), and that mask is kept;
-* embeddings are kept in memory, least recently used dropped first.
+* embeddings are kept in memory, least recently used dropped first; with a
+  ``store`` (:class:`TileStore`, e.g. the on-disk embedding cache of the
+  napari plugin) the grid tiles are also read from and written to it, under
+  their :meth:`TiledPrompter.tile_number`.  Windows centred on objects stay
+  in memory only.
 
 Works with a :class:`~napari_sam.predict.predictor.Predictor` or a
 :class:`~napari_sam.predict.pipeline.PromptPipeline` (whose zoom then works
@@ -31,14 +35,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from napari_sam.normalize import to_rgb_uint8
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 
-__all__ = ["TiledPrediction", "TiledPrompter", "needs_tiling"]
+__all__ = ["TileStore", "TiledPrediction", "TiledPrompter", "grid_layout", "needs_tiling"]
 
 Window = tuple[int, int, int, int]
 
@@ -50,6 +54,43 @@ def needs_tiling(shape: tuple[int, int], input_size: int, *, factor: float = 2.0
     whole-plane embedding would shrink it more than ``factor`` times.
     """
     return max(int(shape[0]), int(shape[1])) > factor * int(input_size)
+
+
+def grid_layout(tile: int, halo: int | None = None) -> dict[str, list[int]]:
+    """The tile grid of :class:`TiledPrompter` for tiles of ``tile`` px: ``{"tile_shape", "halo", "stride"}``.
+
+    ``halo=None``: a quarter of the tile side (the default of :class:`TiledPrompter`).
+    Two prompters with the same layout cut a plane into the same windows (JSON
+    types, e.g. for a cache key).
+
+    Examples
+    --------
+    >>> grid_layout(256)
+    {'tile_shape': [256, 256], 'halo': [64, 64], 'stride': [128, 128]}
+    """
+    tile = int(tile)
+    halo = tile // 4 if halo is None else int(halo)
+    if not 0 <= halo < tile // 2:
+        raise ValueError(f"halo must be between 0 and {tile // 2 - 1} for tiles of {tile} px; got {halo}.")
+    return {"tile_shape": [tile, tile], "halo": [halo, halo], "stride": [tile - 2 * halo] * 2}
+
+
+class TileStore(Protocol):
+    """Where :class:`TiledPrompter` keeps grid-tile embeddings beyond its memory (e.g. on disk).
+
+    ``number`` is :meth:`TiledPrompter.tile_number`; ``pixels`` the tile's
+    window of the plane as read (before normalisation), for the store to check
+    that an entry was computed from these very pixels.
+    """
+
+    def get(self, number: int, pixels: np.ndarray) -> Any:
+        """The stored embedding of tile ``number``, or None."""
+
+    def put(self, number: int, pixels: np.ndarray, embedding: Any) -> None:
+        """Store the embedding of tile ``number``."""
+
+    def has(self, number: int, pixels: np.ndarray) -> bool:
+        """Whether tile ``number`` is stored."""
 
 
 @dataclass
@@ -95,10 +136,17 @@ class TiledPrompter:
         quarter of the tile side.
     max_tiles : int, keyword-only
         Embeddings kept in memory.
+    store : TileStore, optional, keyword-only
+        Grid tiles missing from memory are read from it before the encoder
+        runs, and tiles the encoder computes are written to it (windows
+        centred on objects crossing tiles are kept in memory only).  The
+        store must belong to this plane, contrast limits and
+        :func:`grid_layout`.
     """
 
     def __init__(self, predictor: Any, plane: Any, *, channel_axis: int | None = None,
-                 contrast_limits: Any = None, halo: int | None = None, max_tiles: int = 32) -> None:
+                 contrast_limits: Any = None, halo: int | None = None, max_tiles: int = 32,
+                 store: TileStore | None = None) -> None:
         if channel_axis not in (None, -1, len(getattr(plane, "shape", ())) - 1):
             raise ValueError("channel_axis must be None (grayscale) or -1 (channels last) for tiled prompts.")
         self.predictor = predictor
@@ -106,17 +154,21 @@ class TiledPrompter:
         self.channel_axis = None if channel_axis is None else -1
         self.contrast_limits = contrast_limits
         self.tile = int(predictor.image_size)
-        self.halo = self.tile // 4 if halo is None else int(halo)
-        if not 0 <= self.halo < self.tile // 2:
-            raise ValueError(f"halo must be between 0 and {self.tile // 2 - 1} for tiles of {self.tile} px; "
-                             f"got {halo}.")
-        self.stride = self.tile - 2 * self.halo
+        layout = grid_layout(self.tile, halo)
+        self.halo, self.stride = layout["halo"][0], layout["stride"][0]
         self.shape = (int(plane.shape[0]), int(plane.shape[1]))
         self.max_tiles = max(1, int(max_tiles))
         self._cache: OrderedDict[Window, tuple[Any, np.ndarray | None]] = OrderedDict()
         self._held: Window | None = None
+        self.store = store
         #: number of encoder runs (tiles and object windows embedded)
         self.n_encoded = 0
+        #: number of tile embeddings read from ``store``
+        self.n_loaded = 0
+
+    def layout(self) -> dict[str, list[int]]:
+        """This prompter's :func:`grid_layout`."""
+        return grid_layout(self.tile, self.halo)
 
     # ------------------------------------------------------------------ geometry
     def n_tiles(self) -> tuple[int, int]:
@@ -133,10 +185,31 @@ class TiledPrompter:
         """The window ``(r0, c0, r1, c1)`` of tile ``index``: its interior plus the halo, inside the plane."""
         out = []
         for i, size in zip(index, self.shape):
-            side = min(self.tile, size)
-            start = int(np.clip(i * self.stride - self.halo, 0, size - side))
-            out.append((start, start + side))
+            start = self._start(int(i), size)
+            out.append((start, start + min(self.tile, size)))
         return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+    def _start(self, i: int, size: int) -> int:
+        """First row (or column) of the window of tile ``i`` along an axis of ``size`` px."""
+        return int(np.clip(i * self.stride - self.halo, 0, size - min(self.tile, size)))
+
+    def tile_number(self, window: Window) -> int | None:
+        """The grid tile whose window is ``window``, numbered row by row (``i * n_cols + j``); else None.
+
+        Where several tiles share a window (a plane narrower than a tile) the
+        first one's number is given, so each distinct window has one number.
+        """
+        n = self.n_tiles()
+        index = []
+        for start, stop, size, k in ((window[0], window[2], self.shape[0], n[0]),
+                                     (window[1], window[3], self.shape[1], n[1])):
+            start, stop = int(start), int(stop)
+            # the window starts are non-decreasing in i: the first tile that reaches ``start``
+            i = 0 if start <= 0 else -(-(start + self.halo) // self.stride)
+            if i >= k or self._start(i, size) != start or stop - start != min(self.tile, size):
+                return None
+            index.append(i)
+        return index[0] * n[1] + index[1]
 
     def _centred_window(self, extent: tuple[float, float, float, float], *, margin: float = 0.25) -> Window:
         """A window around ``extent`` (r0, c0, r1, c1): at least a tile, the extent plus ``margin`` of context."""
@@ -157,7 +230,7 @@ class TiledPrompter:
         self._held = None
 
     def hold(self, window: Window) -> None:
-        """Make the predictor hold the embedding of ``window`` (from memory, or by running the encoder)."""
+        """Make the predictor hold the embedding of ``window`` (from memory, the store, or the encoder)."""
         if self._held == window:
             return
         p = self.predictor
@@ -172,11 +245,27 @@ class TiledPrompter:
             return
         r0, c0, r1, c1 = window
         crop = np.asarray(self.plane[r0:r1, c0:c1])
-        rgb = to_rgb_uint8(crop, channel_axis=self.channel_axis, contrast_limits=self.contrast_limits)
-        p.set_image(rgb)
-        self.n_encoded += 1
-        keep_rgb = rgb if hasattr(p, "options") else None  # a PromptPipeline zooms inside the tile
-        self._cache[window] = (p.get_embedding(), keep_rgb)
+        number = None if self.store is None else self.tile_number(window)
+        stored = None if number is None else self.store.get(number, crop)
+        hit = stored is not None and tuple(stored.original_size) == crop.shape[:2]
+        zooms = hasattr(p, "options")  # a PromptPipeline zooms inside the tile: it needs the pixels
+        rgb = None if hit and not zooms else to_rgb_uint8(crop, channel_axis=self.channel_axis,
+                                                          contrast_limits=self.contrast_limits)
+        keep_rgb = rgb if zooms else None
+        if hit:
+            if keep_rgb is not None:
+                p.set_embedding(stored, image=keep_rgb)
+            else:
+                p.set_embedding(stored)
+            self.n_loaded += 1
+            emb = stored
+        else:
+            p.set_image(rgb)
+            self.n_encoded += 1
+            emb = p.get_embedding()
+            if number is not None:
+                self.store.put(number, crop, emb)
+        self._cache[window] = (emb, keep_rgb)
         self._held = window
         while len(self._cache) > self.max_tiles:
             self._cache.popitem(last=False)
@@ -188,21 +277,41 @@ class TiledPrompter:
 
     def embed_all(self, *, progress: ProgressCallback | None = None, cancel: CancelToken = None,
                   guard: Callable[[], AbstractContextManager[Any]] | None = None) -> int:
-        """Embed every tile of the plane (those not in memory yet), so that later prompts need no encoder run.
+        """Embed every tile of the plane, so that later prompts need no encoder run.
 
-        ``max_tiles`` grows to the number of tiles (plus 8 windows around objects crossing tiles).  ``guard()`` is entered
-        around each tile's encoding (e.g. a lock shared with the prompts);
-        ``cancel`` is checked between tiles.  Returns the number of tiles.
+        Without a ``store`` the tiles are kept in memory (``max_tiles`` grows
+        to the number of tiles plus 8 windows around objects crossing tiles)
+        and those in memory already are skipped.  With a ``store`` every tile
+        is written to it (tiles stored already are skipped, tiles in memory
+        are written without encoding) and memory keeps its ``max_tiles``.
+        ``guard()`` is entered around each tile (e.g. a lock shared with the
+        prompts); ``cancel`` is checked between tiles.  Returns the number of
+        tiles.
         """
         wins = self.windows()
-        self.max_tiles = max(self.max_tiles, len(wins) + 8)
+        if self.store is None:
+            self.max_tiles = max(self.max_tiles, len(wins) + 8)
         for k, win in enumerate(wins):
             check_cancelled(cancel)
             with guard() if guard is not None else nullcontext():
-                if win not in self._cache:
-                    self.hold(win)
+                self._embed_one(win)
             report(progress, k + 1, len(wins), f"embedding tile {k + 1}/{len(wins)}")
         return len(wins)
+
+    def _embed_one(self, win: Window) -> None:
+        """Make sure tile ``win`` is in the store (with one) or in memory (without one)."""
+        if self.store is None:
+            if win not in self._cache:
+                self.hold(win)
+            return
+        number = self.tile_number(win)
+        crop = np.asarray(self.plane[win[0]:win[2], win[1]:win[3]])
+        if self.store.has(number, crop):
+            return
+        if win in self._cache:
+            self.store.put(number, crop, self._cache[win][0])
+        else:
+            self.hold(win)
 
     def prefetch(self, point_rc: Any) -> Window:
         """Embed the tile holding ``point_rc`` (e.g. where the user is about to click); returns its window."""

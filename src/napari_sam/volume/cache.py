@@ -40,7 +40,8 @@ import zarr
 from napari_sam.model.download import sha256_of
 from napari_sam.volume.io import json_safe
 
-__all__ = ['CacheMismatchError', 'array_digest', 'data_identity', 'weights_identity', 'file_sha256', 'make_key', 'EmbeddingCache', 'CachingPredictor']
+__all__ = ['CacheMismatchError', 'array_digest', 'data_identity', 'weights_identity', 'file_sha256', 'make_key', 'EmbeddingCache', 'CachingPredictor',
+           'SliceTiles']
 
 
 _VERSION = 1
@@ -348,3 +349,41 @@ class CachingPredictor:
 
     def __getattr__(self, name: str) -> Callable:
         return getattr(self._predictor, name)
+
+
+class SliceTiles:
+    """The tiles of one slice of an :class:`EmbeddingCache`, as a tile store of
+    :class:`~napari_sam.predict.tiled_embedding.TiledPrompter` (entries ``s<slice>/t<number>``).
+
+    Every entry is checked against the :func:`array_digest` of the tile's
+    pixels: reading or checking an entry computed from other pixels raises
+    :class:`CacheMismatchError` naming it, and every written entry carries the
+    digest.
+    """
+
+    def __init__(self, cache: EmbeddingCache, slice_index: int) -> None:
+        self.cache = cache
+        self.slice_index = int(slice_index)
+        self._last: tuple[int, int, str] | None = None  # (number, id of pixels, digest) of the last get
+
+    def _digest(self, number: int, pixels: np.ndarray) -> str:
+        last = self._last
+        if last is not None and last[:2] == (number, id(pixels)):
+            return last[2]
+        return array_digest(pixels)
+
+    def get(self, number: int, pixels: np.ndarray) -> Any:
+        """The stored embedding of tile ``number`` computed from ``pixels``, or None when absent."""
+        digest = array_digest(pixels)
+        self._last = (int(number), id(pixels), digest)  # the put after a miss needs no second hash
+        return self.cache.get(self.slice_index, number, digest=digest)
+
+    def put(self, number: int, pixels: np.ndarray, embedding: Any) -> None:
+        """Store the embedding of tile ``number`` with the digest of ``pixels``."""
+        digest = self._digest(int(number), pixels)
+        self._last = None
+        self.cache.put(self.slice_index, number, embedding, digest=digest)
+
+    def has(self, number: int, pixels: np.ndarray) -> bool:
+        """Whether a complete entry of tile ``number`` computed from ``pixels`` exists."""
+        return self.cache.check(self.slice_index, number, array_digest(pixels))
