@@ -13,6 +13,10 @@ predictor hold the right slice's embedding, so a preview and a background
 propagation can never mix slices up.  The on-disk embedding cache is read
 where the encoder would run (a worker), never by the main-thread helpers
 (:meth:`Session.collect_prompts`, :meth:`Session.has_embedding`).
+
+Which cache entry holds which slice or tile is
+:mod:`napari_sam._napari.session_cache`; how the prompts of a plane become
+objects is :mod:`napari_sam._napari.decode`.
 """
 
 from __future__ import annotations
@@ -26,17 +30,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_sam._napari import labels as _labels
-from napari_sam._napari.layers import (
-    PlaneRef,
-    get_plane,
-    plane_ref,
-    points_to_prompts,
-    shapes_to_prompts,
-)
-from napari_sam._napari.preview import ObjectPrediction, Preview, is_pipeline, model_card_of, quality_hint
-from napari_sam._napari.propagate import mask_input_side, mask_prompt_logits, propagate_object
+from napari_sam._napari.decode import decode_objects, decode_tiled
+from napari_sam._napari.layers import PlaneRef, get_plane, plane_ref, points_to_prompts, shapes_to_prompts
+from napari_sam._napari.preview import ObjectPrediction, Preview, model_card_of, quality_hint
+from napari_sam._napari.propagate import propagate_object
 from napari_sam._napari.regrid import mask_to_labels_grid, same_grid
-from napari_sam.predict.tiled_embedding import TiledPrompter, grid_layout, needs_tiling
+from napari_sam._napari.session_cache import DiskCacheMixin
+from napari_sam.predict.tiled_embedding import TiledPrompter, needs_tiling
 from napari_sam.progress import CancelToken, ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["ObjectPrediction", "Preview", "Session", "model_card_of", "quality_hint"]
 
 
-class Session:
+class Session(DiskCacheMixin):
     """Interactive SAM on one napari image layer.
 
     Parameters
@@ -203,81 +203,6 @@ class Session:
             report(progress, z + 1, n, f"embedding slice {z + 1}/{n}")
         return n
 
-    def _slice_number(self, ref: PlaneRef) -> int:
-        """Flat index of the slice among all slices (C order over the non-displayed axes)."""
-        shape = self._shape()
-        stacked = [shape[ax] for ax, i in enumerate(ref.index) if i is not None]
-        return int(np.ravel_multi_index(ref.key, stacked)) if stacked else 0
-
-    def _uses_disk(self, ref: PlaneRef) -> bool:
-        n = len(ref.index)
-        return self.embedding_cache is not None and ref.axes == (n - 2, n - 1)
-
-    def _disk_layout(self, shape: tuple[int, ...]) -> dict:
-        """The ``tile_layout`` of the cache key for planes of ``shape`` (the last two axes)."""
-        size = getattr(self.predictor, "image_size", None)
-        if size is None or not self._tiles_shape(shape):
-            return {"tile_shape": None, "plane": "last two axes"}
-        return {**grid_layout(int(size), self.tile_halo), "plane": "last two axes",
-                "grid": "interactive"}
-
-    def _tiles_on_disk(self, ref: PlaneRef) -> bool:
-        """Whether the grid tiles of ``ref`` go to the on-disk cache (its key has this tile layout)."""
-        key = getattr(self.embedding_cache, "key", None)
-        return (self._uses_disk(ref) and self.uses_tiles(ref) and isinstance(key, dict)
-                and key.get("tile_layout") == self._disk_layout(ref.shape))
-
-    def _tile_store(self, ref: PlaneRef) -> Any:
-        if not self._tiles_on_disk(ref):
-            return None
-        from napari_sam.volume.cache import SliceTiles
-
-        return SliceTiles(self.embedding_cache, self._slice_number(ref))
-
-    def _whole_entry(self, ref: PlaneRef) -> int:
-        """The tile number of the whole-plane embedding: 0, or after the grid tiles on a tiled plane."""
-        if not self._tiles_on_disk(ref):
-            return 0
-        stride = self._disk_layout(ref.shape)["stride"][0]
-        return int(np.prod([max(1, -(-int(s) // stride)) for s in ref.shape]))
-
-    def _disk_get(self, ref: PlaneRef) -> Any:
-        if not self._uses_disk(ref):
-            return None
-        return self.embedding_cache.get(self._slice_number(ref), self._whole_entry(ref))
-
-    def _disk_put(self, ref: PlaneRef, emb: Any) -> None:
-        if self._uses_disk(ref):
-            self.embedding_cache.put(self._slice_number(ref), self._whole_entry(ref), emb)
-
-    def open_disk_cache(self, path: Any, *, model_id: str, reset: bool = False) -> Any:
-        """Attach an on-disk :class:`napari_sam.volume.cache.EmbeddingCache` at ``path``.
-
-        The cache key covers ``model_id``, the layer's contrast limits, the
-        data identity and, on planes prompted in tiles, the tile layout
-        (:func:`~napari_sam.predict.tiled_embedding.grid_layout`), so a cache
-        made for other data or settings is refused (``CacheMismatchError``)
-        unless ``reset=True``.  The tiles of a tiled plane are then entries
-        ``(slice, tile number)``; windows centred on objects crossing tiles
-        stay in memory.  Returns the cache.
-        """
-        from napari_sam.volume.cache import CacheMismatchError, EmbeddingCache, data_identity, make_key
-
-        data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
-        cl = self.contrast_limits()
-        layout = self._disk_layout(self._shape()[-2:])
-        key = make_key(model_id=model_id, contrast_limits=[[0, 255]] if cl is None else cl[None],
-                       tile_layout=layout, data=data_identity(data))
-        try:
-            cache = EmbeddingCache(path, key, reset=reset)
-        except CacheMismatchError as exc:
-            raise CacheMismatchError(_foreign_cache(path, layout) or str(exc)) from None
-        with self.lock:
-            self.embedding_cache = cache
-            for ref, tiler in self._tilers.values():  # tilers made before: their tiles go to the disk too
-                tiler.store = self._tile_store(ref)
-        return cache
-
     def _shape(self) -> tuple[int, ...]:
         data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
         shape = tuple(int(s) for s in data.shape)
@@ -326,11 +251,12 @@ class Session:
                 tiler = self.tiler(ref)
                 self._claim(tiler)
                 previous = None if shapes else self._corrected(ref, pts, lab)
-                objects = self._predict_tiled(tiler, pts, lab, shapes, previous)
+                window = None if previous is None else self.preview.objects[0].tile_window
+                objects = decode_tiled(tiler, pts, lab, shapes, previous, window=window)
             else:
                 self.prepare(ref)
                 previous = None if shapes else self._corrected(ref, pts, lab)
-                objects = self._predict_objects(pts, lab, shapes, ref, previous)
+                objects = decode_objects(self.predictor, pts, lab, shapes, previous)
         if request != self._request:
             return None
         self.preview = Preview(ref, objects, request, *((None, None) if shapes else (pts.copy(), lab.copy())))
@@ -383,78 +309,6 @@ class Session:
         """
         prompts = self.collect_prompts(dims, points_layer=points_layer, shapes_layer=shapes_layer)
         return self.run_prompts(prompts, request=request)
-
-    def _predict_objects(self, pts, lab, shapes, ref, previous=None) -> list[ObjectPrediction]:
-        p = self.predictor
-        if not shapes:
-            if not (lab > 0).any():
-                return []
-            # a correction (``previous``: the shown result) gets one output, as SAM was trained
-            if previous is not None and is_pipeline(p):
-                result = p.predict(pts, lab, multimask=False, previous=previous)
-            else:
-                mask_input = None if previous is None else previous.logits[None]
-                result = p.predict(pts, lab, None, mask_input, multimask=previous is None)
-            masks, scores, logits = result
-            return [ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits),
-                                     int(np.argmax(scores)), getattr(result, "window_logits", None))]
-        objects = []
-        per_box = [self._points_in_box(pts, lab, s["box_rc"], len(shapes)) for s in shapes]
-        # several plain boxes decode in one batched call, unless the predictor has a prompt pipeline:
-        # its zoom, refinement and cut act in predict() only
-        use_batch = hasattr(p, "predict_batch") and not is_pipeline(p) and \
-            all(len(q[0]) == 0 for q in per_box) and all(s["mask"] is None for s in shapes) and len(shapes) > 1
-        if use_batch:
-            boxes = np.stack([s["box_rc"] for s in shapes])
-            if hasattr(p, "masks_from_logits"):  # masks decided at low resolution (napari_sam.predict.upsample)
-                res = p.predict_batch(boxes_rc=boxes, multimask=False, upsample=False)
-                masks = p.masks_from_logits(res.low_res_logits[:, 0]).cpu().numpy()[:, None]
-            else:
-                res = p.predict_batch(boxes_rc=boxes, multimask=False)
-                masks = res.mask_logits.detach().cpu().numpy() > getattr(p, "mask_threshold", 0.0)
-            for b in range(len(shapes)):
-                objects.append(ObjectPrediction(masks[b], res.scores[b].detach().cpu().numpy(),
-                                                res.low_res_logits[b].detach().cpu().numpy()))
-            return objects
-        for s, (bp, bl) in zip(shapes, per_box):
-            mask_in = None if s["mask"] is None else mask_prompt_logits(s["mask"], size=mask_input_side(p))
-            masks, scores, logits = p.predict(bp if len(bp) else None, bl if len(bl) else None,
-                                              s["box_rc"], mask_in, multimask=False)
-            objects.append(ObjectPrediction(np.asarray(masks, bool), np.asarray(scores), np.asarray(logits)))
-        return objects
-
-    def _predict_tiled(self, tiler: TiledPrompter, pts, lab, shapes, previous=None) -> list[ObjectPrediction]:
-        """Objects of a tiled plane: each decoded in the tile that holds its prompt.
-
-        A correction (``previous``: points added to the shown object) is decoded
-        with all the object's points and the shown mask's logits, in the window
-        the shown mask came from when it holds the new points (one output, as
-        on a whole-plane embedding).
-        """
-        if not shapes:
-            if not (lab > 0).any():
-                return []
-            if previous is not None and self.preview.objects[0].tile_window is not None:
-                res = tiler.predict(pts, lab, mask_input=previous.logits[None], multimask=False,
-                                    window=self.preview.objects[0].tile_window)
-            else:
-                res = tiler.predict(pts, lab, multimask=len(pts) == 1)
-            return [ObjectPrediction(res.masks, res.scores, res.logits, int(np.argmax(res.scores)),
-                                     tile_window=res.window)]
-        objects = []
-        for s in shapes:
-            bp, bl = self._points_in_box(pts, lab, s["box_rc"], len(shapes))
-            res = tiler.predict(bp if len(bp) else None, bl if len(bl) else None, s["box_rc"], multimask=False)
-            objects.append(ObjectPrediction(res.masks, res.scores, res.logits, tile_window=res.window))
-        return objects
-
-    @staticmethod
-    def _points_in_box(pts, lab, box, n_boxes):
-        if len(pts) == 0 or n_boxes == 1:
-            return pts, lab
-        r0, c0, r1, c1 = box
-        inside = (pts[:, 0] >= r0) & (pts[:, 0] <= r1) & (pts[:, 1] >= c0) & (pts[:, 1] <= c1)
-        return pts[inside], lab[inside]
 
     def cycle(self) -> int:
         """Show the next ambiguity candidate of a single-object preview; returns its index."""
@@ -547,18 +401,3 @@ class Session:
         items = {lref.with_index(axis, z): [(m, label_id)] for z, m in sorted(masks.items())}
         return _labels.write_masks(labels_layer, items, overwrite=overwrite)
 
-
-def _foreign_cache(path: Any, layout: dict) -> str | None:
-    """Why a cache made by ``napari-sam embed`` cannot serve interactive prompts (None: not such a cache)."""
-    from napari_sam.volume.cache import EmbeddingCache
-
-    stored = EmbeddingCache(path).key.get("tile_layout") or {}
-    if "crop_n_layers" not in stored:
-        return None
-    tiles = "whole slices" if stored.get("tile_shape") is None else \
-        f"tiles of {stored['tile_shape'][0]} px + a {(stored.get('halo') or [0])[0]} px halo"
-    mine = "whole slices" if layout.get("tile_shape") is None else \
-        f"{layout['tile_shape'][0]} px tiles {layout['stride'][0]} px apart at native resolution"
-    return (f"the embedding cache {path} was made by `napari-sam embed` ({tiles}, for automatic "
-            f"segmentation); interactive prompts need {mine}, so its embeddings do not fit: "
-            "choose another folder for the interactive embedding cache")
