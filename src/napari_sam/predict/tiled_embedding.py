@@ -30,7 +30,6 @@ that every tile is normalised alike.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,39 +39,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from napari_sam.normalize import to_rgb_uint8
+from napari_sam.predict._tile_grid import TileGrid, Window, grid_layout, inside, needs_tiling, touches_inner_edge
 from napari_sam.progress import CancelToken, ProgressCallback, check_cancelled, report
 
 __all__ = ["TileStore", "TiledPrediction", "TiledPrompter", "grid_layout", "needs_tiling"]
-
-Window = tuple[int, int, int, int]
-
-
-def needs_tiling(shape: tuple[int, int], input_size: int, *, factor: float = 2.0) -> bool:
-    """Whether a plane of ``shape`` (H, W) should be prompted in tiles.
-
-    True when its long side exceeds ``factor`` times the model's input size: a
-    whole-plane embedding would shrink it more than ``factor`` times.
-    """
-    return max(int(shape[0]), int(shape[1])) > factor * int(input_size)
-
-
-def grid_layout(tile: int, halo: int | None = None) -> dict[str, list[int]]:
-    """The tile grid of :class:`TiledPrompter` for tiles of ``tile`` px: ``{"tile_shape", "halo", "stride"}``.
-
-    ``halo=None``: a quarter of the tile side (the default of :class:`TiledPrompter`).
-    Two prompters with the same layout cut a plane into the same windows (JSON
-    types, e.g. for a cache key).
-
-    Examples
-    --------
-    >>> grid_layout(256)
-    {'tile_shape': [256, 256], 'halo': [64, 64], 'stride': [128, 128]}
-    """
-    tile = int(tile)
-    halo = tile // 4 if halo is None else int(halo)
-    if not 0 <= halo < tile // 2:
-        raise ValueError(f"halo must be between 0 and {tile // 2 - 1} for tiles of {tile} px; got {halo}.")
-    return {"tile_shape": [tile, tile], "halo": [halo, halo], "stride": [tile - 2 * halo] * 2}
 
 
 class TileStore(Protocol):
@@ -117,8 +87,12 @@ class TiledPrediction:
         return iter((self.masks, self.scores, self.logits))
 
 
-class TiledPrompter:
+class TiledPrompter(TileGrid):
     """Prompt a large plane through embeddings of the tiles around each prompt.
+
+    The grid (``n_tiles``, ``tile_index``, ``tile_window``, ``tile_number``,
+    ``windows``, ``layout``) is its :class:`~napari_sam.predict._tile_grid.TileGrid`
+    over the plane.
 
     Parameters
     ----------
@@ -153,10 +127,7 @@ class TiledPrompter:
         self.plane = plane
         self.channel_axis = None if channel_axis is None else -1
         self.contrast_limits = contrast_limits
-        self.tile = int(predictor.image_size)
-        layout = grid_layout(self.tile, halo)
-        self.halo, self.stride = layout["halo"][0], layout["stride"][0]
-        self.shape = (int(plane.shape[0]), int(plane.shape[1]))
+        super().__init__(plane.shape, predictor.image_size, halo)
         self.max_tiles = max(1, int(max_tiles))
         self._cache: OrderedDict[Window, tuple[Any, np.ndarray | None]] = OrderedDict()
         self._held: Window | None = None
@@ -165,60 +136,6 @@ class TiledPrompter:
         self.n_encoded = 0
         #: number of tile embeddings read from ``store``
         self.n_loaded = 0
-
-    def layout(self) -> dict[str, list[int]]:
-        """This prompter's :func:`grid_layout`."""
-        return grid_layout(self.tile, self.halo)
-
-    # ------------------------------------------------------------------ geometry
-    def n_tiles(self) -> tuple[int, int]:
-        """Tiles along rows and columns."""
-        return tuple(max(1, math.ceil(s / self.stride)) for s in self.shape)  # type: ignore[return-value]
-
-    def tile_index(self, point_rc: Any) -> tuple[int, int]:
-        """The tile whose interior holds ``point_rc`` (row, col)."""
-        n = self.n_tiles()
-        return tuple(int(np.clip(math.floor(float(p) / self.stride), 0, k - 1))  # type: ignore[return-value]
-                     for p, k in zip(point_rc, n))
-
-    def tile_window(self, index: tuple[int, int]) -> Window:
-        """The window ``(r0, c0, r1, c1)`` of tile ``index``: its interior plus the halo, inside the plane."""
-        out = []
-        for i, size in zip(index, self.shape):
-            start = self._start(int(i), size)
-            out.append((start, start + min(self.tile, size)))
-        return (out[0][0], out[1][0], out[0][1], out[1][1])
-
-    def _start(self, i: int, size: int) -> int:
-        """First row (or column) of the window of tile ``i`` along an axis of ``size`` px."""
-        return int(np.clip(i * self.stride - self.halo, 0, size - min(self.tile, size)))
-
-    def tile_number(self, window: Window) -> int | None:
-        """The grid tile whose window is ``window``, numbered row by row (``i * n_cols + j``); else None.
-
-        Where several tiles share a window (a plane narrower than a tile) the
-        first one's number is given, so each distinct window has one number.
-        """
-        n = self.n_tiles()
-        index = []
-        for start, stop, size, k in ((window[0], window[2], self.shape[0], n[0]),
-                                     (window[1], window[3], self.shape[1], n[1])):
-            start, stop = int(start), int(stop)
-            # the window starts are non-decreasing in i: the first tile that reaches ``start``
-            i = 0 if start <= 0 else -(-(start + self.halo) // self.stride)
-            if i >= k or self._start(i, size) != start or stop - start != min(self.tile, size):
-                return None
-            index.append(i)
-        return index[0] * n[1] + index[1]
-
-    def _centred_window(self, extent: tuple[float, float, float, float], *, margin: float = 0.25) -> Window:
-        """A window around ``extent`` (r0, c0, r1, c1): at least a tile, the extent plus ``margin`` of context."""
-        out = []
-        for lo, hi, size in ((extent[0], extent[2], self.shape[0]), (extent[1], extent[3], self.shape[1])):
-            side = min(size, max(self.tile, math.ceil((hi - lo + 1) * (1 + 2 * margin))))
-            start = int(np.clip(round((lo + hi + 1) / 2 - side / 2), 0, size - side))
-            out.append((start, start + side))
-        return (out[0][0], out[1][0], out[0][1], out[1][1])
 
     # ---------------------------------------------------------------- embeddings
     def cached_windows(self) -> list[Window]:
@@ -270,11 +187,6 @@ class TiledPrompter:
         while len(self._cache) > self.max_tiles:
             self._cache.popitem(last=False)
 
-    def windows(self) -> list[Window]:
-        """The windows of every tile of the plane, row by row."""
-        n = self.n_tiles()
-        return list(dict.fromkeys(self.tile_window((i, j)) for i in range(n[0]) for j in range(n[1])))
-
     def embed_all(self, *, progress: ProgressCallback | None = None, cancel: CancelToken = None,
                   guard: Callable[[], AbstractContextManager[Any]] | None = None) -> int:
         """Embed every tile of the plane, so that later prompts need no encoder run.
@@ -320,23 +232,6 @@ class TiledPrompter:
         return window
 
     # ------------------------------------------------------------------ prompts
-    def _first_window(self, pts: np.ndarray | None, lab: np.ndarray | None, box: np.ndarray | None) -> Window:
-        if box is not None:
-            r0, c0, r1, c1 = box
-            win = self.tile_window(self.tile_index(((r0 + r1) / 2, (c0 + c1) / 2)))
-            if not _inside(win, np.array([[r0, c0], [r1, c1]])):
-                win = self._centred_window((r0, c0, r1, c1))
-        else:
-            positive = pts[lab > 0] if (lab > 0).any() else pts
-            win = self.tile_window(self.tile_index(positive[0]))
-        if pts is not None and len(pts) and not _inside(win, pts):
-            lo, hi = pts.min(0), pts.max(0)
-            ext = (lo[0], lo[1], hi[0], hi[1])
-            if box is not None:
-                ext = (min(ext[0], box[0]), min(ext[1], box[1]), max(ext[2], box[2]), max(ext[3], box[3]))
-            win = self._centred_window(ext)
-        return win
-
     def _decode(self, win: Window, pts, lab, box, mask_input, multimask: bool):
         self.hold(win)
         off = np.array(win[:2], dtype=np.float64)
@@ -382,14 +277,14 @@ class TiledPrompter:
         for where in ([] if pts is None else list(pts)) + ([] if box is None else [box[:2], box[2:]]):
             if not (-0.5 <= where[0] <= h - 0.5 and -0.5 <= where[1] <= w - 0.5):
                 raise ValueError(f"prompt {np.round(where, 1).tolist()} is outside the {h} x {w} plane.")
-        if window is not None and _inside(window, np.concatenate(
+        if window is not None and inside(window, np.concatenate(
                 ([] if pts is None else [pts]) + ([] if box is None else [box.reshape(2, 2)]))):
             win = tuple(int(v) for v in window)
         else:
             win, mask_input = self._first_window(pts, lab, box), None if window is not None else mask_input
         masks, scores, logits = self._decode(win, pts, lab, box, mask_input, multimask)
         best = int(np.argmax(scores))
-        if mask_input is None and _touches_inner_edge(masks[best], win, self.shape):
+        if mask_input is None and touches_inner_edge(masks[best], win, self.shape):
             rows, cols = np.nonzero(masks[best])
             ext = (win[0] + rows.min(), win[1] + cols.min(), win[0] + rows.max(), win[1] + cols.max())
             if box is not None:
@@ -405,16 +300,3 @@ class TiledPrompter:
         full[:, win[0]:win[2], win[1]:win[3]] = masks
         return TiledPrediction(full, scores, logits, win)
 
-
-def _inside(win: Window, pts: np.ndarray) -> bool:
-    r0, c0, r1, c1 = win
-    return bool(((pts[:, 0] >= r0) & (pts[:, 0] <= r1 - 1) & (pts[:, 1] >= c0) & (pts[:, 1] <= c1 - 1)).all())
-
-
-def _touches_inner_edge(mask: np.ndarray, win: Window, shape: tuple[int, int]) -> bool:
-    """Whether ``mask`` (in ``win``'s frame) reaches a window side where the plane goes on."""
-    if not mask.any():
-        return False
-    r0, c0, r1, c1 = win
-    return bool((r0 > 0 and mask[0].any()) or (r1 < shape[0] and mask[-1].any())
-                or (c0 > 0 and mask[:, 0].any()) or (c1 < shape[1] and mask[:, -1].any()))
