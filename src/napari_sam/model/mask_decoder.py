@@ -229,21 +229,28 @@ class MaskDecoder(nn.Module):
         group = max(1, PROMPT_GROUP_BYTES // (4 * h * w * self.transformer_dim))
         if cache.batch != 1 or bs <= group:
             return self._predict_prepared(cache, sparse_prompt_embeddings, outputs, min_iou)
-        parts = [self._predict_prepared(cache, sparse_prompt_embeddings[i : i + group], outputs, min_iou)
-                 for i in range(0, bs, group)]
-        masks = torch.cat([p[0] for p in parts])
-        iou_pred = torch.cat([p[1] for p in parts])
-        kept = None if min_iou is None else torch.cat([p[2] + i for p, i in zip(parts, range(0, bs, group))])
-        return masks, iou_pred, kept
+        m = len(range(self.num_mask_tokens)[outputs])
+        masks = sparse_prompt_embeddings.new_empty(bs, m, 4 * h, 4 * w)  # filled group by group, no copy
+        ious, kept, n = [], [], 0
+        for i in range(0, bs, group):
+            part = self._predict_prepared(cache, sparse_prompt_embeddings[i : i + group], outputs, min_iou,
+                                          out=masks[n:])
+            n += part[0].shape[0]
+            ious.append(part[1])
+            if min_iou is not None:
+                kept.append(part[2] + i)
+        return masks[:n], torch.cat(ious), torch.cat(kept) if min_iou is not None else None
 
     def _predict_prepared(
         self, cache: DecoderImageCache, sparse_prompt_embeddings: torch.Tensor, outputs: slice,
         min_iou: float | None = None,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Masks ``(B, M', 4h, 4w)``, IoUs ``(B, M')`` of the mask tokens ``outputs`` (batch checked).
 
         With ``min_iou``, masks only for the prompt sets with an IoU above it,
-        and their indices (else None).
+        and their indices (else None).  ``out``, if given, receives the masks
+        in its first rows (it must have enough).
         """
         bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -270,7 +277,7 @@ class MaskDecoder(nn.Module):
             [self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(wanted)], dim=1
         )  # (B, M', C/8)
         first = self._first_upscaling_low_rank(cache, record, bs)
-        masks = self._upscale_and_project(keys, hyper_in, h, w, first)
+        masks = self._upscale_and_project(keys, hyper_in, h, w, first, out=None if out is None else out[:bs])
         return masks, iou_pred, kept
 
     def _folded_upscaling(self) -> list[torch.Tensor]:
@@ -347,7 +354,8 @@ class MaskDecoder(nn.Module):
         return out.view(batch * n, -1)
 
     def _upscale_and_project(
-        self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int, first: torch.Tensor | None = None
+        self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int, first: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``output_upscaling`` then the dot product with ``hyper_in``, channels-last.
 
@@ -369,6 +377,8 @@ class MaskDecoder(nn.Module):
         first : torch.Tensor, optional
             ``(B*h*w, 4 * C/4)``: the first product already computed
             (:meth:`_first_upscaling_low_rank`).
+        out : torch.Tensor, optional
+            ``(B, M, 4h, 4w)`` contiguous float32 tensor that receives the result.
 
         Returns
         -------
@@ -386,7 +396,8 @@ class MaskDecoder(nn.Module):
         y = activate(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps), act1)
         w2 = conv2.weight.permute(0, 2, 3, 1)  # (c1, kernel row, kernel col, c2)
         bias2 = conv2.bias.repeat(2)
-        out = keys.new_empty(b, m, h, 2, 2, w, 2, 2)  # (i, a, k, j, b, l): raster order
+        # (i, a, k, j, b, l): raster order
+        out = keys.new_empty(b, m, h, 2, 2, w, 2, 2) if out is None else out.view(b, m, h, 2, 2, w, 2, 2)
         for k in range(2):  # kernel row
             z = activate(torch.addmm(bias2, y, w2[:, k].reshape(c1, 2 * c2)), act2)
             z = z.view(b, -1, c2)  # rows (i, j, a, b, l)
