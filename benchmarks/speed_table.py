@@ -62,6 +62,8 @@ def _shims() -> None:
 
         def _batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
             """torchvision's batched_nms: greedy by score (stable), per category, areas (x2-x1)*(y2-y1)."""
+            if boxes.numel() == 0:
+                return torch.zeros(0, dtype=torch.long)
             boxes = boxes.float()
             offset = idxs.float()[:, None] * (boxes.max() + 1)
             b = boxes + offset
