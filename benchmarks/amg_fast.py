@@ -38,6 +38,8 @@ def variant(name: str):
     group, gates = md.PROMPT_GROUP_BYTES, cand._gates_masks
     if name in ("no-groups", "baseline"):
         md.PROMPT_GROUP_BYTES = 1 << 62
+    if name.startswith("groups-") and name.endswith("mb"):  # e.g. groups-4mb: another group budget
+        md.PROMPT_GROUP_BYTES = int(name[7:-2]) * 2**20
     if name in ("no-gate", "baseline"):
         cand._gates_masks = lambda predictor: False
     try:
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(random weights, seed 0)")
     ap.add_argument("--points", type=int, default=None, help="points per side (default: the card's)")
     ap.add_argument("--official-thresholds", action="store_true", help="SAM's defaults instead of the card's")
-    ap.add_argument("--variants", default="baseline,all", help="comma-separated: baseline, no-groups, no-gate, all")
+    ap.add_argument("--variants", default="baseline,all",
+                    help="comma-separated: baseline, no-groups, no-gate, all, groups-<N>mb")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

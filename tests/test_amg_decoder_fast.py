@@ -56,6 +56,12 @@ def _predictor(depth: int) -> Predictor:
     return pred
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_budget(monkeypatch):
+    """Group sizes below assume the budget of one torch thread."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+
+
 @pytest.fixture(scope="module", params=[1, 2], ids=["depth1-low-rank", "depth2-direct"])
 def predictor(request):
     return _predictor(request.param)

@@ -18,10 +18,11 @@ LOW_RANK_LIMIT = 0.6
 
 #: Prompt sets decoded together against a shared image are split into groups
 #: whose per-prompt image tokens (``h * w * C`` float32 each) fill about this
-#: many bytes, so that the decoder's many passes over them stay in a core's
-#: cache (the built-in model: 8 prompts; vit_b: 1).  Each prompt set's result
-#: does not depend on the others, so the split changes nothing but speed (and
-#: float rounding, where the matrix library picks another kernel).
+#: many bytes per torch thread, so that the decoder's many passes over them
+#: stay in the cores' caches (the built-in model: 8 prompts per thread; vit_b:
+#: 1 prompt up to 2 threads).  Each prompt set's result does not depend on the
+#: others, so the split changes nothing but speed (and float rounding, where
+#: the matrix library picks another kernel).
 PROMPT_GROUP_BYTES = 2 * 2**20
 
 
@@ -226,7 +227,7 @@ class MaskDecoder(nn.Module):
                 "prepare one image or one per prompt set."
             )
         h, w = cache.size
-        group = max(1, PROMPT_GROUP_BYTES // (4 * h * w * self.transformer_dim))
+        group = max(1, PROMPT_GROUP_BYTES * torch.get_num_threads() // (4 * h * w * self.transformer_dim))
         if cache.batch != 1 or bs <= group:
             return self._predict_prepared(cache, sparse_prompt_embeddings, outputs, min_iou)
         m = len(range(self.num_mask_tokens)[outputs])
