@@ -10,6 +10,8 @@ the per-round ratios, and the spread of those ratios over the rounds):
 * automatic generation of one 1024² tile with the built-in model (32 x 32 points,
   one crop layer, its card's thresholds; official box NMS on both sides), with
   the number of masks that are identical;
+* automatic generation with vit_b (random weights), 32 x 32 points and SAM's
+  default parameters on one 1024² image, with the number of identical masks;
 * the batch runner per slice (ours only: the official code has none).
 
 The official code runs with the same weights: ``pip install --no-deps
@@ -47,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
 
-ROWS = ("vit_t", "vit_b", "builtin", "click", "automatic", "batch")
+ROWS = ("vit_t", "vit_b", "builtin", "click", "automatic", "automatic_vit_b", "batch")
 
 
 def _shims() -> None:
@@ -60,6 +62,8 @@ def _shims() -> None:
 
         def _batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
             """torchvision's batched_nms: greedy by score (stable), per category, areas (x2-x1)*(y2-y1)."""
+            if boxes.numel() == 0:
+                return torch.zeros(0, dtype=torch.long)
             boxes = boxes.float()
             offset = idxs.float()[:, None] * (boxes.max() + 1)
             b = boxes + offset
@@ -137,9 +141,9 @@ def _official_sam(name: str, state: dict):
     return sam.eval()
 
 
-def _rounds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+def _rounds(fns: dict[str, Callable[[], object]], rounds: int, *, warm_up: bool = True) -> dict[str, list[float]]:
     """Wall seconds of each function per round, the order alternating between rounds (warm-up first)."""
-    for fn in fns.values():
+    for fn in fns.values() if warm_up else ():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(rounds):
@@ -263,6 +267,69 @@ def automatic_rows(image: np.ndarray, args: argparse.Namespace) -> list[dict]:
     return [_row("automatic, built-in model, 1024² tile (32², 1 crop layer)", times, "ours", **extra)]
 
 
+def automatic_vit_b_rows(image: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    """vit_b (random weights, seed 0), 32 x 32 points, SAM's default parameters, one 1024² image.
+
+    No warm-up round (each official run takes minutes); the masks of the two
+    generators are compared by box, area and pixels.
+    """
+    from napari_sam.automatic.defaults import SAM_DEFAULTS
+    from napari_sam.automatic.generator import AutomaticMaskGenerator
+    from napari_sam.model import build_model
+    from napari_sam.predict.predictor import Predictor
+
+    torch.manual_seed(0)
+    model = build_model("vit_b").eval()
+    gen = AutomaticMaskGenerator(Predictor(model, device="cpu"), **{**SAM_DEFAULTS, "points_per_side": 32})
+    rgb = _rgb_uint8(image)
+    result: dict[str, list] = {}
+
+    def ungated() -> None:  # every point's masks upscaled: what a trained model with many good masks costs
+        import napari_sam.automatic._candidates as cand
+
+        gates, cand._gates_masks = cand._gates_masks, lambda predictor: False
+        try:
+            result["ungated"] = gen.generate(rgb)
+        finally:
+            cand._gates_masks = gates
+
+    fns = {"ours": lambda: result.__setitem__("ours", gen.generate(rgb)), "ungated": ungated}
+    official = _official_sam("vit_b", model.state_dict())
+    if official is not None:
+        from segment_anything import SamAutomaticMaskGenerator
+
+        theirs = SamAutomaticMaskGenerator(official, points_per_side=32)
+        fns["official"] = lambda: result.__setitem__("official", theirs.generate(rgb))
+    times = _rounds(fns, args.rounds, warm_up=False)
+    extra = {"masks_ours": len(result["ours"])}
+    if "official" in result:
+        extra["masks_official"] = len(result["official"])
+        extra["masks_identical"] = _identical_masks(result["ours"], result["official"])
+    figure = f"automatic, vit_b, 1024² image (32², SAM defaults, pred_iou {SAM_DEFAULTS['pred_iou_thresh']})"
+    return [_row(figure, times, "ours", **extra),
+            _row(figure + ", every point's masks upscaled", times, "ungated")]
+
+
+def _identical_masks(ours: list, official: list[dict]) -> int:
+    """Official masks (decoded from RLE or boolean arrays) with an identical mask of ours at the same place."""
+    def key(mask: np.ndarray) -> bytes:
+        return np.packbits(np.asarray(mask, dtype=bool)).tobytes()
+
+    mine: dict[bytes, int] = {}
+    for rec in ours:
+        full = np.zeros(official[0]["segmentation"].shape if official else (1, 1), dtype=bool)
+        r0, c0, r1, c1 = rec.bbox_rc
+        full[r0:r1, c0:c1] = rec.mask
+        mine[key(full)] = mine.get(key(full), 0) + 1
+    n = 0
+    for m in official:
+        k = key(m["segmentation"])
+        if mine.get(k, 0):
+            mine[k] -= 1
+            n += 1
+    return n
+
+
 def batch_rows(args: argparse.Namespace) -> list[dict]:
     import zarr
 
@@ -290,6 +357,8 @@ def print_table(rows: list[dict]) -> None:
         note = ""
         if "masks_ours" in row:
             note = f" — masks: ours {row['masks_ours']}, official {row.get('masks_official', 'n/a')}"
+            if "masks_identical" in row:
+                note += f", identical {row['masks_identical']}"
         print(f"| {row['figure']}{note} | {off} | {row['ours_s']:.3f} | {ratio} |")
 
 
@@ -315,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += click_rows(image, args)
         elif key == "automatic":
             rows += automatic_rows(image, args)
+        elif key == "automatic_vit_b":
+            rows += automatic_vit_b_rows(image, args)
         elif key == "batch":
             rows += batch_rows(args)
         else:

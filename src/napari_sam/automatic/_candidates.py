@@ -78,19 +78,28 @@ def decode_batch(
     b = len(points_rc)
     pts = np.ascontiguousarray(points_rc[:, None, :], dtype=np.float32)
     labels = np.ones((b, 1), dtype=np.int64)
-    pred = predictor.predict_batch(pts, labels, multimask=True, upsample=False)
+    gated = np.isfinite(floor_iou) and _gates_masks(predictor)
+    if gated:  # masks only for the points with a candidate above the IoU floor (the same masks)
+        pred = predictor.predict_batch(pts, labels, multimask=True, upsample=False, min_score=floor_iou)
+    else:
+        pred = predictor.predict_batch(pts, labels, multimask=True, upsample=False)
     low = pred.low_res_logits
     scores = pred.scores.detach().float().cpu().reshape(-1).numpy()
-    c = low.shape[1]
-    low = low.reshape(b * c, *low.shape[-2:])
+    c = pred.scores.shape[1]
+    low = low.reshape(-1, *low.shape[-2:])
     tick("decoder", t0, p0)
     t0, p0 = time.perf_counter(), time.process_time()
     survivors = np.flatnonzero(scores > floor_iou) if np.isfinite(floor_iou) else np.arange(b * c)
+    rows = survivors  # the rows of ``low`` holding the survivors
+    if gated and pred.prompt_index is not None:
+        row_of_point = np.full(b, -1, dtype=np.int64)
+        row_of_point[pred.prompt_index.cpu().numpy()] = np.arange(len(pred.prompt_index))
+        rows = row_of_point[survivors // c] * c + survivors % c
     r0, c0 = int(crop_box[0]), int(crop_box[1])
     offset = np.array([r0, c0, r0, c0], dtype=np.int64)
     geometry = _window_geometry(predictor, low)
     if geometry is not None:
-        _add_windowed(low, survivors, geometry, scores=scores, points_rc=points_rc, n_per_point=c,
+        _add_windowed(low, survivors, rows, geometry, scores=scores, points_rc=points_rc, n_per_point=c,
                       crop_box=crop_box, image_box=image_box, mask_threshold=mask_threshold,
                       floor_stab=floor_stab, stability_score_offset=stability_score_offset,
                       crop_index=crop_index, out=out)
@@ -98,7 +107,7 @@ def decode_batch(
         return
     for sl in batch_slices(len(survivors), upsample_batch):
         sel = survivors[sl]
-        logits = predictor.upsample_logits(low[torch.as_tensor(sel, device=low.device)])
+        logits = predictor.upsample_logits(low[torch.as_tensor(rows[sl], device=low.device)])
         if logits.device.type == "cpu":
             logits = logits.numpy()  # numpy's reductions are far faster than torch's on CPU
         stab = stability_score(logits, mask_threshold, stability_score_offset)
@@ -121,6 +130,16 @@ def decode_batch(
     tick("postprocess", t0, p0)
 
 
+def _gates_masks(predictor: Any) -> bool:
+    """Whether ``predictor.predict_batch`` is the stock one (which takes ``min_score``), maybe wrapped."""
+    from napari_sam.predict.pipeline import PromptPipeline
+    from napari_sam.predict.predictor import Predictor
+
+    if isinstance(predictor, PromptPipeline):
+        predictor = predictor.predictor
+    return isinstance(predictor, Predictor) and type(predictor).predict_batch is Predictor.predict_batch
+
+
 def _window_geometry(predictor: Any, low: torch.Tensor) -> dict[str, Any] | None:
     """The resize geometry of ``predictor.upsample_logits`` when it is the stock one on CPU, else None."""
     from napari_sam.predict.predictor import Predictor
@@ -136,13 +155,17 @@ def _window_geometry(predictor: Any, low: torch.Tensor) -> dict[str, Any] | None
             "original_size": tuple(int(v) for v in core.original_size)}
 
 
-def _add_windowed(low: torch.Tensor, survivors: np.ndarray, geometry: dict[str, Any], *, scores: np.ndarray,
+def _add_windowed(low: torch.Tensor, survivors: np.ndarray, rows: np.ndarray, geometry: dict[str, Any], *,
+                  scores: np.ndarray,
                   points_rc: np.ndarray, n_per_point: int, crop_box: np.ndarray,
                   image_box: tuple[int, int, int, int], mask_threshold: float, floor_stab: float,
                   stability_score_offset: float, crop_index: int, out: Candidates) -> None:
-    """The candidates of :func:`decode_batch`, upsampled only inside each mask's window (same results)."""
+    """The candidates of :func:`decode_batch`, upsampled only inside each mask's window (same results).
+
+    ``survivors`` index ``scores`` (point * masks per point + mask), ``rows`` the same candidates in ``low``.
+    """
     r0, c0 = int(crop_box[0]), int(crop_box[1])
-    sel = torch.as_tensor(survivors, dtype=torch.int64)
+    sel = torch.as_tensor(rows, dtype=torch.int64)
     found = windowed_scores(low[sel], mask_threshold=mask_threshold, offset=stability_score_offset, **geometry)
     for j, (mask, (wr, wc), stab) in enumerate(found):
         if np.isfinite(floor_stab) and not stab >= floor_stab:

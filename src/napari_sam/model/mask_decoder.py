@@ -16,6 +16,15 @@ from napari_sam.model.transformer import TwoWayTransformer
 #: threads: rank 116 of 256, one click or one box, 2.7 ms against 4.3-6 ms).
 LOW_RANK_LIMIT = 0.6
 
+#: Prompt sets decoded together against a shared image are split into groups
+#: whose per-prompt image tokens (``h * w * C`` float32 each) fill about this
+#: many bytes per torch thread, so that the decoder's many passes over them
+#: stay in the cores' caches (the built-in model: 8 prompts per thread; vit_b:
+#: 1 prompt up to 2 threads).  Each prompt set's result does not depend on the
+#: others, so the split changes nothing but speed (and float rounding, where
+#: the matrix library picks another kernel).
+PROMPT_GROUP_BYTES = 2 * 2**20
+
 
 @dataclass(frozen=True)
 class DecoderImageCache:
@@ -99,7 +108,8 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
         *,
         image_cache: DecoderImageCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        min_iou: float | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """Decode masks (the official signature, plus an optional per-image cache).
 
         Parameters
@@ -118,20 +128,29 @@ class MaskDecoder(nn.Module):
             :meth:`prepare_image` of ``(image_embeddings, image_pe,
             dense_prompt_embeddings)``; when given, those three are not used
             (pass None) and the image-only work is not repeated.  Same results.
+        min_iou : float, optional
+            Upscale masks only for the prompt sets with at least one returned
+            predicted IoU ``> min_iou`` (the IoU needs the transformer only;
+            the upscaling is the larger half of the work per prompt).  The
+            masks of those prompt sets are the same as without ``min_iou``.
 
         Returns
         -------
         masks : torch.Tensor
-            ``(B, M, 4h, 4w)`` float32 logits, ``M`` = 3 or 1.
+            ``(B, M, 4h, 4w)`` float32 logits, ``M`` = 3 or 1; with ``min_iou``
+            ``(K, M, 4h, 4w)``, the kept prompt sets only.
         iou_pred : torch.Tensor
-            ``(B, M)`` float32 predicted IoU.
+            ``(B, M)`` float32 predicted IoU (every prompt set).
+        kept : torch.Tensor
+            Only with ``min_iou``: ``(K,)`` int64 indices of the prompt sets of ``masks``.
         """
         if image_cache is None:
             self._check_batch(image_embeddings, sparse_prompt_embeddings)
             image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
         # only the returned masks are upscaled (the others are dropped anyway)
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return self._predict_prepared(image_cache, sparse_prompt_embeddings, sl)
+        masks, iou_pred, kept = self._predict_grouped(image_cache, sparse_prompt_embeddings, sl, min_iou)
+        return (masks, iou_pred) if min_iou is None else (masks, iou_pred, kept)
 
     @staticmethod
     def _check_batch(image_embeddings: torch.Tensor, sparse_prompt_embeddings: torch.Tensor) -> None:
@@ -194,18 +213,47 @@ class MaskDecoder(nn.Module):
         """All ``num_mask_tokens`` masks ``(B, M+1, 4h, 4w)`` and IoUs ``(B, M+1)``."""
         self._check_batch(image_embeddings, sparse_prompt_embeddings)
         cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
-        return self._predict_prepared(cache, sparse_prompt_embeddings, slice(None))
+        return self._predict_grouped(cache, sparse_prompt_embeddings, slice(None), None)[:2]
 
-    def _predict_prepared(
-        self, cache: DecoderImageCache, sparse_prompt_embeddings: torch.Tensor, outputs: slice
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks ``(B, M', 4h, 4w)`` and IoUs ``(B, M')`` of the mask tokens ``outputs``."""
+    def _predict_grouped(
+        self, cache: DecoderImageCache, sparse_prompt_embeddings: torch.Tensor, outputs: slice,
+        min_iou: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`_predict_prepared` over groups of prompt sets (see :data:`PROMPT_GROUP_BYTES`)."""
         bs = sparse_prompt_embeddings.shape[0]
         if cache.batch not in (1, bs):
             raise ValueError(
                 f"the prepared image has batch {cache.batch} but there are {bs} prompt sets; "
                 "prepare one image or one per prompt set."
             )
+        h, w = cache.size
+        group = max(1, PROMPT_GROUP_BYTES * torch.get_num_threads() // (4 * h * w * self.transformer_dim))
+        if cache.batch != 1 or bs <= group:
+            return self._predict_prepared(cache, sparse_prompt_embeddings, outputs, min_iou)
+        m = len(range(self.num_mask_tokens)[outputs])
+        masks = sparse_prompt_embeddings.new_empty(bs, m, 4 * h, 4 * w)  # filled group by group, no copy
+        ious, kept, n = [], [], 0
+        for i in range(0, bs, group):
+            part = self._predict_prepared(cache, sparse_prompt_embeddings[i : i + group], outputs, min_iou,
+                                          out=masks[n:])
+            n += part[0].shape[0]
+            ious.append(part[1])
+            if min_iou is not None:
+                kept.append(part[2] + i)
+        return masks[:n], torch.cat(ious), torch.cat(kept) if min_iou is not None else None
+
+    def _predict_prepared(
+        self, cache: DecoderImageCache, sparse_prompt_embeddings: torch.Tensor, outputs: slice,
+        min_iou: float | None = None,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Masks ``(B, M', 4h, 4w)``, IoUs ``(B, M')`` of the mask tokens ``outputs`` (batch checked).
+
+        With ``min_iou``, masks only for the prompt sets with an IoU above it,
+        and their indices (else None).  ``out``, if given, receives the masks
+        in its first rows (it must have enough).
+        """
+        bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat(
             [output_tokens.unsqueeze(0).expand(bs, -1, -1), sparse_prompt_embeddings], dim=1
@@ -217,14 +265,21 @@ class MaskDecoder(nn.Module):
         hs, keys = self.transformer.forward_prepared(cache.prepared, tokens, record, [0, *(1 + i for i in wanted)])
         if keys.shape[0] != bs:  # depth-0 transformer: nothing made the keys per prompt
             keys = keys.expand(bs, -1, -1)
-        iou_token_out = hs[:, 0, :]
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, outputs]
+        kept = None
+        if min_iou is not None:
+            kept = torch.nonzero((iou_pred > min_iou).any(dim=1)).view(-1)
+            if len(kept) < bs:
+                hs, keys, record = hs[kept], keys[kept], _select(record, kept, bs)
+                bs = len(kept)
+            if bs == 0:
+                return keys.new_empty(0, iou_pred.shape[1], 4 * h, 4 * w), iou_pred, kept
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(wanted)], dim=1
         )  # (B, M', C/8)
         first = self._first_upscaling_low_rank(cache, record, bs)
-        masks = self._upscale_and_project(keys, hyper_in, h, w, first)
-        iou_pred = self.iou_prediction_head(iou_token_out)[:, outputs]
-        return masks, iou_pred
+        masks = self._upscale_and_project(keys, hyper_in, h, w, first, out=None if out is None else out[:bs])
+        return masks, iou_pred, kept
 
     def _folded_upscaling(self) -> list[torch.Tensor]:
         """``M_i = diag(g_i) ... diag(g_last) W`` for every block ``i``, then ``W`` itself.
@@ -300,7 +355,8 @@ class MaskDecoder(nn.Module):
         return out.view(batch * n, -1)
 
     def _upscale_and_project(
-        self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int, first: torch.Tensor | None = None
+        self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int, first: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``output_upscaling`` then the dot product with ``hyper_in``, channels-last.
 
@@ -322,6 +378,8 @@ class MaskDecoder(nn.Module):
         first : torch.Tensor, optional
             ``(B*h*w, 4 * C/4)``: the first product already computed
             (:meth:`_first_upscaling_low_rank`).
+        out : torch.Tensor, optional
+            ``(B, M, 4h, 4w)`` contiguous float32 tensor that receives the result.
 
         Returns
         -------
@@ -339,7 +397,8 @@ class MaskDecoder(nn.Module):
         y = activate(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps), act1)
         w2 = conv2.weight.permute(0, 2, 3, 1)  # (c1, kernel row, kernel col, c2)
         bias2 = conv2.bias.repeat(2)
-        out = keys.new_empty(b, m, h, 2, 2, w, 2, 2)  # (i, a, k, j, b, l): raster order
+        # (i, a, k, j, b, l): raster order
+        out = keys.new_empty(b, m, h, 2, 2, w, 2, 2) if out is None else out.view(b, m, h, 2, 2, w, 2, 2)
         for k in range(2):  # kernel row
             z = activate(torch.addmm(bias2, y, w2[:, k].reshape(c1, 2 * c2)), act2)
             z = z.view(b, -1, c2)  # rows (i, j, a, b, l)
@@ -349,3 +408,10 @@ class MaskDecoder(nn.Module):
                 plane = torch.bmm(hyper_in, z.transpose(1, 2))
             out[:, :, :, :, k] = plane.view(b, m, h, w, 2, 2, 2).permute(0, 1, 2, 4, 3, 5, 6)
         return out.view(b, m, 4 * h, 4 * w)
+
+
+def _select(record: list | None, index: torch.Tensor, batch: int) -> list | None:
+    """The entries of a transformer ``record`` (tensors with a leading batch axis) for ``index``."""
+    if not record:
+        return record
+    return [None if r is None else tuple(t[index] if t.shape[0] == batch else t for t in r) for r in record]

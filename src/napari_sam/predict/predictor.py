@@ -107,11 +107,16 @@ class BatchPrediction:
     mask_logits : Tensor, shape (B, C, H, W), float32, or None
         Logits upsampled to the original image size (``> mask_threshold`` is
         the mask); None when ``upsample=False``.
+    prompt_index : Tensor, shape (K,), int64, or None
+        With ``predict_batch(..., min_score=...)``: the prompts whose masks
+        ``low_res_logits`` and ``mask_logits`` hold (their first axis is K);
+        None: every prompt.
     """
 
     low_res_logits: torch.Tensor
     scores: torch.Tensor
     mask_logits: torch.Tensor | None
+    prompt_index: torch.Tensor | None = None
 
 
 def preprocess_shape(original_size: Sequence[int], long_side: int) -> tuple[int, int]:
@@ -324,8 +329,13 @@ class Predictor:
         boxes_rc: np.ndarray | None,
         mask_input: np.ndarray | None,
         multimask: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run prompt encoder + mask decoder on validated batched prompts (no Python loop)."""
+        min_score: float | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Run prompt encoder + mask decoder on validated batched prompts (no Python loop).
+
+        With ``min_score`` (no mask input), also the indices of the prompts
+        whose masks are returned (see ``predict_batch``).
+        """
         dev = self.device
         points = None
         if points_rc is not None:
@@ -343,7 +353,7 @@ class Predictor:
         decoder = self.model.mask_decoder
         if masks is None:  # dense prompt = "no mask": the image part is cached
             sparse = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)[0]
-            return decoder(None, None, sparse, None, bool(multimask), image_cache=no_mask_cache)
+            return decoder(None, None, sparse, None, bool(multimask), image_cache=no_mask_cache, min_iou=min_score)
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         low_res, scores = decoder(
             image_embeddings=self._require_image(),
@@ -352,6 +362,9 @@ class Predictor:
             dense_prompt_embeddings=dense,
             multimask_output=bool(multimask),
         )
+        if min_score is not None:
+            keep = torch.nonzero((scores > min_score).any(dim=1)).view(-1)
+            return low_res[keep], scores, keep
         return low_res, scores
 
     @torch.inference_mode()
@@ -429,6 +442,7 @@ class Predictor:
         *,
         multimask: bool = True,
         upsample: bool = True,
+        min_score: float | None = None,
     ) -> BatchPrediction:
         """Decode B prompts against the current embedding in one vectorised call.
 
@@ -447,6 +461,11 @@ class Predictor:
             C = 3 masks per prompt, or C = 1.
         upsample : bool
             Also return logits at the original size (memory: B * C * H * W floats).
+        min_score : float, optional
+            Return masks only for the prompts with at least one score
+            ``> min_score`` (``prompt_index`` says which; ``scores`` covers
+            every prompt).  The decoder then skips the mask upscaling of the
+            others; the masks returned are the same.
 
         Returns
         -------
@@ -463,12 +482,13 @@ class Predictor:
             allow_padding=True,
             single=False,
         )
-        low_res, scores = self._decode(*prompts, multimask)
+        low_res, scores, *kept = self._decode(*prompts, multimask, None if min_score is None else float(min_score))
         mask_logits = None
         if upsample:
             b, c = low_res.shape[:2]
             mask_logits = self.upsample_logits(low_res.flatten(0, 1)).unflatten(0, (b, c))
-        return BatchPrediction(low_res_logits=low_res, scores=scores, mask_logits=mask_logits)
+        return BatchPrediction(low_res_logits=low_res, scores=scores, mask_logits=mask_logits,
+                               prompt_index=kept[0] if kept else None)
 
     @torch.inference_mode()
     def masks_from_logits(self, low_res_logits: Any, *, threshold: float | None = None) -> torch.Tensor:
