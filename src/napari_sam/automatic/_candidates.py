@@ -167,6 +167,7 @@ def _add_windowed(low: torch.Tensor, survivors: np.ndarray, rows: np.ndarray, ge
     r0, c0 = int(crop_box[0]), int(crop_box[1])
     sel = torch.as_tensor(rows, dtype=torch.int64)
     found = windowed_scores(low[sel], mask_threshold=mask_threshold, offset=stability_score_offset, **geometry)
+    kept, boxes = [], []
     for j, (mask, (wr, wc), stab) in enumerate(found):
         if np.isfinite(floor_stab) and not stab >= floor_stab:
             continue
@@ -174,14 +175,19 @@ def _add_windowed(low: torch.Tensor, survivors: np.ndarray, rows: np.ndarray, ge
         if len(rows) == 0:
             continue
         lr0, lr1, lc0, lc1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        box = np.array([wr + lr0 + r0, wc + lc0 + c0, wr + lr1 + r0, wc + lc1 + c0], dtype=np.int64)
-        if is_box_near_crop_edge(box[None], crop_box, image_box)[0]:
+        kept.append((j, mask[lr0:lr1, lc0:lc1], stab))
+        boxes.append((wr + lr0 + r0, wc + lc0 + c0, wr + lr1 + r0, wc + lc1 + c0))
+    boxes_img = np.array(boxes, dtype=np.int64).reshape(-1, 4)
+    near = is_box_near_crop_edge(boxes_img, crop_box, image_box)  # one test for the whole batch
+    origin = np.array([r0, c0])
+    for (j, mask, stab), box, drop in zip(kept, boxes_img, near):
+        if drop:
             continue
-        out.masks.append(mask[lr0:lr1, lc0:lc1].copy())
+        out.masks.append(mask.copy())
         out.boxes.append(box)
         out.iou.append(scores[survivors[j]])
         out.stab.append(stab)
-        out.points.append(points_rc[survivors[j] // n_per_point] + np.array([r0, c0]))
+        out.points.append(points_rc[survivors[j] // n_per_point] + origin)
         out.crop.append(crop_index)
 
 

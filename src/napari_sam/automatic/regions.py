@@ -191,7 +191,8 @@ def remove_small_regions(
         return np.concatenate([[False], keep])[regions], True
     im_h, im_w = (int(v) for v in image_shape)
     pads = ((int(r0 > 0), int(r1 < im_h)), (int(c0 > 0), int(c1 < im_w)))
-    padded = np.pad(~mask, pads, constant_values=True)
+    padded = np.ones((mask.shape[0] + sum(pads[0]), mask.shape[1] + sum(pads[1])), dtype=bool)
+    np.logical_not(mask, out=padded[pads[0][0] : pads[0][0] + mask.shape[0], pads[1][0] : pads[1][0] + mask.shape[1]])
     regions, n = ndimage.label(padded, structure=_EIGHT)
     if n == 0:
         return mask.copy(), False
