@@ -127,9 +127,42 @@ def nms(boxes_rc: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarr
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
+    if not iou_thresh >= 0:  # boxes that do not meet can be dropped: compare with all of them
+        return _nms_all(boxes, order, iou_thresh)
+    # Only boxes that meet a kept box can be dropped by it (else IoU 0, or NaN, is not above a
+    # threshold >= 0): each kept box is compared with the boxes whose first row lies within the
+    # tallest box's height of it, found by bisection on the boxes sorted by first row.  The IoUs
+    # are computed elementwise as in ``_nms_all``, so the same boxes are dropped.
+    by_r0 = np.argsort(boxes[:, 0], kind="stable")
+    r0, c0, r1, c1 = (np.ascontiguousarray(v) for v in boxes[by_r0].T)
+    areas = (r1 - r0) * (c1 - c0)
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_r0] = np.arange(n)
+    tallest = max(float(np.max(r1 - r0)), 0.0)
+    suppressed = np.zeros(n, dtype=bool)  # by position in ``by_r0``
+    keep = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in order:
+            k = rank[i]
+            if suppressed[k]:
+                continue
+            keep.append(i)
+            lo = int(np.searchsorted(r0, r0[k] - tallest, side="left"))
+            hi = int(np.searchsorted(r0, r1[k], side="right"))
+            sl = slice(lo, hi)
+            h = np.maximum(np.minimum(r1[k], r1[sl]) - np.maximum(r0[k], r0[sl]), np.float32(0))
+            w = np.maximum(np.minimum(c1[k], c1[sl]) - np.maximum(c0[k], c0[sl]), np.float32(0))
+            inter = h * w
+            ovr = inter / (areas[k] + areas[sl] - inter)
+            suppressed[sl] |= ovr.astype(np.float64) > iou_thresh
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _nms_all(boxes: np.ndarray, order: np.ndarray, iou_thresh: float) -> np.ndarray:
+    """:func:`nms` comparing each kept box with every box (float32 inclusive ``boxes``, visiting ``order``)."""
     r0, c0, r1, c1 = boxes.T
     areas = (r1 - r0) * (c1 - c0)
-    suppressed = np.zeros(n, dtype=bool)
+    suppressed = np.zeros(len(boxes), dtype=bool)
     keep = []
     with np.errstate(invalid="ignore", divide="ignore"):
         for i in order:
