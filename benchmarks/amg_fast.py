@@ -8,7 +8,10 @@ Variants run in the same process, in alternating rounds, on one synthetic
   (:data:`napari_sam.model.mask_decoder.PROMPT_GROUP_BYTES` unlimited);
 * ``no-gate``: every point's masks upscaled, also where no mask passes the
   IoU floor (automatic generation's ``min_score`` off);
-* ``baseline``: both off.
+* ``baseline``: both off;
+* ``plain-post``: post-processing's switchable fast paths off (windowed
+  resizes through ``F.interpolate`` instead of the direct kernel call; box
+  NMS comparing each kept box with every box).
 
 Prints wall and CPU seconds per phase per variant, the median per-round
 ratio to ``baseline``, and checks that every variant returns the same masks.
@@ -32,20 +35,33 @@ import torch
 @contextlib.contextmanager
 def variant(name: str):
     """Switch the speed-ups named off by ``name`` for the duration of the block."""
+    import importlib
+
     import napari_sam.automatic._candidates as cand
+    import napari_sam.automatic._window as win
     import napari_sam.model.mask_decoder as md
 
-    group, gates = md.PROMPT_GROUP_BYTES, cand._gates_masks
+    nms_mod = importlib.import_module("napari_sam.automatic.nms")  # the package exports a function of that name
+    gen_mod = importlib.import_module("napari_sam.automatic.generator")
+    reg_mod = importlib.import_module("napari_sam.automatic.regions")
+    group, gates, resize, nms = md.PROMPT_GROUP_BYTES, cand._gates_masks, win._resize, nms_mod.nms
     if name in ("no-groups", "baseline"):
         md.PROMPT_GROUP_BYTES = 1 << 62
     if name.startswith("groups-") and name.endswith("mb"):  # e.g. groups-4mb: another group budget
         md.PROMPT_GROUP_BYTES = int(name[7:-2]) * 2**20
     if name in ("no-gate", "baseline"):
         cand._gates_masks = lambda predictor: False
+    if name == "plain-post":
+        def plain_nms(boxes, scores, thresh):
+            b = nms_mod._inclusive(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)).astype(np.float32)
+            return nms_mod._nms_all(b, np.argsort(-np.asarray(scores).reshape(-1), kind="stable"), thresh)
+
+        win._resize, gen_mod.nms, reg_mod.nms = win._interpolate, plain_nms, plain_nms
     try:
         yield
     finally:
-        md.PROMPT_GROUP_BYTES, cand._gates_masks = group, gates
+        md.PROMPT_GROUP_BYTES, cand._gates_masks, win._resize = group, gates, resize
+        gen_mod.nms = reg_mod.nms = nms
 
 
 def same(a: list, b: list) -> bool:
@@ -64,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points", type=int, default=None, help="points per side (default: the card's)")
     ap.add_argument("--official-thresholds", action="store_true", help="SAM's defaults instead of the card's")
     ap.add_argument("--variants", default="baseline,all",
-                    help="comma-separated: baseline, no-groups, no-gate, all, groups-<N>mb")
+                    help="comma-separated: baseline, no-groups, no-gate, all, groups-<N>mb, plain-post")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
