@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from encoder_runs import count_encoder_runs
 from napari.components import ViewerModel
 
 from napari_sam._napari._testing import ComponentGenerator
@@ -227,9 +228,7 @@ def test_tiled_run_refilters_to_what_a_new_tiled_run_gives(builtin_model):
                 progress=lambda d, t, desc: seen.append((d, t, desc)))
     assert any("tile 4/4" in desc for _, _, desc in seen) and seen[-1][0] == seen[-1][1]
     stricter = params["pred_iou_thresh"] + 0.2
-    calls = []
-    original = predictor.set_image
-    predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    calls = count_encoder_runs(predictor)
     got = session.refilter(pred_iou_thresh=stricter)[refs[0]]
     assert calls == []  # no model run
     del predictor.set_image

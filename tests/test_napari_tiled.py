@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from encoder_runs import count_encoder_runs
 from napari.components import ViewerModel
 
 import napari_sam
@@ -37,9 +38,7 @@ def test_click_on_a_4096_image_is_decoded_in_its_tile(big):
     viewer = ViewerModel()
     layer = viewer.add_image(image, scale=(0.5, 0.5), translate=(7.0, 3.0))
     predictor = napari_sam.make_predictor("builtin", device="cpu")
-    calls = []
-    original = predictor.set_image
-    predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    calls = count_encoder_runs(predictor)
     session = Session(predictor, layer)
     ref = session.plane(viewer.dims)
     assert session.uses_tiles(ref) and session.has_embedding(ref)
@@ -156,9 +155,7 @@ def test_precompute_on_a_tiled_plane_embeds_every_tile_once_and_clicks_reuse_the
     viewer = ViewerModel()
     layer = viewer.add_image(image)
     predictor = napari_sam.make_predictor("builtin", device="cpu")
-    encoded = []
-    original = predictor.set_image
-    predictor.set_image = lambda *a, **k: (encoded.append(1), original(*a, **k))[1]
+    encoded = count_encoder_runs(predictor)
     session = Session(predictor, layer)
     ref = session.plane(viewer.dims)
     windows = session.tiler(ref).windows()
