@@ -36,7 +36,7 @@ from quality import match_scores  # noqa: E402
 
 import napari_sam  # noqa: E402
 from napari_sam.synthetic_microscopy import VALIDATION_STYLES, make_validation_image  # noqa: E402
-from napari_sam.volume.source import default_tiles  # noqa: E402
+from napari_sam.volume.source import default_tiles, model_input_size  # noqa: E402
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -62,16 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     configs = dict(parse_config(c) for c in (args.config or ["card="]))
     predictor = napari_sam.make_predictor("builtin", device="cpu")
-    input_size = 256
+    input_size = model_input_size(predictor)  # the layout napari-sam segment and the widget use
     rows = []
-    k = 0
+    n_images = 0
     for style in args.styles:
         for s in range(args.per_style):
             seed = args.seed0 + s
             image, labels, info = make_validation_image(style, seed, shape=tuple(args.shape))
             tile, halo = default_tiles(image.shape[0], image.shape[1], None, None, input_size=input_size)
-            names = list(configs) if k % 2 == 0 else list(configs)[::-1]
-            k += 1
+            names = list(configs) if n_images % 2 == 0 else list(configs)[::-1]
+            n_images += 1
             for name in names:
                 t0 = time.perf_counter()
                 lab = napari_sam.segment_image(image, predictor, tile_shape=tile, halo=halo,
