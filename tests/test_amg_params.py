@@ -109,6 +109,29 @@ def test_params_object_and_keywords_give_the_same_masks():
         AutomaticMaskGenerator(StandInPredictor(), params=dict(KW))  # type: ignore[arg-type]
 
 
+def test_attributes_set_like_the_official_generator_stay_in_step_with_amg():
+    """Setting ``gen.<param>`` (as users of SamAutomaticMaskGenerator do) is checked, updates
+    ``amg``/``params``/the point grids, and gives the masks of a generator built with that value."""
+    image = blob_image((64, 64), [(14, 14), (40, 44), (50, 12)], [6, 9, 4])
+    gen = AutomaticMaskGenerator(StandInPredictor(), **KW)
+    gen.pred_iou_thresh = 0.3
+    gen.points_per_side = 6
+    gen.crop_n_layers = 1
+    built = AutomaticMaskGenerator(StandInPredictor(), **{**KW, "pred_iou_thresh": 0.3, "points_per_side": 6,
+                                                         "crop_n_layers": 1})
+    assert gen.amg == built.amg and gen.params == built.params
+    assert gen.pred_iou_thresh == 0.3 and len(gen.point_grids) == 2 and len(gen.point_grids[0]) == 36
+    assert all(np.array_equal(a, b) for a, b in zip(gen.point_grids, built.point_grids))
+    a = gen.generate(image, contrast_limits=(0, 1))
+    b = built.generate(image, contrast_limits=(0, 1))
+    assert len(a) == len(b) > 0
+    assert all(r.bbox_rc == s.bbox_rc and np.array_equal(r.mask, s.mask) for r, s in zip(a, b))
+    before = gen.amg
+    with pytest.raises(ValueError, match="stability_score_thresh"):
+        gen.stability_score_thresh = 1.5
+    assert gen.amg == before  # a refused value changes nothing
+
+
 def test_segment_image_and_segment_volume_accept_amg():
     image = blob_image((64, 64), [(14, 14), (40, 44)], [6, 9])
     ref = segment_image(image, StandInPredictor(), contrast_limits=(0, 1), **KW)

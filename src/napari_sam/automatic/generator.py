@@ -61,7 +61,9 @@ class AutomaticMaskGenerator:
     given below); an argument you pass always wins.  Give the parameters as
     one :class:`~napari_sam.automatic.params.AmgParams` (``params=``), as
     keywords, or both (the keywords are folded into ``params`` and win).
-    ``self.amg`` holds the values in use (``self.params``: the same as a dict).
+    ``self.amg`` holds the values in use (``self.params``: the same as a dict);
+    each parameter is also an attribute, as in the official generator
+    (``gen.pred_iou_thresh = 0.8`` checks the value and updates ``amg``).
     Values out of range (a threshold outside [0, 1] or NaN, a count below 1)
     raise ``ValueError``.
 
@@ -145,11 +147,15 @@ class AutomaticMaskGenerator:
         given = {k: v for k, v in locals().items() if k in AmgParams.__dataclass_fields__ and v is not FROM_CARD}
         if params is not None and not isinstance(params, AmgParams):
             raise TypeError(f"params must be an AmgParams, got {type(params).__name__}")
-        #: the parameters in use, all set: SAM's defaults < the model card < ``params`` < the keywords
-        self.amg = (params or AmgParams()).replace(**given).resolve(predictor)
-        #: the same as a dict
-        self.params = self.amg.as_dict()
-        amg = self.amg
+        self.predictor = predictor
+        self._use((params or AmgParams()).replace(**given).resolve(predictor))
+        #: wall and process-CPU seconds spent per phase (accumulated over calls)
+        self.timings: dict[str, float] = {
+            k: 0.0 for k in ("encoder", "decoder", "postprocess", "encoder_cpu", "decoder_cpu", "postprocess_cpu")
+        }
+
+    def _use(self, amg: AmgParams) -> None:
+        """Take ``amg`` (every field set) as the parameters in use, with its point grids."""
         if amg.points_per_side is not None:
             grids = build_all_layer_point_grids(amg.points_per_side, amg.crop_n_layers,
                                                 amg.crop_n_points_downscale_factor)
@@ -157,25 +163,12 @@ class AutomaticMaskGenerator:
             grids = [np.array(g) for g in amg.point_grids]  # type: ignore[union-attr]
             if len(grids) != amg.crop_n_layers + 1:
                 raise ValueError(f"point_grids needs one grid per layer ({amg.crop_n_layers + 1}), got {len(grids)}")
-        self.predictor = predictor
+        #: the parameters in use, all set: SAM's defaults < the model card < ``params`` < the keywords
+        self.amg = amg
+        #: the same as a dict
+        self.params = amg.as_dict()
+        #: one normalised point grid per crop layer
         self.point_grids = grids
-        self.points_per_batch = amg.points_per_batch
-        self.pred_iou_thresh = amg.pred_iou_thresh
-        self.stability_score_thresh = amg.stability_score_thresh
-        self.stability_score_offset = amg.stability_score_offset
-        self.box_nms_thresh = amg.box_nms_thresh
-        self.crop_n_layers = amg.crop_n_layers
-        self.crop_nms_thresh = amg.crop_nms_thresh
-        self.crop_overlap_ratio = amg.crop_overlap_ratio
-        self.min_mask_region_area = amg.min_mask_region_area
-        self.refilter_margin = amg.refilter_margin
-        self.upsample_batch = amg.upsample_batch
-        self.mask_nms_thresh = amg.mask_nms_thresh
-        self.nms_area_bonus = amg.nms_area_bonus
-        #: wall and process-CPU seconds spent per phase (accumulated over calls)
-        self.timings: dict[str, float] = {
-            k: 0.0 for k in ("encoder", "decoder", "postprocess", "encoder_cpu", "decoder_cpu", "postprocess_cpu")
-        }
 
     # ------------------------------------------------------------------ public
     def generate(
@@ -393,3 +386,20 @@ class AutomaticMaskGenerator:
         if thresh <= 0:
             return -np.inf
         return thresh - (self.refilter_margin if margin is None else margin)
+
+
+def _amg_field(name: str) -> property:
+    def get(self: AutomaticMaskGenerator) -> Any:
+        return getattr(self.amg, name)
+
+    def set_(self: AutomaticMaskGenerator, value: Any) -> None:
+        self._use(self.amg.replace(**{name: value}))
+
+    return property(get, set_, doc=f"``amg.{name}``; setting it checks the value as the constructor does.")
+
+
+# the official generator's attribute names, kept in step with ``amg`` (the one place the values live)
+for _name in AmgParams.__dataclass_fields__:
+    if _name != "point_grids":  # ``point_grids`` is the built grids, as in the official generator
+        setattr(AutomaticMaskGenerator, _name, _amg_field(_name))
+del _name
