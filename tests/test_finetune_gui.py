@@ -33,6 +33,7 @@ def test_finetune_dock_trains_registers_and_reports(make_napari_viewer, qtbot, t
     viewer.add_image(image, name="cells")
     viewer.add_labels(labels, name="annotations")
     _, automatic = viewer.window.add_plugin_dock_widget("napari-sam-toolkit", "Automatic segmentation (SAM)")
+    _, interactive = viewer.window.add_plugin_dock_widget("napari-sam-toolkit", "Interactive segmentation (SAM)")
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-toolkit", "Fine-tune (SAM)")
     assert "tuned_test" not in automatic.model_combo.choices
     widget.base.value = tiny_base
@@ -47,7 +48,22 @@ def test_finetune_dock_trains_registers_and_reports(make_napari_viewer, qtbot, t
     report = widget.report
     assert report["slices"] == 3 and report["steps_done"] == 3 and report["train_slices"] == 2
     assert "->" in widget.result.value
-    assert "tuned_test" in automatic.model_combo.choices
+    # every open napari-sam dock offers the new model, the fine-tune dock as a base
+    assert "tuned_test" in automatic.model_combo.choices and "tuned_test" in interactive.model_combo.choices
+    assert "tuned_test" in widget.base.choices
     model = napari_sam.load_model("tuned_test")
     saved = torch.load(tmp_path / "models" / "tuned_test" / "model.pt", weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_a_closed_dock_stops_following_the_model_list(make_napari_viewer, qtbot, tiny_base):
+    from napari_sam._napari import predictors
+
+    viewer = make_napari_viewer(show=True)
+    before = len(predictors._LISTENERS)
+    _, automatic = viewer.window.add_plugin_dock_widget("napari-sam-toolkit", "Automatic segmentation (SAM)")
+    assert len(predictors._LISTENERS) == before + 1
+    automatic.native.deleteLater()  # what closing the viewer does to its docks
+    qtbot.waitUntil(lambda: len(predictors._LISTENERS) == before, timeout=5_000)
+    predictors.model_list_changed()  # nothing left to update: no call into a deleted widget
+

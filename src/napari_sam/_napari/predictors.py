@@ -6,17 +6,38 @@ The widgets offer the registry models of :mod:`napari_sam.model.registry`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from napari_sam.model.catalog import available_models
 
-__all__ = ["model_choices", "make_predictor", "model_identity"]
+__all__ = ["model_choices", "make_predictor", "model_identity", "on_model_list_change", "model_list_changed"]
+
+_LISTENERS: list[Callable[[list[str]], None]] = []
 
 
 def model_choices() -> list[str]:
     """Registry model names, ``builtin`` first when shipped."""
     return list(available_models())
+
+
+def on_model_list_change(callback: Callable[[list[str]], None]) -> Callable[[], None]:
+    """Call ``callback(model_choices())`` at each :func:`model_list_changed`; returns the disconnect."""
+    _LISTENERS.append(callback)
+
+    def disconnect() -> None:
+        if callback in _LISTENERS:
+            _LISTENERS.remove(callback)
+
+    return disconnect
+
+
+def model_list_changed() -> None:
+    """Tell every open widget that models were registered (call from the GUI thread)."""
+    choices = model_choices()
+    for callback in list(_LISTENERS):
+        callback(choices)
 
 
 def make_predictor(name: str, *, checkpoint: str | Path | None = None, device: str | None = None) -> Any:

@@ -37,7 +37,7 @@ from napari_sam._napari.automatic import (
     write_undoable,
 )
 from napari_sam._napari.labels import next_free_id
-from napari_sam._napari.predictors import make_predictor, model_choices
+from napari_sam._napari.predictors import make_predictor, model_choices, on_model_list_change
 from napari_sam._qt._workers import Runner
 from napari_sam.model.catalog import recommended_amg_params
 
@@ -104,13 +104,18 @@ class AutomaticWidget(Container):
         self._closed = False
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
+        self._stop_model_updates = on_model_list_change(self._set_model_choices)
         self.native.destroyed.connect(self._disconnect)
         self.reset_choices()
+
+    def _set_model_choices(self, choices: list[str]) -> None:
+        self.model_combo.choices = choices
 
     def _disconnect(self, *_: Any) -> None:
         """Stop listening to the viewer once the dock widget is gone."""
         self._closed = True
         self.runner.closed = True
+        self._stop_model_updates()
         self.viewer.layers.events.inserted.disconnect(self.reset_choices)
         self.viewer.layers.events.removed.disconnect(self.reset_choices)
 

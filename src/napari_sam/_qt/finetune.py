@@ -18,7 +18,7 @@ from magicgui.widgets import (
 )
 
 from napari_sam._napari.finetune import default_model_folder, finetune_and_register
-from napari_sam._napari.predictors import model_choices
+from napari_sam._napari.predictors import model_choices, model_list_changed, on_model_list_change
 from napari_sam._qt._workers import Runner
 
 __all__ = ["FinetuneWidget"]
@@ -52,10 +52,12 @@ class FinetuneWidget(Container):
         self.report: dict[str, Any] | None = None
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
+        self._stop_model_updates = on_model_list_change(self._set_model_choices)
         self.native.destroyed.connect(self._disconnect)
 
     def _disconnect(self, *_: Any) -> None:
         self.runner.closed = True
+        self._stop_model_updates()
         self.viewer.layers.events.inserted.disconnect(self.reset_choices)
         self.viewer.layers.events.removed.disconnect(self.reset_choices)
 
@@ -92,16 +94,7 @@ class FinetuneWidget(Container):
                                           for k in report["before"])
         else:
             self.result.value = "needs 2 or more labelled slices"
-        self._refresh_model_lists()
+        model_list_changed()  # the new model appears in every napari-sam dock's list
 
-    def _refresh_model_lists(self) -> None:
-        """Offer the new model in every napari-sam dock's model list (and as a base here)."""
-        choices = model_choices()
+    def _set_model_choices(self, choices: list[str]) -> None:
         self.base.choices = choices
-        window = getattr(self.viewer, "window", None)
-        docks = getattr(window, "dock_widgets", None)  # name -> the widget inside (napari >= 0.5)
-        for inner in list(docks.values()) if docks is not None else []:
-            for candidate in (getattr(inner, "model_combo", None),
-                              getattr(getattr(inner, "_magic_widget", None), "model_combo", None)):
-                if candidate is not None and candidate is not self.base:
-                    candidate.choices = choices

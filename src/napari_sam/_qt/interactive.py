@@ -31,7 +31,13 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_sam._napari import prompt_layers as pl
-from napari_sam._napari.predictors import make_predictor, model_choices, model_identity, open_session
+from napari_sam._napari.predictors import (
+    make_predictor,
+    model_choices,
+    model_identity,
+    on_model_list_change,
+    open_session,
+)
 from napari_sam._napari.session import Session, model_card_of, quality_hint
 from napari_sam._qt._workers import Runner
 
@@ -125,8 +131,12 @@ class InteractiveWidget(Container):
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
         self.viewer.dims.events.current_step.connect(self._on_step)
+        self._stop_model_updates = on_model_list_change(self._set_model_choices)
         self.native.destroyed.connect(self._disconnect)
         self.reset_choices()
+
+    def _set_model_choices(self, choices: list[str]) -> None:
+        self.model_combo.choices = choices
 
     def _on_step(self, _event: Any = None) -> None:
         if not self._closed:
@@ -136,6 +146,7 @@ class InteractiveWidget(Container):
         """Stop listening to the viewer once the dock widget is gone."""
         self._closed = True
         self.runner.closed = True
+        self._stop_model_updates()
         for timer in (self._debounce, self._slice_timer):
             try:
                 timer.stop()
