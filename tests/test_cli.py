@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -124,6 +125,16 @@ def test_demo_offline_writes_labels_and_overlay(tmp_path, capsys):
     if "builtin" not in available_models():
         assert "RANDOM" in text  # the fallback says so
     # how many nuclei the built-in model finds here is a benchmark (benchmarks/quality)
+
+
+@pytest.mark.slow
+def test_demo_without_the_model_runs_a_random_small_sam_and_says_so(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--model", "not_installed", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "RANDOM" in text and "not_installed" in text
+    config = json.loads((tmp_path / "demo" / "random_small_model.json").read_text())
+    assert config["image_encoder"]["embed_dim"] == 64 and config["image_encoder"]["depth"] == 2
+    assert zarr.open_array(str(tmp_path / "demo" / "labels.zarr"), mode="r").shape == (256, 256)
 
 
 @pytest.mark.slow

@@ -284,17 +284,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-#: a small ViT SAM used by the demo when no trained built-in model is installed (random weights)
-_DEMO_FALLBACK_CONFIG = {
-    "image_encoder": {"type": "vit", "embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": [1],
-                      "window_size": 14, "patch_size": 16, "img_size": 1024, "mlp_ratio": 4.0, "out_chans": 256},
-    "prompt_embed_dim": 256, "image_size": 1024, "mask_in_chans": 16,
-    "decoder": {"depth": 2, "mlp_dim": 2048, "num_heads": 8, "num_multimask_outputs": 3, "iou_head_depth": 3,
-                "iou_head_hidden_dim": 256},
-    "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375],
-}
-
-
 def _demo_data(seed: int = 0) -> tuple:
     from napari_sam.synthetic import make_nuclei_image, make_nuclei_stack
 
@@ -336,7 +325,10 @@ def _run_demo(out: Path, *, model: str, quiet: bool, amg_overrides: dict | None 
 
         torch.manual_seed(0)
         model_ref = str(out / "random_small_model.json")
-        Path(model_ref).write_text(json.dumps(_DEMO_FALLBACK_CONFIG))
+        from napari_sam.model.catalog import _vit_config
+
+        # a small ViT SAM (SAM's layout, 2 blocks of width 64) with random weights
+        Path(model_ref).write_text(json.dumps(_vit_config(embed_dim=64, depth=2, num_heads=2, global_attn=[1])))
         amg = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
         note = (f"WARNING: model {model!r} is not installed, so this demo used a small SAM with RANDOM "
                 "weights: the pipeline runs end to end but the labels are NOT meaningful. Install the "
