@@ -129,6 +129,8 @@ def test_attributes_set_like_the_official_generator_stay_in_step_with_amg():
     before = gen.amg
     with pytest.raises(ValueError, match="stability_score_thresh"):
         gen.stability_score_thresh = 1.5
+    with pytest.raises(ValueError, match="point_grids"):
+        gen.points_per_side = None
     assert gen.amg == before  # a refused value changes nothing
 
 

@@ -159,8 +159,10 @@ class AutomaticMaskGenerator:
         if amg.points_per_side is not None:
             grids = build_all_layer_point_grids(amg.points_per_side, amg.crop_n_layers,
                                                 amg.crop_n_points_downscale_factor)
+        elif amg.point_grids is None:
+            raise ValueError("points_per_side=None needs point_grids (one grid per crop layer)")
         else:
-            grids = [np.array(g) for g in amg.point_grids]  # type: ignore[union-attr]
+            grids = [np.array(g) for g in amg.point_grids]
             if len(grids) != amg.crop_n_layers + 1:
                 raise ValueError(f"point_grids needs one grid per layer ({amg.crop_n_layers + 1}), got {len(grids)}")
         #: the parameters in use, all set: SAM's defaults < the model card < ``params`` < the keywords
