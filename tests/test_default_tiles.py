@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import napari_sam.volume.batch as batch
-from napari_sam.cli import _DEMO_FALLBACK_CONFIG
+from napari_sam.model.catalog import _vit_config
 from napari_sam.volume.source import default_tiles, model_input_size, worker_predictor
 
 
@@ -34,7 +34,7 @@ def test_builtin_model_gets_native_scale_tiles(layout, tmp_path):
 
 def test_a_1024_input_model_keeps_1024(layout, tmp_path):
     config = tmp_path / "sam1024.json"
-    config.write_text(json.dumps(_DEMO_FALLBACK_CONFIG))  # a small random-weight ViT with SAM's 1024 input
+    config.write_text(json.dumps(_vit_config(64, 2, 2, [1])))  # a small random-weight ViT with SAM's 1024 input
     batch.segment_volume(np.zeros((1500, 1200), np.uint16), tmp_path / "o.zarr", model=str(config),
                          contrast_limits=[0, 1])
     batch.segment_volume(np.zeros((1024, 1024), np.uint16), tmp_path / "p.zarr", model=str(config),
